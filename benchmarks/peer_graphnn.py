@@ -1,0 +1,88 @@
+"""graphnn plugged into the harness through its public API only.
+
+``build_model`` writes each workload as a user would (gn.input / gn.param / ops / gn.Graph /
+gn.compile); ``GraphnnTrainer`` trains chunks with ``model.fit``. graphnn picks its own initial
+values from the same init schemes the peers use (he_normal / glorot_uniform / zeros).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from trainer_base import Trainer
+from workloads import Workload
+
+
+def graphnn_optimizer(gn, wl: Workload):
+    """(graphnn optimizer object, description); Adam falls back if graphnn lacks it."""
+    opt = wl.optimizer
+    if opt.name == "adam" and not hasattr(gn, "Adam") and wl.fallback_optimizer:
+        opt = wl.fallback_optimizer
+        note = " (fallback: gn.Adam missing)"
+    else:
+        note = ""
+    if opt.name == "adam":
+        return gn.Adam(lr=opt.lr), opt.describe() + note
+    if opt.momentum:
+        return gn.SGD(lr=opt.lr, momentum=opt.momentum), opt.describe() + note
+    return gn.SGD(lr=opt.lr), opt.describe() + note
+
+
+def build_graph(gn, wl: Workload):
+    """The workload's training loss as a gn.Graph."""
+    x = gn.input("x", (wl.sizes[0],))
+    y = gn.input("y", (wl.sizes[-1],))
+    act = {"relu": gn.relu, "tanh": gn.tanh}.get(wl.activation)
+    h = x
+    names, schemes = wl.param_names(), wl.init_schemes()
+    for i, ((wn, bn), scheme) in enumerate(zip(names, schemes, strict=True)):
+        W = gn.param(wn, (wl.sizes[i], wl.sizes[i + 1]), init=scheme)
+        b = gn.param(bn, (wl.sizes[i + 1],), init="zeros")
+        h = h @ W + b
+        if i < len(names) - 1:
+            h = act(h)
+    if wl.loss == "softmax_ce":
+        loss = gn.softmax_cross_entropy(h, y)
+    else:
+        loss = gn.mse(gn.sigmoid(h), y)
+    return gn.Graph(loss)
+
+
+def build_model(gn, wl: Workload) -> tuple[object, str, dict]:
+    """Compiled model, optimizer description, and seconds spent building / compiling."""
+    t0 = time.perf_counter()
+    graph = build_graph(gn, wl)
+    t1 = time.perf_counter()
+    optimizer, opt_desc = graphnn_optimizer(gn, wl)
+    model = gn.compile(graph, optimizer=optimizer, backend="cpu")
+    t2 = time.perf_counter()
+    return model, opt_desc, {"graph_s": t1 - t0, "compile_s": t2 - t1}
+
+
+class GraphnnTrainer(Trainer):
+    name = "graphnn"
+
+    def __init__(self, gn, wl, X, Y, seed=0):
+        super().__init__(wl, X, Y, seed)
+        self.gn = gn
+        self.model, self.opt_desc, self.build_times = build_model(gn, wl)
+
+    def _train(self, start, stop):
+        data = {"x": self.X[start:stop], "y": self.Y[start:stop]}
+        seed = int(self.rng.integers(2**31))
+        self.model.fit(data, epochs=1, batch_size=self.wl.batch_size, shuffle=True, seed=seed)
+
+    def params_numpy(self):
+        p = self.model.params
+        return [(np.asarray(p[w]), np.asarray(p[b])) for w, b in self.wl.param_names()]
+
+    def info(self):
+        flush = getattr(self.model, "flush_denormals", None)
+        return {
+            "version": getattr(self.gn, "__version__", "?"),
+            "optimizer": self.opt_desc,
+            "flush_to_zero": "not exposed" if flush is None else bool(flush),
+            **{k: round(v, 3) for k, v in self.build_times.items()},
+        }

@@ -1,0 +1,215 @@
+"""The benchmark workloads: what each one trains, on which (seeded) data, and how.
+
+Every trainer (graphnn and its peers) reads the same ``Workload`` and the same arrays, so the
+models, optimizers, batch sizes and initial weight distributions are identical across trainers.
+
+    >>> wl = get_workload("digits")
+    >>> X, Y = make_data(wl)
+    >>> X.shape, Y.shape, X.dtype
+    ((1797, 64), (1797, 10), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+DTYPE = np.float32
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """An update rule as PyTorch defines it (SGD momentum: v = mu v + g; p -= lr v)."""
+
+    name: str  # "sgd" or "adam"
+    lr: float
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def describe(self) -> str:
+        if self.name == "adam":
+            return f"Adam(lr={self.lr:g})"
+        if self.momentum:
+            return f"SGD(lr={self.lr:g}, momentum={self.momentum:g})"
+        return f"SGD(lr={self.lr:g})"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark: a dense network, its loss, optimizer, batch size and data size.
+
+    ``loss`` is "sigmoid_mse" (sigmoid output, mean squared error over all elements) or
+    "softmax_ce" (softmax cross-entropy with one-hot targets, mean over the batch).
+    ``chunk`` is the number of samples one timed call trains on (a multiple of the batch size);
+    ``warmup_chunks`` chunks are trained before timing starts.
+    """
+
+    name: str
+    description: str
+    sizes: tuple[int, ...]  # (n_in, hidden..., n_out)
+    activation: str  # hidden activation: "relu" or "tanh" (unused without hidden layers)
+    loss: str
+    optimizer: Optimizer
+    batch_size: int
+    n_samples: int
+    chunk: int
+    warmup_chunks: int = 1
+    # graphnn falls back to this optimizer if it lacks the workload's own (recorded in results).
+    fallback_optimizer: Optimizer | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def param_names(self) -> list[tuple[str, str]]:
+        """(weight, bias) names per layer, as graphnn's ``model.params`` uses them."""
+        if self.name == "neuron":
+            return [("w", "b")]
+        return [(f"W{i}", f"b{i}") for i in range(1, self.n_layers + 1)]
+
+    def init_schemes(self) -> list[str]:
+        """Weight init per layer: he_normal before relu, glorot_uniform otherwise."""
+        hidden = "he_normal" if self.activation == "relu" else "glorot_uniform"
+        return [hidden] * (self.n_layers - 1) + ["glorot_uniform"]
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload(
+            name="neuron",
+            description="y = sigmoid(w.x + b), 8 inputs, MSE, SGD lr 0.1, batch 1, 20k samples",
+            sizes=(8, 1),
+            activation="none",
+            loss="sigmoid_mse",
+            optimizer=Optimizer("sgd", lr=0.1),
+            batch_size=1,
+            n_samples=20_000,
+            chunk=20_000,
+        ),
+        Workload(
+            name="digits",
+            description="sklearn digits (X/16), 64-128 relu-10, softmax CE, SGD 0.1 m 0.9, batch 32",
+            sizes=(64, 128, 10),
+            activation="relu",
+            loss="softmax_ce",
+            optimizer=Optimizer("sgd", lr=0.1, momentum=0.9),
+            batch_size=32,
+            n_samples=1797,
+            chunk=1792,  # 56 full batches: every timed step has the full batch size
+        ),
+        Workload(
+            name="mnist_mlp",
+            description="synthetic 60k x 784, 784-256-256-10 relu, softmax CE, Adam 1e-3, batch 128",
+            sizes=(784, 256, 256, 10),
+            activation="relu",
+            loss="softmax_ce",
+            optimizer=Optimizer("adam", lr=1e-3),
+            batch_size=128,
+            n_samples=60_000,
+            chunk=128 * 32,
+            warmup_chunks=3,
+            fallback_optimizer=Optimizer("sgd", lr=0.01, momentum=0.9),
+        ),
+        Workload(
+            name="wide",
+            description="synthetic 16k x 1024, 1024-(1024 tanh)x3-10, softmax CE, SGD 0.01, batch 256",
+            sizes=(1024, 1024, 1024, 1024, 10),
+            activation="tanh",
+            loss="softmax_ce",
+            optimizer=Optimizer("sgd", lr=0.01),
+            batch_size=256,
+            n_samples=16_384,
+            chunk=256 * 4,
+        ),
+    ]
+}
+
+# --quick keeps every architecture, optimizer and batch size, and shrinks the data and chunks.
+_QUICK = {
+    "neuron": dict(n_samples=4000, chunk=2000),
+    "digits": dict(chunk=1792),
+    "mnist_mlp": dict(n_samples=4096, chunk=1024, warmup_chunks=1),
+    "wide": dict(n_samples=1024, chunk=512),
+}
+
+
+def get_workload(name: str, quick: bool = False) -> Workload:
+    """The workload called ``name``; ``quick`` shrinks its data for a smoke test."""
+    if name not in WORKLOADS:
+        raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    wl = WORKLOADS[name]
+    return replace(wl, **_QUICK[name]) if quick else wl
+
+
+def make_data(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 inputs X (N, n_in) and targets Y (N, n_out); one-hot for classifiers."""
+    rng = np.random.default_rng(seed)
+    maker = {
+        "neuron": _neuron_data,
+        "digits": _digits_data,
+        "mnist_mlp": _mnist_like_data,
+        "wide": _teacher_data,
+    }[wl.name]
+    X, Y = maker(wl, rng)
+    return np.ascontiguousarray(X, DTYPE), np.ascontiguousarray(Y, DTYPE)
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((labels.size, n_classes), DTYPE)
+    out[np.arange(labels.size), labels] = 1
+    return out
+
+
+def _neuron_data(wl, rng):
+    # A teacher neuron: the student can fit it exactly.
+    X = rng.standard_normal((wl.n_samples, wl.sizes[0]), dtype=DTYPE)
+    w = rng.standard_normal((wl.sizes[0], 1), dtype=DTYPE) / np.sqrt(DTYPE(wl.sizes[0]))
+    Y = 1 / (1 + np.exp(-(X @ w + DTYPE(0.1))))
+    return X, Y
+
+
+def _digits_data(wl, rng):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X = digits.data[: wl.n_samples] / 16.0
+    return X, one_hot(digits.target[: wl.n_samples], 10)
+
+
+def _mnist_like_data(wl, rng):
+    # MNIST-shaped: ~80% zero pixels, intensities in [0, 1], 10 noisy class templates, so the
+    # sparsity and value range (and the denormals a confident softmax produces) resemble MNIST.
+    n, d = wl.n_samples, wl.sizes[0]
+    labels = rng.integers(0, 10, n)
+    templates = rng.random((10, d), dtype=DTYPE) < 0.19
+    on = templates[labels] & (rng.random((n, d), dtype=DTYPE) < 0.75)
+    on |= rng.random((n, d), dtype=DTYPE) < 0.05
+    X = np.where(on, rng.random((n, d), dtype=DTYPE), DTYPE(0))
+    return X, one_hot(labels, 10)
+
+
+def _teacher_data(wl, rng):
+    # Gaussian inputs labelled by a random linear teacher.
+    X = rng.standard_normal((wl.n_samples, wl.sizes[0]), dtype=DTYPE)
+    teacher = rng.standard_normal((wl.sizes[0], wl.sizes[-1]), dtype=DTYPE)
+    return X, one_hot(np.argmax(X @ teacher, axis=1), wl.sizes[-1])
+
+
+def init_params(wl: Workload, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Initial (W (in, out), b (out,)) per layer, float32, from the workload's init schemes."""
+    rng = np.random.default_rng(seed + 1)
+    params = []
+    for (fan_in, fan_out), scheme in zip(
+        zip(wl.sizes[:-1], wl.sizes[1:], strict=True), wl.init_schemes(), strict=True
+    ):
+        if scheme == "he_normal":
+            W = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+        else:
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            W = rng.uniform(-limit, limit, (fan_in, fan_out))
+        params.append((W.astype(DTYPE), np.zeros(fan_out, DTYPE)))
+    return params

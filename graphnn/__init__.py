@@ -1,0 +1,88 @@
+"""graphnn: declare a network as a symbolic graph; SymPy derives its gradients by the chain rule;
+generated Numba kernels train it.
+
+>>> import graphnn as gn
+>>> x = gn.input("x", (64,)); y = gn.input("y", (10,))
+>>> W = gn.param("W", (64, 10)); b = gn.param("b", (10,), init="zeros")
+>>> g = gn.Graph(gn.softmax_cross_entropy(x @ W + b, y))
+>>> sorted(g.param_names)
+['W', 'b']
+"""
+
+from graphnn.errors import (
+    CheckpointError,
+    CodegenError,
+    DataError,
+    GraphError,
+    GraphnnError,
+    NonFiniteError,
+    ShapeError,
+    SpecError,
+)
+from graphnn.graph import Tensor
+from graphnn.network import Graph
+from graphnn.ops import (
+    ACTIVATIONS,
+    apply,
+    binary_cross_entropy_with_logits,
+    constant,
+    elementwise,
+    elu,
+    gelu,
+    input,
+    leaky_relu,
+    matmul,
+    mean,
+    mse,
+    param,
+    power,
+    relu,
+    sigmoid,
+    silu,
+    softmax,
+    softmax_cross_entropy,
+    softplus,
+    sum,
+    tanh,
+)
+from graphnn.ops import exp_ as exp
+from graphnn.ops import log_ as log
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "CheckpointError",
+    "CodegenError",
+    "DataError",
+    "Graph",
+    "GraphError",
+    "GraphnnError",
+    "NonFiniteError",
+    "ShapeError",
+    "SpecError",
+    "Tensor",
+    "apply",
+    "binary_cross_entropy_with_logits",
+    "constant",
+    "elementwise",
+    "elu",
+    "exp",
+    "gelu",
+    "input",
+    "leaky_relu",
+    "log",
+    "matmul",
+    "mean",
+    "mse",
+    "param",
+    "power",
+    "relu",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softmax_cross_entropy",
+    "softplus",
+    "sum",
+    "tanh",
+]

@@ -1,0 +1,203 @@
+"""Crash-safe checkpoints: atomic file writes and self-verifying ``.npz`` checkpoint files.
+
+A checkpoint is one uncompressed ``.npz`` zip holding the arrays as ``arr_0``, ``arr_1``, ...,
+the JSON-encoded ``meta`` as ``meta`` and a JSON ``header`` (format, version, the array names in
+order and a SHA-256 digest of meta + every array's name, dtype, shape and bytes). Storing names in
+the header lets names such as ``"opt/m/W1"`` or ``"a.npy"`` round-trip unchanged. Files are
+written with :func:`atomic_write_bytes`, so ``path`` always holds a complete old or new file.
+
+>>> save_checkpoint("runs/" + checkpoint_name(100), arrays={"W": W}, meta={"step": 100})
+>>> arrays, meta = load_checkpoint(latest_checkpoint("runs"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from graphnn.errors import CheckpointError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "checkpoint_name",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT = "graphnn-checkpoint"
+VERSION = 1
+_NAME_RE = re.compile(r"ckpt-(\d+)\.npz")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    Writes a unique temp file in the same directory, flushes and fsyncs it, ``os.replace``-s it
+    onto ``path`` and fsyncs the directory where the OS allows. The temp file is removed on any
+    failure. Concurrent writers each use their own temp file; the last replace wins.
+
+    >>> atomic_write_bytes("runs/state.bin", b"\\x00\\x01")
+    """
+    path = Path(path)
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # mkstemp makes 0600 files; keep the target's mode, else use a normal 0644
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible on Windows
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`.
+
+    >>> atomic_write_text("runs/config.json", '{"lr": 0.1}')
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint for ``step``: ``checkpoint_name(42) == "ckpt-000000042.npz"``."""
+    if step < 0:
+        raise ValueError(f"checkpoint step must be >= 0, got {step}")
+    return f"ckpt-{step:09d}.npz"
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The ``ckpt-<step>.npz`` file in ``directory`` with the highest step, or None if none is.
+
+    >>> latest_checkpoint("runs")  # doctest: +SKIP
+    PosixPath('runs/ckpt-000001000.npz')
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [(int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name))]
+    return max(found)[1] if found else None
+
+
+def _digest(meta_bytes: bytes, names: list[str], arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256(len(meta_bytes).to_bytes(8, "little") + meta_bytes)
+    for name, arr in zip(names, arrays, strict=True):
+        h.update(json.dumps([name, arr.dtype.str, list(arr.shape)]).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):  # numpy scalars, e.g. np.int64 step counters
+        return obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serializable")
+
+
+def save_checkpoint(
+    path: str | os.PathLike, *, arrays: Mapping[str, np.ndarray], meta: Mapping
+) -> None:
+    """Atomically save ``arrays`` (name -> array) and JSON-serializable ``meta`` to ``path``.
+
+    Tuples in meta come back as lists. Raises CheckpointError for a non-JSON meta or an
+    object-dtype array (nothing is written then).
+
+    >>> save_checkpoint("runs/ckpt.npz", arrays={"opt/m/W1": m}, meta={"step": 7})
+    """
+    where = os.fspath(path)
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"cannot save checkpoint {where}: meta must be a mapping")
+    try:
+        meta_bytes = json.dumps(meta, sort_keys=True, default=_json_default).encode()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot save checkpoint {where}: meta is not JSON ({e})") from None
+    names = [str(n) for n in arrays]
+    values = [np.asarray(a) for a in arrays.values()]
+    for name, arr in zip(names, values, strict=True):
+        if arr.dtype.hasobject:
+            raise CheckpointError(
+                f"cannot save checkpoint {where}: array {name!r} has dtype object"
+            )
+    header = {"format": FORMAT, "version": VERSION, "names": names}
+    header["sha256"] = _digest(meta_bytes, names, values)
+    entries = {f"arr_{i}": a for i, a in enumerate(values)}
+    entries["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
+    entries["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **entries)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Load and verify a checkpoint; returns ``(arrays, meta)`` exactly as saved.
+
+    Raises CheckpointError naming ``path`` if it is missing, unreadable, truncated, not a
+    graphnn checkpoint, or fails its SHA-256 check.
+
+    >>> arrays, meta = load_checkpoint("runs/ckpt.npz")
+    """
+    where = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {where} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {where} cannot be read ({e})") from None
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {where} is truncated or not a graphnn checkpoint ({what})"
+        )
+
+    if not data.startswith(b"PK"):
+        raise bad(f"not a zip file: {len(data)} bytes starting {data[:8]!r}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            for key in ("header", "meta"):
+                if key not in npz.files:
+                    raise bad(f"no {key!r} record")
+            header = json.loads(npz["header"].tobytes())
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise bad("header has no graphnn format tag")
+            if header.get("version") != VERSION:
+                raise bad(f"unsupported version {header.get('version')!r}")
+            names, digest = header["names"], header["sha256"]
+            meta_bytes = npz["meta"].tobytes()
+            meta = json.loads(meta_bytes)
+            values = [npz[f"arr_{i}"] for i in range(len(names))]
+    except CheckpointError:
+        raise
+    except Exception as e:  # BadZipFile, bad CRC, bad .npy header, JSON, missing key, ...
+        raise bad(f"{type(e).__name__}: {e}") from None
+    if _digest(meta_bytes, names, values) != digest:
+        raise CheckpointError(f"checkpoint {where} is corrupt: SHA-256 digest mismatch")
+    if not isinstance(meta, dict):
+        raise bad("meta is not a JSON object")
+    return dict(zip(names, values, strict=True)), meta
