@@ -41,7 +41,8 @@ def check_data(ir: GraphIR, data: Mapping, dtype=np.float32, required=None) -> d
         arr = _as_float(name, "input", data[name], dtype)
         if arr.shape[1:] != node.shape[1:] or arr.ndim != len(node.shape):
             raise DataError(
-                f"input '{name}' expects shape {show(node.shape)}, got an array of shape {arr.shape}"
+                f"input '{name}' expects shape {show(node.shape)}, "
+                f"got an array of shape {arr.shape}"
             )
         if batch is not None and len(arr) != batch:
             raise DataError(f"input '{name}' has {len(arr)} rows but other inputs have {batch}")

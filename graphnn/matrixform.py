@@ -190,7 +190,7 @@ class _Assembler:
         raise KeyError(f"no display rule for op '{node.op}' ({node.name})")
 
     def _chain(self, node: Node, ins: list[Formula]) -> Formula:
-        """cotangent ∘ local derivative, with the local derivative named when it is an activation."""
+        """cotangent ∘ local derivative; the local derivative is named if it is an activation."""
         of: Tensor = node.attr("of")
         cot = node.attr("cot")
         g = (

@@ -38,7 +38,7 @@ class Graph:
         self.training = GraphIR([loss, *grads.values()], names=self.forward.names)
         self.loss_name = self.forward.name_of(loss)
         self.grad_names = {
-            p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt)
+            p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt, strict=True)
         }
         self._formulas: dict = {}
 
