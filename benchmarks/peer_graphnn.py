@@ -74,6 +74,17 @@ class GraphnnTrainer(Trainer):
         seed = int(self.rng.integers(2**31))
         self.model.fit(data, epochs=1, batch_size=self.wl.batch_size, shuffle=True, seed=seed)
 
+    def train_batch(self, idx):
+        data = {"x": self.X[idx], "y": self.Y[idx]}
+        self.model.fit(data, epochs=1, batch_size=len(idx), shuffle=False)
+
+    def set_params(self, init) -> None:
+        """Overwrite graphnn's initial values in place (for check_peers; may be unsupported)."""
+        p = self.model.params
+        for (wn, bn), (W, b) in zip(self.wl.param_names(), init, strict=True):
+            p[wn][...] = W
+            p[bn][...] = b
+
     def params_numpy(self):
         p = self.model.params
         return [(np.asarray(p[w]), np.asarray(p[b])) for w, b in self.wl.param_names()]

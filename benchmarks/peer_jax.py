@@ -108,10 +108,13 @@ class JaxTrainer(Trainer):
     def _train(self, start, stop):
         B = self.wl.batch_size
         order = (start + self.rng.permutation(stop - start)).astype(np.int32)
-        params, state = self.params, self.opt_state
         for i in range(0, len(order), B):
-            params, state = self._step(params, state, self.Xd, self.Yd, order[i : i + B])
-        self.params, self.opt_state = jax.block_until_ready((params, state))
+            self.train_batch(order[i : i + B])
+        jax.block_until_ready((self.params, self.opt_state))  # steps are dispatched async
+
+    def train_batch(self, idx):
+        idx = idx if idx.dtype == np.int32 else idx.astype(np.int32)
+        self.params, self.opt_state = self._step(self.params, self.opt_state, self.Xd, self.Yd, idx)
 
     def params_numpy(self):
         return [(np.asarray(W), np.asarray(b)) for W, b in self.params]
@@ -124,8 +127,8 @@ class JaxTrainer(Trainer):
         mul = jax.jit(lambda a, b: a * b)
         return {
             "version": jax.__version__,
-            "optimizer": self.wl.optimizer.describe()
-            + (" (optax)" if optax else " (hand-written update, optax not installed)"),
+            "optimizer": self.wl.optimizer.describe(),
+            "update": "optax" if optax else "hand-written jax.numpy (optax not installed)",
             "device": str(jax.devices()[0]),
             **flush_probe(lambda a, b: mul(a, b)),
         }

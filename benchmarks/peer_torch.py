@@ -45,23 +45,18 @@ class TorchTrainer(Trainer):
             self.Tt = torch.from_numpy(Y.argmax(axis=1).astype(np.int64))
         else:
             self.Tt = torch.from_numpy(Y)
-        self.gen = torch.Generator().manual_seed(seed)
 
     def _loss(self, out, target):
         if self.wl.loss == "softmax_ce":
             return F.cross_entropy(out, target)
         return F.mse_loss(torch.sigmoid(out), target)
 
-    def _train(self, start, stop):
-        B = self.wl.batch_size
-        order = torch.randperm(stop - start, generator=self.gen) + start
-        model, opt = self.model, self.opt
-        for i in range(0, len(order), B):
-            idx = order[i : i + B]
-            opt.zero_grad(set_to_none=True)
-            loss = self._loss(model(self.Xt[idx]), self.Tt[idx])
-            loss.backward()
-            opt.step()
+    def train_batch(self, idx):
+        idx = torch.from_numpy(idx)  # no copy
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss(self.model(self.Xt[idx]), self.Tt[idx])
+        loss.backward()
+        self.opt.step()
 
     def params_numpy(self):
         return [

@@ -1,12 +1,14 @@
 """Benchmark graphnn against hand-written NumPy, PyTorch eager and JAX jit trainers.
 
     python benchmarks/run.py [--workloads neuron,digits,mnist_mlp,wide] [--quick]
-                             [--repeats 3] [--budget 1.5] [--json out.json]
+                             [--repeats 3] [--min-time 0.3] [--json out.json]
 
 Per workload: every trainer is built and warmed up (compile / JIT excluded from timing), then the
 timed repeats run interleaved (A B C A B C ...) so machine noise hits all trainers alike. A repeat
-trains whole chunks until ``--budget`` seconds have passed; its rate is samples / elapsed time and
-the reported number is the median over repeats. For graphnn, cold and warm start times are measured
+trains the workload's fixed number of chunks (the same work and training progress for every
+trainer), continuing with further chunks only while less than ``--min-time`` seconds have passed
+(so a very fast trainer is still timed over a measurable interval); its rate is samples / elapsed
+time and the reported number is the median over repeats. For graphnn, cold and warm start times are measured
 in fresh subprocesses (see graphnn_startup.py). See README.md for the definitions.
 """
 
@@ -46,7 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--trainers", default=",".join(TRAINER_ORDER), help="comma-separated names")
     p.add_argument("--quick", action="store_true", help="small data and budgets (< 1 minute)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per trainer")
-    p.add_argument("--budget", type=float, help="seconds per repeat (default 1.5, quick 0.1)")
+    p.add_argument(
+        "--min-time", type=float, help="minimum seconds per repeat (default 0.3, quick 0.05)"
+    )
     p.add_argument("--no-startup", action="store_true", help="skip graphnn cold/warm start")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write all results to this file")
@@ -59,8 +63,8 @@ def parse_args(argv=None):
     for t in args.trainers:
         if t not in TRAINER_ORDER:
             p.error(f"unknown trainer {t!r}; known: {', '.join(TRAINER_ORDER)}")
-    if args.budget is None:
-        args.budget = 0.1 if args.quick else 1.5
+    if args.min_time is None:
+        args.min_time = 0.05 if args.quick else 0.3
     return args
 
 
@@ -103,16 +107,27 @@ def _factory(name: str):
 # --- steady-state throughput ------------------------------------------------------------------
 
 
-def time_repeat(trainer, budget: float) -> float:
-    """Samples per second over whole chunks trained until ``budget`` seconds have passed."""
+def time_repeat(trainer, n_chunks: int, min_time: float) -> float:
+    """Samples per second over ``n_chunks`` chunks, plus more while under ``min_time`` seconds."""
     gc.collect()
     time.sleep(0.05)  # let the previous trainer's spinning worker threads go idle
-    samples, t0 = 0, time.perf_counter()
+    samples, done, t0 = 0, 0, time.perf_counter()
     while True:
         samples += trainer.train_chunk()
+        done += 1
         elapsed = time.perf_counter() - t0
-        if elapsed >= budget:
+        if done >= n_chunks and elapsed >= min_time:
             return samples / elapsed
+
+
+def machine_speed(seconds: float = 0.02) -> float:
+    """Single-threaded 64x64 float32 matmuls per ms right now: a noise gauge for the host."""
+    a = np.ones((64, 64), np.float32)
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        np.dot(a, a)  # tiny enough that OpenBLAS stays on one thread
+        n += 1
+    return n / (elapsed * 1e3)
 
 
 def bench_workload(wl, factories: dict, skipped: dict, args) -> dict:
@@ -139,16 +154,23 @@ def bench_workload(wl, factories: dict, skipped: dict, args) -> dict:
             }
         except Exception as e:
             results[name] = _failure(name, e, "build/warm-up")
+    speeds = []
     for _ in range(args.repeats):
         for name, trainer in list(trainers.items()):
+            speeds.append(machine_speed())
             try:
-                results[name]["rates"].append(time_repeat(trainer, args.budget))
+                rate = time_repeat(trainer, wl.repeat_chunks, args.min_time)
+                results[name]["rates"].append(rate)
             except Exception as e:
                 results[name] = _failure(name, e, "timed run")
                 del trainers[name]
     for name, trainer in trainers.items():
         results[name].update(_summary(wl, trainer, results[name]["rates"], X, Y))
         print(f"   {name:8s} {results[name]['samples_per_s']:>14,.0f} samples/s", flush=True)
+    if speeds:
+        results["_machine_speed"] = {"min": min(speeds), "max": max(speeds), "all": speeds}
+        if min(speeds) < 0.8 * max(speeds):
+            print(f"   [noise] host speed varied {min(speeds):.1f}..{max(speeds):.1f} during the repeats")
     return results
 
 
@@ -340,7 +362,7 @@ def main(argv=None) -> int:
         print("\n## graphnn start-up\n")
         print(startup_table(startup))
     total = time.perf_counter() - t_start
-    print(f"\n(total {total:.1f}s; {args.repeats} repeats x {args.budget}s budget, interleaved)")
+    print(f"\n(total {total:.1f}s; {args.repeats} interleaved repeats, min {args.min_time}s each)")
     if args.json:
         out = {
             "args": {k: v for k, v in vars(args).items() if k != "json"},

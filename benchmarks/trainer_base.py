@@ -16,7 +16,7 @@ TINY = np.finfo(np.float32).tiny  # smallest normal float32
 
 
 class Trainer:
-    """Base class: chunk bookkeeping; subclasses implement ``_train`` and ``params_numpy``."""
+    """Base class: chunk bookkeeping; subclasses implement ``train_batch`` and ``params_numpy``."""
 
     name = "?"
 
@@ -36,6 +36,14 @@ class Trainer:
         return stop - start
 
     def _train(self, start: int, stop: int) -> None:
+        """One shuffled pass over samples [start, stop) in minibatches."""
+        B = self.wl.batch_size
+        order = start + self.rng.permutation(stop - start)
+        for i in range(0, len(order), B):
+            self.train_batch(order[i : i + B])
+
+    def train_batch(self, idx: np.ndarray) -> None:
+        """One optimizer step on the samples ``idx`` (may return before the work is done)."""
         raise NotImplementedError
 
     def params_numpy(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -9,6 +9,7 @@ generated Numba kernels train it.
 ['W', 'b']
 """
 
+from graphnn.driver import Model, compile
 from graphnn.errors import (
     CheckpointError,
     CodegenError,
@@ -47,10 +48,19 @@ from graphnn.ops import (
 )
 from graphnn.ops import exp_ as exp
 from graphnn.ops import log_ as log
+from graphnn.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Model",
+    "Optimizer",
+    "RMSProp",
+    "compile",
     "ACTIVATIONS",
     "CheckpointError",
     "CodegenError",

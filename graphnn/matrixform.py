@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 import sympy
+from sympy.printing.latex import LatexPrinter
 
 from codegen.numpy_ref import RULES as NUMPY_RULES
 from codegen.numpy_ref import _lambdified
@@ -60,6 +62,18 @@ class Formula:
         return (self.kind not in _ATOMIC) + sum(o.count_ops() for o in self.operands)
 
 
+class _MathtextPrinter(LatexPrinter):
+    """SymPy's LaTeX, but Piecewise without ``cases`` (matplotlib's mathtext cannot parse it)."""
+
+    def _print_Piecewise(self, expr):
+        parts = [
+            self._print(e)
+            + (r"\ \mathrm{otherwise}" if c == sympy.true else r"\ \mathrm{if}\ " + self._print(c))
+            for e, c in expr.args
+        ]
+        return r"\left\{" + r",\ ".join(parts) + r"\right."
+
+
 def _wrap(f: Formula) -> tuple[str, str]:
     if f.kind in _ATOMIC:
         return f.text, f.latex_text
@@ -78,7 +92,7 @@ def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> F
     texts = {names[s]: sympy.Symbol(_wrap(f)[0]) for s, f in operands.items()}
     latexes = {names[s]: sympy.Symbol(_wrap(f)[1]) for s, f in operands.items()}
     text = sympy.sstr(shown.xreplace(texts))
-    tex = sympy.latex(shown.xreplace(latexes))
+    tex = _MathtextPrinter().doprint(shown.xreplace(latexes))
     order = list(operands)
     func = _lambdified(expr.xreplace(dict(zip(order, ARGS, strict=False))), len(order))
     kind = "const" if not operands else "elem"
@@ -235,7 +249,13 @@ def gradient_formula(training: GraphIR, grad_node: str, forward: set[str]) -> Fo
 
     ``forward`` names the forward nodes: they appear as symbols and are inputs of ``evaluate``.
     """
-    return _Assembler(training, forward).of(grad_node)
+    assembler = _Assembler(training, forward)
+    # Assemble the nodes it reads inputs-first, so a deep graph never recurses deeply.
+    needed = nx.ancestors(training.dag, grad_node)
+    for node in training.nodes:
+        if node.name in needed:
+            assembler.of(node.name)
+    return assembler.of(grad_node)
 
 
 _NAMED = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "elu", "gelu", "silu", "exp", "log")
