@@ -43,8 +43,12 @@ def check_workload(wl, factories: dict, steps: int) -> bool:
     B = wl.batch_size
     for s in range(steps):
         idx = np.arange(s * B, (s + 1) * B) % len(X)
-        for trainer in trainers.values():
-            trainer.train_batch(idx)
+        for name, trainer in list(trainers.items()):
+            try:
+                trainer.train_batch(idx)
+            except Exception as e:
+                print(f"  {name:8s} failed at step {s}: {type(e).__name__}: {e}".splitlines()[0])
+                del trainers[name]
     ref = trainers["numpy"].params_numpy()
     moved = max(float(np.abs(a[0] - b[0]).max()) for a, b in zip(ref, init, strict=True))
     tol = TOLERANCE[wl.optimizer.name]

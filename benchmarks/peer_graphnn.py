@@ -68,15 +68,41 @@ class GraphnnTrainer(Trainer):
         super().__init__(wl, X, Y, seed)
         self.gn = gn
         self.model, self.opt_desc, self.build_times = build_model(gn, wl)
+        self.cumulative_epochs = None  # does fit(epochs=n) mean "up to epoch n"? found on 1st call
 
     def _train(self, start, stop):
         data = {"x": self.X[start:stop], "y": self.Y[start:stop]}
         seed = int(self.rng.integers(2**31))
-        self.model.fit(data, epochs=1, batch_size=self.wl.batch_size, shuffle=True, seed=seed)
+        self._fit_one_epoch(data, self.wl.batch_size, shuffle=True, seed=seed)
 
     def train_batch(self, idx):
         data = {"x": self.X[idx], "y": self.Y[idx]}
-        self.model.fit(data, epochs=1, batch_size=len(idx), shuffle=False)
+        self._fit_one_epoch(data, len(idx), shuffle=False, seed=0)
+
+    def _fit_one_epoch(self, data, batch_size, **kw) -> None:
+        """One more epoch over ``data``, whether fit's ``epochs`` counts per call or in total.
+
+        Keras trains ``epochs`` epochs per call; a model that counts epochs across calls (and
+        stops once ``model.epoch`` reaches ``epochs``) needs ``epochs=model.epoch + 1``. The step
+        counter, when the model has one, tells which, and that every call really trained.
+        """
+        model = self.model
+        n = len(data["x"])
+        expected = -(-n // batch_size)
+        before = getattr(model, "step", None)
+        epochs = model.epoch + 1 if self.cumulative_epochs else 1
+        model.fit(data, epochs=epochs, batch_size=batch_size, **kw)
+        if before is None:
+            return
+        if model.step == before and not self.cumulative_epochs and hasattr(model, "epoch"):
+            self.cumulative_epochs = True
+            model.fit(data, epochs=model.epoch + 1, batch_size=batch_size, **kw)
+        elif before > 0 and self.cumulative_epochs is None:
+            self.cumulative_epochs = False  # a later call with epochs=1 trained again
+        if model.step - before != expected:
+            raise RuntimeError(
+                f"model.fit ran {model.step - before} steps on {n} samples, expected {expected}"
+            )
 
     def set_params(self, init) -> None:
         """Overwrite graphnn's initial values in place (for check_peers; may be unsupported)."""
@@ -95,5 +121,6 @@ class GraphnnTrainer(Trainer):
             "version": getattr(self.gn, "__version__", "?"),
             "optimizer": self.opt_desc,
             "flush_to_zero": "not exposed" if flush is None else bool(flush),
+            "fit_epochs_cumulative": self.cumulative_epochs,
             **{k: round(v, 3) for k, v in self.build_times.items()},
         }

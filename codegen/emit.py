@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,33 +22,76 @@ import sympy
 from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.steps import EMITTERS, Scope, indent
+from graphnn.graph import GraphIR
 
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
 JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
 
 
+# Identifiers the generated code uses itself; a node with one of these names is renamed.
+RESERVED = set(keyword.kwlist) | {"np", "math", "njit", "FASTMATH", "range", "max", "min", "abs"}
+RESERVED |= {"n", "nf", "m", "s", "d", "j", "t", "t0", "P", "G", "loss", "status", "total"}
+RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "clip_norm"}
+RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}
+RESERVED |= {"init_params", "predict", "grads", "step", "main", "PARAMS"} | {
+    f"i{k}" for k in range(8)
+}
+
+
 @dataclass(frozen=True)
 class Signature:
-    """Argument names of the generated functions, in order."""
+    """Argument names of the generated functions, in order (identifiers as printed)."""
 
     inputs: tuple[str, ...]
     params: tuple[str, ...]
-    state: tuple[str, ...]  # "<buffer>_<param>" for each optimizer buffer and parameter
+    state: tuple[str, ...]  # "<buffer>_<param>" for each parameter and optimizer buffer
     hyper: tuple[str, ...]
+    training: GraphIR  # the training graph with every node named by its identifier
+    forward: GraphIR
+    loss: str
+    grads: tuple[str, ...]  # gradient node identifiers, in parameter order
+    ident: dict  # node name -> identifier
 
-    @property
-    def grads(self) -> tuple[str, ...]:
-        return tuple(f"grad_{p}" for p in self.params)
+
+def _identifiers(graph, taken: set[str]) -> dict[str, str]:
+    """Node name -> identifier: the name itself unless the generated code already uses it."""
+    names = list(dict.fromkeys(n.name for n in [*graph.training.nodes, *graph.forward.nodes]))
+    taken = taken | {f"{x}_v" for x in names} | {f"{x}_all" for x in names}
+    taken |= {f"grad_{x}" for x in names}
+    out, used = {}, set()
+    for name in names:
+        ident, k = name, 0
+        while ident in taken or ident in used:
+            k += 1
+            ident = f"{name}_{k}"
+        out[name] = ident
+        used.add(ident)
+    return out
 
 
 def signature(graph, optimizer) -> Signature:
-    params = tuple(graph.param_names)
-    state = tuple(f"{s}_{p}" for p in params for s in optimizer.state) if optimizer else ()
     hyper = tuple(optimizer.hyper) if optimizer else ()
     if optimizer is not None and optimizer.clip_norm is not None:
         hyper += ("clip_norm",)
-    inputs = tuple(n.name for n in graph.forward.inputs)
-    return Signature(inputs, params, state, hyper)
+    buffers = tuple(optimizer.state) if optimizer else ()
+    scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
+    state_names = {f"{b}_{p}" for p in graph.param_names for b in buffers}
+    ident = _identifiers(graph, RESERVED | set(hyper) | set(buffers) | set(scalars) | state_names)
+    rename = {
+        tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
+    }
+    params = tuple(ident[p] for p in graph.param_names)
+    return Signature(
+        inputs=tuple(ident[n.name] for n in graph.forward.inputs),
+        params=params,
+        state=tuple(f"{b}_{p}" for p in graph.param_names for b in buffers),
+        hyper=hyper,
+        training=GraphIR(graph.training.outputs, rename),
+        forward=GraphIR(graph.forward.outputs, rename),
+        loss=ident[graph.loss_name],
+        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
+        ident=ident,
+    )
 
 
 def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str) -> list[str]:
@@ -70,9 +114,11 @@ def _update_function(optimizer, dtype: str) -> list[str]:
     args = [*flat, *optimizer.hyper, "t", "gscale"]
     body = [f"{s}_ = {s}.ravel()" if s == "P" else f"{s}_ = {s}.ravel()" for s in flat]
     body += [f"{k} = {print_expr(e, dtype=dtype)}" for k, e in optimizer.scalars()]
-    loop = [f"G = G_[i] * gscale"] + [f"{s} = {s}_[i]" for s in ["P", *optimizer.state]]
+    loop = ["G = G_[i] * gscale"] + [f"{s} = {s}_[i]" for s in ["P", *optimizer.state]]
     for target, expr in optimizer.assignments():
-        loop.append(f"{target} = {print_expr(expr.xreplace({sym['t']: sympy.Symbol('t')}), dtype=dtype)}")
+        loop.append(
+            f"{target} = {print_expr(expr.xreplace({sym['t']: sympy.Symbol('t')}), dtype=dtype)}"
+        )
     targets = dict.fromkeys(str(t) for t, _ in optimizer.assignments())
     loop += [f"{s}_[i] = {s}" for s in targets]
     body += ["for i in range(P_.shape[0]):", *indent(loop, 1)]
@@ -82,17 +128,21 @@ def _update_function(optimizer, dtype: str) -> list[str]:
 
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     lit = f"np.{dtype}"
-    body = [f"loss, {', '.join(sig.grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)})"]
+    grads = tuple(f"grad_{p}" for p in sig.params)
+    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)})"]
     body += ["if not np.isfinite(loss):", "    return loss, -1"]
-    sq = " + ".join(f"np.sum({g} * {g})" for g in sig.grads)
+    sq = " + ".join(f"np.sum({g} * {g})" for g in grads)
     if optimizer.clip_norm is not None:
-        body += [f"norm = np.sqrt({sq})", f"gscale = min({lit}(1.0), clip_norm / (norm + {lit}(1e-6)))"]
+        body += [
+            f"norm = np.sqrt({sq})",
+            f"gscale = min({lit}(1.0), clip_norm / (norm + {lit}(1e-6)))",
+        ]
     else:
         body.append(f"gscale = {lit}(1.0)")
-    for k, g in enumerate(sig.grads):
+    for k, g in enumerate(grads):
         body += [f"if not np.isfinite(np.sum({g})):", f"    return loss, {k + 1}"]
     n_state = len(optimizer.state)
-    for k, (p, g) in enumerate(zip(sig.params, sig.grads, strict=True)):
+    for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
         state = sig.state[k * n_state : (k + 1) * n_state]
         args = [p, g, *state, *optimizer.hyper, "t", "gscale"]
         body.append(f"apply_update({', '.join(args)})")
@@ -119,7 +169,7 @@ def _epoch_function(sig: Signature, dtype: str) -> list[str]:
     body += ["for start in range(0, perm.shape[0], batch_size):", *indent(loop, 1)]
     body.append("return total, steps, 0")
     args = [*batches, "perm", "batch_size", *sig.params, *sig.state, *hyper, "t0"]
-    doc = '"""One epoch of mini-batch steps in the order of perm; returns (loss sum, steps, status)."""'
+    doc = '"""Mini-batch steps in the order of perm; returns (loss sum, steps, status)."""'
     return [JIT, f"def train_epoch({', '.join(args)}):", *indent([doc, *body], 1)]
 
 
@@ -130,8 +180,9 @@ def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:
 
 
 def forward_kernel(graph, outputs: Sequence[str], sig: Signature, dtype: str) -> list[str]:
-    args = [*forward_inputs(graph, outputs), *sig.params]
-    return kernel("forward", graph.forward, list(outputs), args, dtype)
+    outs = [sig.ident[o] for o in outputs]
+    args = [sig.ident[i] for i in forward_inputs(graph, outputs)] + list(sig.params)
+    return kernel("forward", sig.forward, outs, args, dtype)
 
 
 def header(graph, optimizer, dtype: str) -> list[str]:
@@ -147,14 +198,16 @@ def header(graph, optimizer, dtype: str) -> list[str]:
     return lines + ['"""', "", "import numpy as np", "from numba import njit", ""]
 
 
-def module_source(graph, optimizer=None, dtype: str = "float32", outputs: Sequence[str] = ()) -> str:
+def module_source(
+    graph, optimizer=None, dtype: str = "float32", outputs: Sequence[str] = ()
+) -> str:
     """The whole kernel module for a graph (and its optimizer) as Python source text."""
     sig = signature(graph, optimizer)
     lines = header(graph, optimizer, dtype)
     lines += [f"FASTMATH = {FASTMATH}  # no nnan/ninf: NaN and Inf stay visible", "", ""]
-    grad_nodes = [graph.grad_names[p] for p in sig.params]
-    lines += kernel("loss_and_grads", graph.training, [graph.loss_name, *grad_nodes],
-                    [*sig.inputs, *sig.params], dtype)
+    lines += kernel(
+        "loss_and_grads", sig.training, [sig.loss, *sig.grads], [*sig.inputs, *sig.params], dtype
+    )
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:
         lines += ["", ""] + _update_function(optimizer, dtype)

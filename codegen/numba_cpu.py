@@ -35,9 +35,9 @@ def build(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()):
 
 def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     module = build(graph, None, dtype)
-    sig = signature(graph, None)
-    loss, *grads = module.loss_and_grads(*(values[a] for a in sig.inputs + sig.params))
-    return loss, dict(zip(sig.params, grads, strict=True))
+    names = [n.name for n in graph.forward.inputs] + list(graph.param_names)
+    loss, *grads = module.loss_and_grads(*(values[a] for a in names))
+    return loss, dict(zip(graph.param_names, grads, strict=True))
 
 
 class Trainer:
@@ -54,14 +54,16 @@ class Trainer:
 
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
         """One epoch inside one compiled function; returns (loss sum, steps done, status)."""
-        args = [data[i] for i in self.sig.inputs] + [perm, batch_size]
-        args += [params[p] for p in self.sig.params] + [state[s] for s in self.sig.state]
+        args = [data[n.name] for n in self.graph.forward.inputs] + [perm, batch_size]
+        args += [params[p] for p in self.graph.param_names] + [state[s] for s in self.sig.state]
         args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
         return self.module.train_epoch(*args)
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         names = forward_inputs(self.graph, self.outputs)
-        out = self.module.forward(*(data[i] for i in names), *(params[p] for p in self.sig.params))
+        out = self.module.forward(
+            *(data[i] for i in names), *(params[p] for p in self.graph.param_names)
+        )
         out = out if isinstance(out, tuple) else (out,)
         return dict(zip(self.outputs, out, strict=True))
 

@@ -107,3 +107,84 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     """Back-end entry point: the loss and every parameter's gradient on one batch."""
     env = evaluate(graph.training, values, dtype)
     return env[graph.loss_name], {p: env[g].copy() for p, g in graph.grad_names.items()}
+
+
+class Trainer:
+    """The reference trainer: the same epoch/step contract as the compiled back ends, in NumPy.
+
+    Slow but independent of code generation: the optimizer formulas are evaluated by
+    ``sympy.lambdify`` and the step runs node by node.
+    """
+
+    def __init__(self, graph, optimizer, dtype="float32", outputs=()):
+        self.graph, self.optimizer, self.dtype = graph, optimizer, np.dtype(dtype)
+        self.outputs = tuple(outputs) or (graph.loss_name,)
+        sym = optimizer.symbols
+        order = list(sym.values())
+        self._scalars = [
+            (str(k), sympy.lambdify(order, e, "numpy")) for k, e in optimizer.scalars()
+        ]
+        self._updates = [
+            (str(k), sympy.lambdify(order, e, "numpy")) for k, e in optimizer.assignments()
+        ]
+        self._names = list(sym)
+
+    def apply_update(self, p, g, state: dict, hyper: Mapping, t: int, gscale) -> None:
+        """One optimizer update of parameter array ``p`` (and its state buffers) in place."""
+        cast = self.dtype.type
+        env = dict.fromkeys(self._names, cast(0))
+        env.update({k: cast(v) for k, v in hyper.items() if k in env})
+        env.update(P=p, G=g * cast(gscale), t=cast(t), **state)
+        for name, fn in self._scalars + self._updates:
+            with np.errstate(all="ignore"):
+                env[name] = np.asarray(fn(*(env[k] for k in self._names)), dtype=self.dtype)
+        p[...] = env["P"]
+        for name in state:
+            state[name][...] = env[name]
+
+    def step(self, params, state, batch, hyper, lr, t) -> tuple[float, int]:
+        values = {**params, **batch}
+        loss, grads = value_and_grad(self.graph, values, self.dtype)
+        if not np.isfinite(loss):
+            return float(loss), -1
+        names = self.graph.param_names
+        for k, p in enumerate(names):
+            if not np.all(np.isfinite(grads[p])):
+                return float(loss), k + 1
+        gscale = 1.0
+        if self.optimizer.clip_norm is not None:
+            norm = np.sqrt(sum(np.sum(grads[p] * grads[p]) for p in names))
+            gscale = min(1.0, self.optimizer.clip_norm / (norm + 1e-6))
+        for p in names:
+            buffers = {s: state[f"{s}_{p}"] for s in self.optimizer.state}
+            self.apply_update(params[p], grads[p], buffers, {**hyper, "lr": lr}, t, gscale)
+        return float(loss), 0
+
+    def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
+        total, steps = 0.0, 0
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start : start + batch_size]
+            batch = {k: v[idx] for k, v in data.items()}
+            loss, status = self.step(params, state, batch, hyper, lrs[steps], t0 + steps + 1)
+            if status != 0:
+                return total, steps, status
+            total += loss * len(idx)
+            steps += 1
+        return total, steps, 0
+
+    def forward_inputs(self) -> tuple[str, ...]:
+        from codegen.plan import make_plan
+
+        needed = make_plan(self.graph.forward, self.outputs).needed
+        return tuple(n.name for n in self.graph.forward.inputs if n.name in needed)
+
+    def forward(self, params, data) -> dict[str, np.ndarray]:
+        env = evaluate(self.graph.forward, {**params, **data}, self.dtype)
+        return {k: env[k] for k in self.outputs}
+
+
+def source(graph, optimizer=None, dtype="float32") -> str:
+    """The reference back end generates no code; it shows the graph it interprets instead."""
+    lines = [f"# numpy reference: interprets {len(graph.training)} nodes, no generated code"]
+    lines += [f"# {n.name} = {n.op}({', '.join(n.inputs)})" for n in graph.training.nodes]
+    return "\n".join(lines) + "\n"

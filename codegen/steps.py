@@ -215,7 +215,11 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
     lines, body = [], _row_stats(z, k, scope)
     if loss is not None:
         lines += [_comment(loss), f"{loss.name} = {scope.literal(0)}"]
-        body += [f"d = {scope.literal(0)}", f"for j in range({k}):", f"    d += {t}[i0, j] * {z}[i0, j]"]
+        body += [
+            f"d = {scope.literal(0)}",
+            f"for j in range({k}):",
+            f"    d += {t}[i0, j] * {z}[i0, j]",
+        ]
         body += [f"{loss.name} += m + np.log(s) - d"]
     if grad is not None:
         lines += [_comment(grad), scope.empty(grad.name, grad.shape)]

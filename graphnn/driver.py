@@ -32,8 +32,14 @@ from graphnn.optim import SGD, Optimizer
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 
 
-def compile(graph, optimizer: Optimizer | None = None, backend: str = "cpu", dtype="float32",
-            predict: str | None = None, seed: int = 0) -> Model:  # noqa: A001
+def compile(
+    graph,
+    optimizer: Optimizer | None = None,
+    backend: str = "cpu",
+    dtype="float32",
+    predict: str | None = None,
+    seed: int = 0,
+) -> Model:  # noqa: A001
     """Generate and compile the training kernels of ``graph``; returns a :class:`Model`."""
     return Model(graph, optimizer or SGD(lr=0.01), backend, dtype, predict, seed)
 
@@ -58,20 +64,36 @@ class Model:
         )
         self.params = graph.init_params(seed, self.dtype)
         self.state = {
-            f"{s}_{p}": np.zeros_like(self.params[p]) for p in graph.param_names for s in optimizer.state
+            f"{s}_{p}": np.zeros_like(self.params[p])
+            for p in graph.param_names
+            for s in optimizer.state
         }
         self.step, self.epoch = 0, 0
         self.history = History()
         self._rng = None
+        self._predictors: dict = {}
 
     # --- training ------------------------------------------------------------------------------
 
-    def fit(self, data: Mapping, epochs: int = 20, batch_size: int | None = 32, shuffle=True,
-            seed: int = 0, validation_data: Mapping | None = None, validation_split: float = 0.0,
-            tol: float | None = None, patience: int = 5, early_stopping: bool = False,
-            monitor: str | None = None, checkpoint_dir=None, checkpoint_every: int = 1,
-            resume: bool = False, callbacks: Sequence[Callable] = (), progress: bool = False,
-            ) -> History:
+    def fit(
+        self,
+        data: Mapping,
+        epochs: int = 20,
+        batch_size: int | None = 32,
+        shuffle=True,
+        seed: int = 0,
+        validation_data: Mapping | None = None,
+        validation_split: float = 0.0,
+        tol: float | None = None,
+        patience: int = 5,
+        early_stopping: bool = False,
+        monitor: str | None = None,
+        checkpoint_dir=None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
+        callbacks: Sequence[Callable] = (),
+        progress: bool = False,
+    ) -> History:
         """Train for up to ``epochs`` epochs; ``batch_size=None`` is batch gradient descent.
 
         Stops early when the training loss changes by less than ``tol`` for ``patience`` epochs,
@@ -158,7 +180,9 @@ class Model:
             for s in range(0, n, EVAL_CHUNK)
         ]
         sizes = [min(EVAL_CHUNK, n - s) for s in range(0, n, EVAL_CHUNK)]
-        loss = sum(float(p[self.graph.loss_name]) * k for p, k in zip(parts, sizes, strict=True)) / n
+        loss = (
+            sum(float(p[self.graph.loss_name]) * k for p, k in zip(parts, sizes, strict=True)) / n
+        )
         pred = np.concatenate([p[self.prediction] for p in parts])
         return {"loss": loss, "prediction": pred}
 
@@ -168,7 +192,9 @@ class Model:
         out = self._forward(arrays)
         metrics = {"loss": out["loss"]}
         if self.accuracy_kind and self.target:
-            metrics["accuracy"] = accuracy(out["prediction"], arrays[self.target], self.accuracy_kind)
+            metrics["accuracy"] = accuracy(
+                out["prediction"], arrays[self.target], self.accuracy_kind
+            )
         return metrics
 
     def predict(self, data: Mapping, node: str | None = None) -> np.ndarray:
@@ -177,14 +203,19 @@ class Model:
 
         node = node or self.prediction
         self.graph.forward.node(node)
-        trainer = self.trainer
-        if node != self.prediction:
-            trainer = get_backend(self.backend).Trainer(self.graph, self.optimizer, self.dtype, (node,))
+        if node not in self._predictors:
+            backend = get_backend(self.backend)
+            self._predictors[node] = backend.Trainer(
+                self.graph, self.optimizer, self.dtype, (node,)
+            )
+        trainer = self._predictors[node]
         needed = trainer.forward_inputs()
         arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
         n = len(next(iter(arrays.values())))
         chunks = [
-            trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})[node]
+            trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})[
+                node
+            ]
             for s in range(0, n, EVAL_CHUNK)
         ]
         return np.concatenate(chunks)

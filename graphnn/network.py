@@ -62,6 +62,24 @@ class Graph:
             )
         return self._formulas[name]
 
+    def explain(self, name: str):
+        """dLoss/d(name) explained: formula, chain of deltas, derivative forms, kernel lines."""
+        from graphnn.inspect import explain
+
+        return explain(self, self._param(name))
+
+    def source(self, backend: str = "cpu", optimizer=None, dtype="float32") -> str:
+        """The generated kernel module of a back end, as Python source text."""
+        from codegen import get_backend
+
+        return get_backend(backend).source(self, optimizer, dtype)
+
+    def export(self, path, optimizer=None, backend: str = "cpu", dtype="float32"):
+        """Write a standalone training module (numpy + numba only) to ``path``."""
+        from codegen.export import export_module
+
+        return export_module(self, path, optimizer=optimizer, backend=backend, dtype=dtype)
+
     @property
     def inputs(self) -> dict[str, tuple]:
         return {n.name: n.shape for n in self.forward.inputs}

@@ -4,7 +4,8 @@ When a compiled step reports a non-finite loss or gradient, the driver re-runs t
 NumPy reference in the model's dtype and finds the first node, in topological order, whose value
 is not finite.  Parameters were not updated by the failing step.
 
->>> first_nonfinite({"a": __import__("numpy").ones(2), "b": __import__("numpy").array([1.0, float("nan")])}, ["a", "b"])
+>>> import numpy as np
+>>> first_nonfinite({"a": np.ones(2), "b": np.array([1.0, np.nan])}, ["a", "b"])
 'b'
 """
 

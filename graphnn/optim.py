@@ -24,6 +24,9 @@ import sympy
 from graphnn.errors import GraphError
 
 P, G, T = sympy.symbols("P G t", real=True)
+BETA1, BETA2 = sympy.symbols("beta1 beta2", real=True)
+# Bias corrections; SymPy expressions since the spec parser only takes constant exponents.
+_ADAM_SCALARS = (("bc1", 1 - BETA1**T), ("bc2", 1 - BETA2**T))
 _FUNCTIONS = {"sqrt": sympy.sqrt, "sign": sympy.sign, "abs": sympy.Abs, "exp": sympy.exp}
 _FUNCTIONS |= {"log": sympy.log, "min": sympy.Min, "max": sympy.Max}
 
@@ -82,7 +85,10 @@ class Optimizer:
     def assignments(self) -> list[tuple[sympy.Symbol, sympy.Expr]]:
         """The update as ordered assignments (target symbol, formula)."""
         sym = self.symbols
-        return [(sym[k], _formula(v, sym, f"optimizer '{self.name}' update of {k}")) for k, v in self.updates]
+        return [
+            (sym[k], _formula(v, sym, f"optimizer '{self.name}' update of {k}"))
+            for k, v in self.updates
+        ]
 
     def with_options(self, **changes) -> Optimizer:
         fields = {**self.__dict__, **changes}
@@ -110,7 +116,7 @@ def Adam(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, *
     """Adam with bias correction; weight_decay adds L2 to the gradient (PyTorch's Adam)."""
     g = _decayed_gradient(weight_decay)
     hyper = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
-    per_step = (("bc1", "1 - beta1**t"), ("bc2", "1 - beta2**t"))
+    per_step = _ADAM_SCALARS
     updates = (
         ("m", f"beta1*m + (1 - beta1)*{g}"),
         ("v", f"beta2*v + (1 - beta2)*{g}*{g}"),
@@ -122,7 +128,7 @@ def Adam(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, *
 def AdamW(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, **kw):
     """Adam with decoupled weight decay: ``P ← P(1 − η λ)`` before the Adam step."""
     hyper = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
-    per_step = (("bc1", "1 - beta1**t"), ("bc2", "1 - beta2**t"))
+    per_step = _ADAM_SCALARS
     updates = (
         ("m", "beta1*m + (1 - beta1)*G"),
         ("v", "beta2*v + (1 - beta2)*G*G"),
