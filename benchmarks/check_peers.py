@@ -17,7 +17,6 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (BENCH_DIR, os.path.dirname(BENCH_DIR)) if p not in sys.path]
 
 import numpy as np  # noqa: E402
-
 from run import TRAINER_ORDER, load_factories  # noqa: E402
 from workloads import WORKLOADS, get_workload, init_params, make_data  # noqa: E402
 

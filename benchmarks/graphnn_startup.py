@@ -20,7 +20,6 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [BENCH_DIR, os.path.dirname(BENCH_DIR)]
 
 import numpy as np  # noqa: E402
-
 from peer_graphnn import build_model  # noqa: E402
 from workloads import get_workload  # noqa: E402
 

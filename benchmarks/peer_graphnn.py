@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from trainer_base import Trainer
 from workloads import Workload
 
@@ -114,6 +113,11 @@ class GraphnnTrainer(Trainer):
     def params_numpy(self):
         p = self.model.params
         return [(np.asarray(p[w]), np.asarray(p[b])) for w, b in self.wl.param_names()]
+
+    def state_arrays(self):
+        state = getattr(self.model, "state", None)  # optimizer state, if the model exposes it
+        extra = list(state.values()) if isinstance(state, dict) else []
+        return [a for layer in self.params_numpy() for a in layer] + extra
 
     def info(self):
         flush = getattr(self.model, "flush_denormals", None)

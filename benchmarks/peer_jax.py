@@ -12,7 +12,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from trainer_base import Trainer, flush_probe
 
 try:
@@ -43,7 +42,11 @@ def _hand_optimizer(opt):
     if opt.name == "adam":
 
         def init(params):
-            return (jnp.zeros((), jnp.int32), tm(jnp.zeros_like, params), tm(jnp.zeros_like, params))
+            return (
+                jnp.zeros((), jnp.int32),
+                tm(jnp.zeros_like, params),
+                tm(jnp.zeros_like, params),
+            )
 
         def update(grads, state, params):
             t, m, v = state

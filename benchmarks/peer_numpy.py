@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from trainer_base import Trainer, flush_probe
 from workloads import Workload
 

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from trainer_base import Trainer, flush_probe
 
 torch.set_num_threads(2)
@@ -37,7 +36,9 @@ class TorchTrainer(Trainer):
         opt = wl.optimizer
         if opt.name == "adam":
             betas = (opt.beta1, opt.beta2)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=opt.lr, betas=betas, eps=opt.eps)
+            self.opt = torch.optim.Adam(
+                self.model.parameters(), lr=opt.lr, betas=betas, eps=opt.eps
+            )
         else:
             self.opt = torch.optim.SGD(self.model.parameters(), lr=opt.lr, momentum=opt.momentum)
         self.Xt = torch.from_numpy(X)

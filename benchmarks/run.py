@@ -8,8 +8,8 @@ timed repeats run interleaved (A B C A B C ...) so machine noise hits all traine
 trains the workload's fixed number of chunks (the same work and training progress for every
 trainer), continuing with further chunks only while less than ``--min-time`` seconds have passed
 (so a very fast trainer is still timed over a measurable interval); its rate is samples / elapsed
-time and the reported number is the median over repeats. For graphnn, cold and warm start times are measured
-in fresh subprocesses (see graphnn_startup.py). See README.md for the definitions.
+time and the reported number is the median over repeats. For graphnn, cold and warm start times
+are measured in fresh subprocesses (see graphnn_startup.py). See README.md for the definitions.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [p for p in (BENCH_DIR, REPO_DIR) if p not in sys.path]
 
 import numpy as np  # noqa: E402
-
 from peer_numpy import NumpyTrainer, evaluate  # noqa: E402
 from trainer_base import count_subnormals, flush_probe  # noqa: E402
 from workloads import WORKLOADS, get_workload, init_params, make_data  # noqa: E402
@@ -170,7 +169,10 @@ def bench_workload(wl, factories: dict, skipped: dict, args) -> dict:
     if speeds:
         results["_machine_speed"] = {"min": min(speeds), "max": max(speeds), "all": speeds}
         if min(speeds) < 0.8 * max(speeds):
-            print(f"   [noise] host speed varied {min(speeds):.1f}..{max(speeds):.1f} during the repeats")
+            print(
+                f"   [noise] host speed varied {min(speeds):.1f}..{max(speeds):.1f}"
+                " (64x64 matmuls/ms) during the repeats"
+            )
     return results
 
 
@@ -329,29 +331,22 @@ def startup_table(startup: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    own_cache = "GRAPHNN_CACHE_DIR" not in os.environ
-    if own_cache:  # steady-state runs must not fill the user's cache
-        os.environ["GRAPHNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphnn_bench_cache_")
     t_start = time.perf_counter()
     numpy_flush_before = flush_probe(lambda a, b: a * b)
     factories, skipped = load_factories([t for t in TRAINER_ORDER if t in args.trainers])
     results, startup = {}, {}
-    try:
-        for wname in args.workloads:
+    for wname in args.workloads:
+        wl = get_workload(wname, args.quick)
+        results[wname] = bench_workload(wl, factories, skipped, args)
+    if "graphnn" in factories and not args.no_startup:
+        # --quick measures start-up on the first workload only, to stay under a minute.
+        for wname in args.workloads[:1] if args.quick else args.workloads:
+            print(f"\n== graphnn cold/warm start: {wname}", flush=True)
             wl = get_workload(wname, args.quick)
-            results[wname] = bench_workload(wl, factories, skipped, args)
-        if "graphnn" in factories and not args.no_startup:
-            # --quick measures start-up on the first workload only, to stay under a minute.
-            for wname in args.workloads[:1] if args.quick else args.workloads:
-                print(f"\n== graphnn cold/warm start: {wname}", flush=True)
-                wl = get_workload(wname, args.quick)
-                startup[wname] = bench_startup(wl, args, n_warm=1 if args.quick else 3)
-        elif "graphnn" in args.trainers:
-            reason = skipped.get("graphnn", "disabled by --no-startup")
-            startup = {w: {"skipped": reason} for w in args.workloads}
-    finally:
-        if own_cache:
-            shutil.rmtree(os.environ["GRAPHNN_CACHE_DIR"], ignore_errors=True)
+            startup[wname] = bench_startup(wl, args, n_warm=1 if args.quick else 3)
+    elif "graphnn" in args.trainers:
+        reason = skipped.get("graphnn", "disabled by --no-startup")
+        startup = {w: {"skipped": reason} for w in args.workloads}
     numpy_flush_after = flush_probe(lambda a, b: a * b)
     if numpy_flush_after != numpy_flush_before:
         print(f"WARNING: the process's denormal mode changed during the run: {numpy_flush_after}")

@@ -9,7 +9,6 @@ asynchronous dispatch must finish its work before ``train_chunk`` returns.
 from __future__ import annotations
 
 import numpy as np
-
 from workloads import Workload
 
 TINY = np.finfo(np.float32).tiny  # smallest normal float32

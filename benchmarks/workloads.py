@@ -90,11 +90,11 @@ WORKLOADS: dict[str, Workload] = {
             optimizer=Optimizer("sgd", lr=0.1),
             batch_size=1,
             n_samples=20_000,
-            chunk=5000,
+            chunk=20_000,  # one epoch per call, as graphnn's fit runs it (per-call costs included)
         ),
         Workload(
             name="digits",
-            description="sklearn digits (X/16), 64-128 relu-10, softmax CE, SGD 0.1 m 0.9, batch 32",
+            description="sklearn digits/16, 64-128 relu-10, softmax CE, SGD 0.1 mom 0.9, batch 32",
             sizes=(64, 128, 10),
             activation="relu",
             loss="softmax_ce",
@@ -106,7 +106,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="mnist_mlp",
-            description="synthetic 60k x 784, 784-256-256-10 relu, softmax CE, Adam 1e-3, batch 128",
+            description="synthetic 60k x 784, 784-256-256-10 relu, softmax CE, Adam 1e-3, bs 128",
             sizes=(784, 256, 256, 10),
             activation="relu",
             loss="softmax_ce",
@@ -120,7 +120,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             name="wide",
-            description="synthetic 16k x 1024, 1024-(1024 tanh)x3-10, softmax CE, SGD 0.01, batch 256",
+            description="synthetic 16k x 1024, 1024-1024x3 tanh-10, softmax CE, SGD 0.01, bs 256",
             sizes=(1024, 1024, 1024, 1024, 10),
             activation="tanh",
             loss="softmax_ce",
@@ -135,7 +135,7 @@ WORKLOADS: dict[str, Workload] = {
 
 # --quick keeps every architecture, optimizer and batch size, and shrinks the data and chunks.
 _QUICK = {
-    "neuron": dict(n_samples=2000, chunk=1000),
+    "neuron": dict(n_samples=2000, chunk=2000),
     "digits": dict(repeat_chunks=1),
     "mnist_mlp": dict(n_samples=4096, chunk=1024, repeat_chunks=1, warmup_chunks=1),
     "wide": dict(n_samples=1024, chunk=512, repeat_chunks=1),
