@@ -38,7 +38,7 @@ def check_workload(wl, factories: dict, steps: int) -> bool:
                     raise RuntimeError("writing model.params in place did not change the model")
             trainers[name] = trainer
         except Exception as e:
-            print(f"  {name:8s} not checked: {type(e).__name__}: {e}".splitlines()[0])
+            print(f"  {name:13s} not checked: {type(e).__name__}: {e}".splitlines()[0])
     B = wl.batch_size
     for s in range(steps):
         idx = np.arange(s * B, (s + 1) * B) % len(X)
@@ -46,7 +46,7 @@ def check_workload(wl, factories: dict, steps: int) -> bool:
             try:
                 trainer.train_batch(idx)
             except Exception as e:
-                print(f"  {name:8s} failed at step {s}: {type(e).__name__}: {e}".splitlines()[0])
+                print(f"  {name:13s} failed at step {s}: {type(e).__name__}: {e}".splitlines()[0])
                 del trainers[name]
     ref = trainers["numpy"].params_numpy()
     moved = max(float(np.abs(a[0] - b[0]).max()) for a, b in zip(ref, init, strict=True))
@@ -58,7 +58,7 @@ def check_workload(wl, factories: dict, steps: int) -> bool:
         diff = _max_diff(trainer.params_numpy(), ref)
         ok &= diff <= tol
         verdict = "ok" if diff <= tol else f"MISMATCH (tolerance {tol:g})"
-        print(f"  {name:8s} max |param - numpy param| = {diff:.3g}  {verdict}")
+        print(f"  {name:13s} max |param - numpy param| = {diff:.3g}  {verdict}")
     print(f"  (parameters moved by up to {moved:.3g} in {steps} steps)")
     return ok
 

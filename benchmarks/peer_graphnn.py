@@ -2,11 +2,14 @@
 
 ``build_model`` writes each workload as a user would (gn.input / gn.param / ops / gn.Graph /
 gn.compile); ``GraphnnTrainer`` trains chunks with ``model.fit``. graphnn picks its own initial
-values from the same init schemes the peers use (he_normal / glorot_uniform / zeros).
+values from the same init schemes the peers use (he_normal / glorot_uniform / zeros). The
+harness's ``graphnn_noftz`` trainer is graphnn with ``flush_denormals=False``, to measure what
+flushing denormals buys.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -49,24 +52,32 @@ def build_graph(gn, wl: Workload):
     return gn.Graph(loss)
 
 
-def build_model(gn, wl: Workload) -> tuple[object, str, dict]:
-    """Compiled model, optimizer description, and seconds spent building / compiling."""
+def build_model(gn, wl: Workload, flush: bool | None = None) -> tuple[object, str, dict]:
+    """Compiled model, optimizer description, and seconds spent building / compiling.
+
+    ``flush`` sets ``gn.compile(..., flush_denormals=flush)``; None keeps graphnn's default.
+    """
     t0 = time.perf_counter()
     graph = build_graph(gn, wl)
     t1 = time.perf_counter()
     optimizer, opt_desc = graphnn_optimizer(gn, wl)
-    model = gn.compile(graph, optimizer=optimizer, backend="cpu")
+    kwargs = {} if flush is None else {"flush_denormals": flush}
+    model = gn.compile(graph, optimizer=optimizer, backend="cpu", **kwargs)
     t2 = time.perf_counter()
     return model, opt_desc, {"graph_s": t1 - t0, "compile_s": t2 - t1}
+
+
+def has_flush_option(gn) -> bool:
+    return "flush_denormals" in inspect.signature(gn.compile).parameters
 
 
 class GraphnnTrainer(Trainer):
     name = "graphnn"
 
-    def __init__(self, gn, wl, X, Y, seed=0):
+    def __init__(self, gn, wl, X, Y, seed=0, flush: bool | None = None):
         super().__init__(wl, X, Y, seed)
         self.gn = gn
-        self.model, self.opt_desc, self.build_times = build_model(gn, wl)
+        self.model, self.opt_desc, self.build_times = build_model(gn, wl, flush)
         self.cumulative_epochs = None  # does fit(epochs=n) mean "up to epoch n"? found on 1st call
 
     def _train(self, start, stop):
@@ -124,7 +135,9 @@ class GraphnnTrainer(Trainer):
         return {
             "version": getattr(self.gn, "__version__", "?"),
             "optimizer": self.opt_desc,
-            "flush_to_zero": "not exposed" if flush is None else bool(flush),
+            "flush_to_zero": "not exposed"
+            if flush is None
+            else f"{'yes' if flush else 'no'} (flag)",
             "fit_epochs_cumulative": self.cumulative_epochs,
             **{k: round(v, 3) for k, v in self.build_times.items()},
         }

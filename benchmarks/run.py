@@ -8,8 +8,9 @@ timed repeats run interleaved (A B C A B C ...) so machine noise hits all traine
 trains the workload's fixed number of chunks (the same work and training progress for every
 trainer), continuing with further chunks only while less than ``--min-time`` seconds have passed
 (so a very fast trainer is still timed over a measurable interval); its rate is samples / elapsed
-time and the reported number is the median over repeats. For graphnn, cold and warm start times
-are measured in fresh subprocesses (see graphnn_startup.py). See README.md for the definitions.
+time and the reported number is the median over the repeats during which the host was quiet
+(host.py). For graphnn, cold and warm start times are measured in fresh subprocesses (see
+graphnn_startup.py). See README.md for the definitions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,11 +33,13 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 sys.path[:0] = [p for p in (BENCH_DIR, REPO_DIR) if p not in sys.path]
 
 import numpy as np  # noqa: E402
+from host import HostMonitor, environment, warn_if_busy  # noqa: E402
 from peer_numpy import NumpyTrainer, evaluate  # noqa: E402
 from trainer_base import count_subnormals, flush_probe  # noqa: E402
 from workloads import WORKLOADS, get_workload, init_params, make_data  # noqa: E402
 
-TRAINER_ORDER = ["graphnn", "numpy", "torch", "jax"]
+# graphnn_noftz: graphnn with gn.compile(..., flush_denormals=False), like numpy and torch.
+TRAINER_ORDER = ["graphnn", "graphnn_noftz", "numpy", "torch", "jax"]
 EVAL_SAMPLES = 2048
 
 
@@ -49,6 +51,18 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per trainer")
     p.add_argument(
         "--min-time", type=float, help="minimum seconds per repeat (default 0.3, quick 0.05)"
+    )
+    p.add_argument(
+        "--extra-rounds",
+        type=int,
+        help="at most this many extra rounds for trainers with fewer quiet repeats than --repeats"
+        " (default: --repeats, quick 0)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="before each repeat, wait up to this many seconds for a quiet host (default 0)",
     )
     p.add_argument("--no-startup", action="store_true", help="skip graphnn cold/warm start")
     p.add_argument("--seed", type=int, default=0)
@@ -62,6 +76,8 @@ def parse_args(argv=None):
     for t in args.trainers:
         if t not in TRAINER_ORDER:
             p.error(f"unknown trainer {t!r}; known: {', '.join(TRAINER_ORDER)}")
+    if args.extra_rounds is None:
+        args.extra_rounds = 0 if args.quick else args.repeats
     if args.min_time is None:
         args.min_time = 0.05 if args.quick else 0.3
     return args
@@ -98,9 +114,19 @@ def _factory(name: str):
     missing = [a for a in ("input", "param", "Graph", "compile", "SGD") if not hasattr(gn, a)]
     if missing:
         raise ImportError(f"graphnn has no public {', '.join(missing)} yet")
-    from peer_graphnn import GraphnnTrainer
+    from peer_graphnn import GraphnnTrainer, has_flush_option
 
-    return lambda wl, X, Y, init, seed: GraphnnTrainer(gn, wl, X, Y, seed)
+    if name == "graphnn":
+        return lambda wl, X, Y, init, seed: GraphnnTrainer(gn, wl, X, Y, seed)
+    if not has_flush_option(gn):
+        raise ImportError("gn.compile has no flush_denormals option")
+
+    def noftz(wl, X, Y, init, seed):
+        trainer = GraphnnTrainer(gn, wl, X, Y, seed, flush=False)
+        trainer.name = "graphnn_noftz"
+        return trainer
+
+    return noftz
 
 
 # --- steady-state throughput ------------------------------------------------------------------
@@ -119,17 +145,7 @@ def time_repeat(trainer, n_chunks: int, min_time: float) -> float:
             return samples / elapsed
 
 
-def machine_speed(seconds: float = 0.02) -> float:
-    """Single-threaded 64x64 float32 matmuls per ms right now: a noise gauge for the host."""
-    a = np.ones((64, 64), np.float32)
-    n, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < seconds:
-        np.dot(a, a)  # tiny enough that OpenBLAS stays on one thread
-        n += 1
-    return n / (elapsed * 1e3)
-
-
-def bench_workload(wl, factories: dict, skipped: dict, args) -> dict:
+def bench_workload(wl, factories: dict, skipped: dict, args, host: HostMonitor) -> dict:
     t = time.perf_counter()
     X, Y = make_data(wl, args.seed)
     init = init_params(wl, args.seed)
@@ -149,31 +165,42 @@ def bench_workload(wl, factories: dict, skipped: dict, args) -> dict:
                 "status": "ok",
                 "build_s": build_s,
                 "warmup_s": time.perf_counter() - t - build_s,
-                "rates": [],
+                "repeats": [],
             }
         except Exception as e:
             results[name] = _failure(name, e, "build/warm-up")
-    speeds = []
-    for _ in range(args.repeats):
-        for name, trainer in list(trainers.items()):
-            speeds.append(machine_speed())
+    _timed_rounds(wl, trainers, results, args, host)
+    for name, trainer in trainers.items():
+        results[name].update(_summary(wl, trainer, results[name]["repeats"], host, X, Y))
+        r = results[name]
+        print(
+            f"   {name:13s} {r['samples_per_s']:>12,.0f} samples/s "
+            f"({r['quiet_repeats']}/{len(r['repeats'])} repeats quiet)",
+            flush=True,
+        )
+    return results
+
+
+def _timed_rounds(wl, trainers: dict, results: dict, args, host: HostMonitor) -> None:
+    """Interleaved rounds (A B C, A B C, ...); extra rounds for trainers short of quiet repeats."""
+    for rnd in range(args.repeats + args.extra_rounds):
+        quiet = {n: sum(map(host.quiet, results[n]["repeats"])) for n in trainers}
+        todo = [n for n in trainers if rnd < args.repeats or quiet[n] < args.repeats]
+        if not todo:
+            return
+        if rnd == args.repeats:
+            print(f"   [noise] host busy; extra rounds for {', '.join(todo)}", flush=True)
+        for name in todo:
+            if args.wait_quiet and not host.wait_quiet(args.wait_quiet):
+                print(f"   [noise] no quiet moment within {args.wait_quiet}s", flush=True)
+            token = host.begin()
             try:
-                rate = time_repeat(trainer, wl.repeat_chunks, args.min_time)
-                results[name]["rates"].append(rate)
+                rate = time_repeat(trainers[name], wl.repeat_chunks, args.min_time)
             except Exception as e:
                 results[name] = _failure(name, e, "timed run")
                 del trainers[name]
-    for name, trainer in trainers.items():
-        results[name].update(_summary(wl, trainer, results[name]["rates"], X, Y))
-        print(f"   {name:8s} {results[name]['samples_per_s']:>14,.0f} samples/s", flush=True)
-    if speeds:
-        results["_machine_speed"] = {"min": min(speeds), "max": max(speeds), "all": speeds}
-        if min(speeds) < 0.8 * max(speeds):
-            print(
-                f"   [noise] host speed varied {min(speeds):.1f}..{max(speeds):.1f}"
-                " (64x64 matmuls/ms) during the repeats"
-            )
-    return results
+                continue
+            results[name]["repeats"].append({"rate": rate, **host.end(token)})
 
 
 def _failure(name: str, e: Exception, stage: str) -> dict:
@@ -184,9 +211,12 @@ def _failure(name: str, e: Exception, stage: str) -> dict:
     return {"status": "failed", "reason": f"{stage}: {msg}"}
 
 
-def _summary(wl, trainer, rates, X, Y) -> dict:
+def _summary(wl, trainer, repeats, host, X, Y) -> dict:
+    rates = [r["rate"] for r in repeats]
+    quiet = [r["rate"] for r in repeats if host.quiet(r)]
     out = {
-        "samples_per_s": statistics.median(rates),
+        "samples_per_s": statistics.median(quiet or rates),
+        "quiet_repeats": len(quiet),
         "min": min(rates),
         "max": max(rates),
         "info": trainer.info(),
@@ -203,7 +233,7 @@ def _summary(wl, trainer, rates, X, Y) -> dict:
 # --- graphnn cold / warm start ----------------------------------------------------------------
 
 
-def bench_startup(wl, args, n_warm: int) -> dict:
+def bench_startup(wl, args, n_warm: int, host: HostMonitor) -> dict:
     """Cold start in a fresh cache dir, then ``n_warm`` warm starts reusing it, in subprocesses."""
     X, Y = make_data(wl, args.seed)
     tmp = tempfile.mkdtemp(prefix=f"graphnn_bench_{wl.name}_")
@@ -216,26 +246,35 @@ def bench_startup(wl, args, n_warm: int) -> dict:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_DIR, env.get("PYTHONPATH")]))
         cmd = [sys.executable, os.path.join(BENCH_DIR, "graphnn_startup.py"), wl.name, batch]
         cmd += ["--quick"] if args.quick else []
-        cold = _run_startup(cmd, env)
-        warm = [_run_startup(cmd, env) for _ in range(n_warm)]
+        cold = _run_startup(cmd, env, host)
+        warm = [_run_startup(cmd, env, host) for _ in range(n_warm)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {"cold": cold, "warm": warm}
-    if warm and all("total_s" in w for w in warm):
-        result["warm_total_s"] = statistics.median(w["total_s"] for w in warm)
-        result["warm_process_s"] = statistics.median(w["process_s"] for w in warm)
+    ok = [w for w in warm if "total_s" in w]
+    use = [w for w in ok if w["quiet"]] or ok
+    if use:
+        result["warm_total_s"] = statistics.median(w["total_s"] for w in use)
+        result["warm_process_s"] = statistics.median(w["process_s"] for w in use)
+        result["warm_quiet"] = f"{sum(w['quiet'] for w in ok)}/{len(ok)}"
     return result
 
 
-def _run_startup(cmd, env) -> dict:
+def _run_startup(cmd, env, host: HostMonitor) -> dict:
     from graphnn_startup import RESULT_PREFIX
 
+    token = host.begin()
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     process_s = time.perf_counter() - t
+    quiet = host.quiet(host.end(token))
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return {**json.loads(line[len(RESULT_PREFIX) :]), "process_s": process_s}
+            return {
+                **json.loads(line[len(RESULT_PREFIX) :]),
+                "process_s": process_s,
+                "quiet": quiet,
+            }
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"error": f"exit {proc.returncode}: {tail[0]}"}
 
@@ -243,48 +282,21 @@ def _run_startup(cmd, env) -> dict:
 # --- report -----------------------------------------------------------------------------------
 
 
-def environment() -> dict:
-    from threadpoolctl import threadpool_info
-
-    env_vars = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "env": {k: os.environ.get(k) for k in env_vars},
-        "threadpools": [
-            {k: i.get(k) for k in ("user_api", "internal_api", "version", "architecture")}
-            | {"num_threads": i.get("num_threads")}
-            for i in threadpool_info()
-        ],
-    }
-
-
-def _fmt_rate(r: dict) -> str:
-    return f"{r['samples_per_s']:,.0f}" if r.get("status") == "ok" else r.get("status", "?")
-
-
 def _ftz(r: dict) -> str:
     info = r.get("info", {})
     ftz = info.get("flush_to_zero")
     if isinstance(ftz, bool):
         daz = info.get("denormals_are_zero")
-        return ("yes" if ftz else "no") + ("" if daz == ftz else f" (daz {daz})")
+        differs = isinstance(daz, bool) and daz != ftz
+        return ("yes" if ftz else "no") + (f" (daz {'yes' if daz else 'no'})" if differs else "")
     return str(ftz) if ftz is not None else ""
 
 
 def table(results: dict) -> str:
     head = [
-        "| workload | trainer | optimizer | samples/s (median) | min–max | graphnn/peer "
-        "| FTZ | subnormals in state | eval loss |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|",
+        "| workload | trainer | optimizer | samples/s (median) | quiet repeats | min–max "
+        "| graphnn/peer | FTZ | subnormals in state | eval loss |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     rows = []
     for wname, res in results.items():
@@ -294,16 +306,17 @@ def table(results: dict) -> str:
             if r is None:
                 continue
             if r["status"] != "ok":
-                rows.append(f"| {wname} | {name} | | {r['status']}: {r['reason']} | | | | | |")
+                rows.append(f"| {wname} | {name} | | {r['status']}: {r['reason']} |" + " |" * 6)
                 continue
-            ratio = "—"
+            ratio = "—"  # for graphnn_noftz: graphnn / graphnn_noftz, what flushing buys
             if name != "graphnn":
                 ok = g.get("status") == "ok"
                 ratio = f"{g['samples_per_s'] / r['samples_per_s']:.2f}" if ok else "n/a"
             ev = r.get("eval", {})
             loss = f"{ev['loss']:.4g}" if "loss" in ev else ev.get("error", "")
             rows.append(
-                f"| {wname} | {name} | {r['info'].get('optimizer', '')} | {_fmt_rate(r)} "
+                f"| {wname} | {name} | {r['info'].get('optimizer', '')} "
+                f"| {r['samples_per_s']:,.0f} | {r['quiet_repeats']}/{len(r['repeats'])} "
                 f"| {r['min']:,.0f}–{r['max']:,.0f} | {ratio} | {_ftz(r)} "
                 f"| {r.get('subnormals_in_state', '')} | {loss} |"
             )
@@ -312,20 +325,22 @@ def table(results: dict) -> str:
 
 def startup_table(startup: dict) -> str:
     lines = [
-        "| workload | cold start s | (import / graph / compile / first step) | warm start s "
-        "| warm process wall s |",
-        "|---|---:|---|---:|---:|",
+        "| workload | cold start s | import / graph / compile / first step s | warm start s "
+        "| warm process wall s | host quiet (cold; warm) |",
+        "|---|---:|---|---:|---:|---|",
     ]
     for wname, s in startup.items():
         cold = s.get("cold", {})
         if "error" in cold or "skipped" in s:
-            lines.append(f"| {wname} | {cold.get('error') or s.get('skipped')} | | | |")
+            lines.append(f"| {wname} | {cold.get('error') or s.get('skipped')} | | | | |")
             continue
-        parts = " / ".join(f"{cold[k]:.2f}" for k in ("import_s", "graph_s", "compile_s"))
-        parts += f" / {cold['first_step_s']:.2f}"
+        parts = " / ".join(
+            f"{cold[k]:.2f}" for k in ("import_s", "graph_s", "compile_s", "first_step_s")
+        )
         warm = f"{s['warm_total_s']:.3f}" if "warm_total_s" in s else s["warm"][0].get("error")
         wproc = f"{s['warm_process_s']:.2f}" if "warm_process_s" in s else ""
-        lines.append(f"| {wname} | {cold['total_s']:.2f} | {parts} | {warm} | {wproc} |")
+        quiet = f"{'yes' if cold['quiet'] else 'no'}; {s.get('warm_quiet', '')}"
+        lines.append(f"| {wname} | {cold['total_s']:.2f} | {parts} | {warm} | {wproc} | {quiet} |")
     return "\n".join(lines)
 
 
@@ -335,18 +350,23 @@ def main(argv=None) -> int:
     numpy_flush_before = flush_probe(lambda a, b: a * b)
     factories, skipped = load_factories([t for t in TRAINER_ORDER if t in args.trainers])
     results, startup = {}, {}
+    load = {"start": warn_if_busy("at start")}
+    host = HostMonitor()
+    for _ in range(10):  # calibrate the gauge's reference
+        host.gauge()
     for wname in args.workloads:
         wl = get_workload(wname, args.quick)
-        results[wname] = bench_workload(wl, factories, skipped, args)
+        results[wname] = bench_workload(wl, factories, skipped, args, host)
     if "graphnn" in factories and not args.no_startup:
         # --quick measures start-up on the first workload only, to stay under a minute.
         for wname in args.workloads[:1] if args.quick else args.workloads:
             print(f"\n== graphnn cold/warm start: {wname}", flush=True)
             wl = get_workload(wname, args.quick)
-            startup[wname] = bench_startup(wl, args, n_warm=1 if args.quick else 3)
+            startup[wname] = bench_startup(wl, args, 1 if args.quick else 3, host)
     elif "graphnn" in args.trainers:
         reason = skipped.get("graphnn", "disabled by --no-startup")
         startup = {w: {"skipped": reason} for w in args.workloads}
+    load["end"] = warn_if_busy("at end")
     numpy_flush_after = flush_probe(lambda a, b: a * b)
     if numpy_flush_after != numpy_flush_before:
         print(f"WARNING: the process's denormal mode changed during the run: {numpy_flush_after}")
@@ -362,6 +382,8 @@ def main(argv=None) -> int:
         out = {
             "args": {k: v for k, v in vars(args).items() if k != "json"},
             "environment": environment(),
+            "host_load": load,
+            "host_gauge_best": host.best,
             "numpy_flush_mode": {"start": numpy_flush_before, "end": numpy_flush_after},
             "workloads": {w: asdict(get_workload(w, args.quick)) for w in args.workloads},
             "results": results,

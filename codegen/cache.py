@@ -3,7 +3,9 @@
 ``exec``'d source cannot use Numba's ``cache=True`` (no file to key on), so every module is
 written to ``<cache dir>/graphnn_<sha256 prefix>.py`` and imported from there.  Writes are atomic
 (a concurrent process never imports half a file); a file whose content does not match its name
-is rewritten, never trusted.  The directory is ``$GRAPHNN_CACHE_DIR`` or a per-user default.
+is rewritten, never trusted; a file that already holds the right text is never touched, because
+Numba's cache index is keyed on the file's mtime and size.  The directory is
+``$GRAPHNN_CACHE_DIR`` or a per-user default.
 
 >>> import os, tempfile
 >>> os.environ["GRAPHNN_CACHE_DIR"] = tempfile.mkdtemp()
@@ -17,9 +19,8 @@ import hashlib
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
-
-from graphnn.checkpoint import atomic_write_text
 
 _LOADED: dict[str, object] = {}
 
@@ -45,16 +46,51 @@ def load_module(source: str):
     if key in _LOADED:
         return _LOADED[key]
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        current = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        current = None
-    if current != source:
-        atomic_write_text(path, source)
+    if _read(path) != source:
+        _publish(path, source)
     name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # numba's cache locator resolves functions through the module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     _LOADED[key] = module
     return module
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")  # not the locale's: the text is not all ASCII
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _publish(path: Path, source: str) -> None:
+    """Put ``source`` at ``path`` atomically, through a complete temp file in the same directory.
+
+    A new file is hard-linked into place, which fails if a concurrent process got there first;
+    its file is then kept when it holds the same text, so that process's Numba cache stays
+    valid.  A stale file is replaced.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if _read(path) != source:
+                os.replace(tmp, path)
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -32,6 +32,7 @@ JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
 RESERVED = set(keyword.kwlist) | {"np", "math", "njit", "FASTMATH", "range", "max", "min", "abs"}
 RESERVED |= {"n", "nf", "m", "s", "d", "j", "t", "t0", "P", "G", "loss", "status", "total"}
 RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "clip_norm"}
+RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_step's helpers
 RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}
 RESERVED |= {"init_params", "predict", "grads", "step", "main", "PARAMS"} | {
     f"i{k}" for k in range(8)
@@ -96,9 +97,11 @@ def signature(graph, optimizer) -> Signature:
 
 def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``."""
-    plan = make_plan(ir, outputs)
+    plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
     scope = Scope(dtype, ir, plan)
-    batch = next((a for a in args if ir.node(a).op == "input"), None)
+    # The batch size comes from an input the graph reads (an input feeding only another output
+    # of the forward graph is an argument but not a node of the training graph).
+    batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
     body = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
     for step in plan.steps:
         lines = EMITTERS[step.kind](step, scope)
@@ -112,7 +115,7 @@ def _update_function(optimizer, dtype: str) -> list[str]:
     sym = optimizer.symbols
     flat = ["P", "G", *optimizer.state]
     args = [*flat, *optimizer.hyper, "t", "gscale"]
-    body = [f"{s}_ = {s}.ravel()" if s == "P" else f"{s}_ = {s}.ravel()" for s in flat]
+    body = [f"{s}_ = {s}.ravel()" for s in flat]
     body += [f"{k} = {print_expr(e, dtype=dtype)}" for k, e in optimizer.scalars()]
     loop = ["G = G_[i] * gscale"] + [f"{s} = {s}_[i]" for s in ["P", *optimizer.state]]
     for target, expr in optimizer.assignments():
@@ -126,21 +129,46 @@ def _update_function(optimizer, dtype: str) -> list[str]:
     return [head, JIT, f"def apply_update({', '.join(args)}):", *indent(body, 1)]
 
 
+def _array_helpers() -> list[str]:
+    """all_finite (exact, early exit) and sum_squares (float64, so a large norm cannot overflow)."""
+    return [
+        JIT,
+        "def all_finite(a):",
+        "    for x in a.ravel():",
+        "        if not np.isfinite(x):",
+        "            return False",
+        "    return True",
+        "",
+        "",
+        JIT,
+        "def sum_squares(a):",
+        "    total = 0.0",
+        "    for x in a.ravel():",
+        "        total += np.float64(x) * np.float64(x)",
+        "    return total",
+    ]
+
+
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
+    """train_step: loss and gradients, the NaN/Inf guard, clipping, then every update.
+
+    Status: 0 done, -1 loss not finite, k > 0 gradient of parameter k not finite; on a nonzero
+    status no parameter has been touched.
+    """
     lit = f"np.{dtype}"
     grads = tuple(f"grad_{p}" for p in sig.params)
     body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)})"]
     body += ["if not np.isfinite(loss):", "    return loss, -1"]
-    sq = " + ".join(f"np.sum({g} * {g})" for g in grads)
+    for k, g in enumerate(grads):
+        body += [f"if not all_finite({g}):", f"    return loss, {k + 1}"]
     if optimizer.clip_norm is not None:
+        sq = " + ".join(f"sum_squares({g})" for g in grads)
         body += [
             f"norm = np.sqrt({sq})",
-            f"gscale = min({lit}(1.0), clip_norm / (norm + {lit}(1e-6)))",
+            f"gscale = {lit}(min(1.0, clip_norm / (norm + 1e-6)))",
         ]
     else:
         body.append(f"gscale = {lit}(1.0)")
-    for k, g in enumerate(grads):
-        body += [f"if not np.isfinite(np.sum({g})):", f"    return loss, {k + 1}"]
     n_state = len(optimizer.state)
     for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
         state = sig.state[k * n_state : (k + 1) * n_state]
@@ -148,10 +176,16 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
         body.append(f"apply_update({', '.join(args)})")
     body.append("return loss, 0")
     args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t"]
-    return [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
+    step = [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
+    return _array_helpers() + ["", ""] + step
 
 
 def _epoch_function(sig: Signature, dtype: str) -> list[str]:
+    """train_epoch: every mini-batch of ``perm`` in one compiled call.
+
+    ``lrs`` (one learning rate per step) takes the place of ``lr``, which Optimizer keeps first
+    among the hyper-parameters; the compiled back ends and export both rely on that order.
+    """
     batches = [f"{i}_all" for i in sig.inputs]
     hyper = ["lrs" if h == "lr" else h for h in sig.hyper]
     step_args = [*sig.inputs, *sig.params, *sig.state]

@@ -28,15 +28,29 @@ def source(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()) 
 def build(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()):
     """The imported kernel module; GRAPHNN_DEBUG=2 prints its source first."""
     text = source(graph, optimizer, dtype, outputs)
-    if os.environ.get("GRAPHNN_DEBUG", "0") >= "2":
+    if debug_level() >= 2:
         print(text)
     return load_module(text)
 
 
+def debug_level() -> int:
+    """GRAPHNN_DEBUG as an int (unset or not a number: 0)."""
+    try:
+        return int(os.environ.get("GRAPHNN_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
 def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     module = build(graph, None, dtype)
-    names = [n.name for n in graph.forward.inputs] + list(graph.param_names)
-    loss, *grads = module.loss_and_grads(*(values[a] for a in names))
+    args = [values[n.name] for n in graph.forward.inputs]
+    # A parameter the loss does not depend on (it feeds only an extra output) has a zero
+    # gradient and no value among the training graph's; the kernel takes it but never reads it.
+    shapes = graph.shapes
+    args += [
+        values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names
+    ]
+    loss, *grads = module.loss_and_grads(*args)
     return loss, dict(zip(graph.param_names, grads, strict=True))
 
 

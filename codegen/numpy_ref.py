@@ -119,6 +119,9 @@ class Trainer:
     def __init__(self, graph, optimizer, dtype="float32", outputs=()):
         self.graph, self.optimizer, self.dtype = graph, optimizer, np.dtype(dtype)
         self.outputs = tuple(outputs) or (graph.loss_name,)
+        self._scalars, self._updates, self._names = [], [], []
+        if optimizer is None:  # forward only (predict)
+            return
         sym = optimizer.symbols
         order = list(sym.values())
         self._scalars = [
@@ -144,7 +147,8 @@ class Trainer:
 
     def step(self, params, state, batch, hyper, lr, t) -> tuple[float, int]:
         values = {**params, **batch}
-        loss, grads = value_and_grad(self.graph, values, self.dtype)
+        with np.errstate(all="ignore"):  # NaN/Inf are reported through the status, as compiled
+            loss, grads = value_and_grad(self.graph, values, self.dtype)
         if not np.isfinite(loss):
             return float(loss), -1
         names = self.graph.param_names
@@ -152,8 +156,8 @@ class Trainer:
             if not np.all(np.isfinite(grads[p])):
                 return float(loss), k + 1
         gscale = 1.0
-        if self.optimizer.clip_norm is not None:
-            norm = np.sqrt(sum(np.sum(grads[p] * grads[p]) for p in names))
+        if self.optimizer.clip_norm is not None:  # the norm in float64, as the kernels do
+            norm = np.sqrt(sum(np.sum(np.square(grads[p], dtype=np.float64)) for p in names))
             gscale = min(1.0, self.optimizer.clip_norm / (norm + 1e-6))
         for p in names:
             buffers = {s: state[f"{s}_{p}"] for s in self.optimizer.state}

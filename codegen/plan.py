@@ -7,6 +7,13 @@ computed before the group starts; the loop computes the whole chain per element,
 backward alike.  A value is stored in an array only when something outside its group reads it
 (or it is an output); everything else stays a scalar in a register.
 
+Two options serve the sequential CPU loops (a parallel back end keeps them off):
+``inline_consts`` prints a constant that only elementwise nodes read as a literal at each use
+instead of filling an array with it (the cotangent ``1/(2n)`` of a mean, say), which also lets the
+backward chain of mse or bce join the forward loop; ``fuse_reductions`` accumulates a
+``reduce_sum`` of a group member inside that group's loop (bias gradients, the loss sum), so the
+member is not read again, and not stored at all when nothing else needs it.
+
 >>> import graphnn as gn
 >>> x = gn.input("x", (3,)); W = gn.param("W", (3, 2)); b = gn.param("b", (2,))
 >>> g = gn.Graph(gn.mse(gn.tanh(x @ W + b), gn.input("y", (2,))))
@@ -30,6 +37,7 @@ class Step:
 
     kind: str  # the structural op name, or "group"
     nodes: list[Node] = field(default_factory=list)
+    reductions: list[Node] = field(default_factory=list)  # reduce_sum nodes fused into a group
 
     @property
     def node(self) -> Node:
@@ -46,25 +54,39 @@ class Plan:
     stored: set[str]  # node names whose values are arrays (or scalar variables) after their step
     outputs: list[str]
     needed: set[str]  # every node the outputs depend on
+    inlined: set[str] = field(default_factory=set)  # constants printed as literals at each use
 
     def group_of(self, name: str) -> Step | None:
-        return next((s for s in self.steps if any(n.name == name for n in s.nodes)), None)
+        return next(
+            (s for s in self.steps if any(n.name == name for n in [*s.nodes, *s.reductions])),
+            None,
+        )
 
 
 def _fusable(node: Node) -> bool:
     return node.op == "ewise"
 
 
-def make_plan(ir: GraphIR, outputs: Sequence[str]) -> Plan:
+def make_plan(
+    ir: GraphIR,
+    outputs: Sequence[str],
+    *,
+    inline_consts: bool = False,
+    fuse_reductions: bool = False,
+) -> Plan:
     """Group the nodes needed for ``outputs`` into steps, in an order that respects the graph."""
     needed = _needed(ir, outputs)
+    inlined = {
+        n.name
+        for n in ir.nodes
+        if n.name in needed and n.op == "const" and n.name not in outputs
+        if n.shape == () or (inline_consts and _only_ewise_reads(ir, n.name, needed))
+    }
     steps: list[Step] = []
     position: dict[str, int] = {}
     for node in ir.nodes:
-        if node.name not in needed or node.op in LEAVES:
+        if node.name not in needed or node.op in LEAVES or node.name in inlined:
             continue
-        if node.op == "const" and node.shape == () and node.name not in outputs:
-            continue  # printed inline as a literal
         if _fusable(node):
             k = _join_group(node, steps, position)
             if k is not None:
@@ -75,8 +97,14 @@ def make_plan(ir: GraphIR, outputs: Sequence[str]) -> Plan:
         else:
             steps.append(Step(node.op, [node]))
         position[node.name] = len(steps) - 1
-    stored = _stored(ir, steps, position, outputs)
-    return Plan(steps, stored, list(outputs), needed)
+    if fuse_reductions:
+        steps = _fuse_reductions(steps, position)
+    stored = _stored(ir, steps, outputs, needed)
+    return Plan(steps, stored, list(outputs), needed, inlined)
+
+
+def _only_ewise_reads(ir: GraphIR, name: str, needed: set[str]) -> bool:
+    return all(ir.node(u).op == "ewise" for u in ir.consumers(name) if u in needed)
 
 
 def _needed(ir: GraphIR, outputs: Sequence[str]) -> set[str]:
@@ -100,14 +128,32 @@ def _join_group(node: Node, steps: list[Step], position: dict[str, int]) -> int 
     return None
 
 
-def _stored(ir: GraphIR, steps, position, outputs) -> set[str]:
-    stored = set(outputs)
-    for k, step in enumerate(steps):
-        for node in step.nodes:
-            if step.kind != "group":
-                stored.add(node.name)
+def _fuse_reductions(steps: list[Step], position: dict[str, int]) -> list[Step]:
+    """Move each reduce_sum of a group member into that group's loop.
+
+    The reduction keeps its place in the order for everything else: what reads it was planned
+    after it, so never inside the group that accumulates it.
+    """
+    kept = []
+    for step in steps:
+        if step.kind == "reduce_sum":
+            k = position.get(step.node.inputs[0])
+            if k is not None and steps[k].kind == "group" and steps[k].shape:
+                steps[k].reductions.append(step.node)
                 continue
-            for user in ir.consumers(node.name):
-                if position.get(user, k) != k:
-                    stored.add(node.name)
+        kept.append(step)
+    return kept
+
+
+def _stored(ir: GraphIR, steps: list[Step], outputs, needed: set[str]) -> set[str]:
+    stored = set(outputs)
+    for step in steps:
+        if step.kind != "group":
+            stored.update(n.name for n in step.nodes)
+            continue
+        stored.update(r.name for r in step.reductions)
+        inside = {n.name for n in [*step.nodes, *step.reductions]}
+        for node in step.nodes:
+            if any(u in needed and u not in inside for u in ir.consumers(node.name)):
+                stored.add(node.name)
     return stored

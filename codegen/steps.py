@@ -46,8 +46,8 @@ class Scope:
     def value(self, name: str, shape, index: list[str]) -> sympy.Expr:
         """The element of node ``name`` at loop ``index`` of a loop over ``shape``."""
         node = self.ir.node(name)
-        if node.op == "const" and node.shape == ():
-            return sympy.sympify(node.attr("value"))
+        if node.op == "const" and (node.shape == () or name in self.plan.inlined):
+            return sympy.sympify(node.attr("value"))  # uniform: the same literal everywhere
         if not node.shape:
             return sympy.Symbol(name)
         lead = len(shape) - len(node.shape)
@@ -90,16 +90,19 @@ def _comment(node: Node) -> str:
 
 
 def emit_group(step: Step, scope: Scope) -> list[str]:
-    """One loop nest computing every node of a fused elementwise group."""
+    """One loop nest computing every node of a fused elementwise group (and its reductions)."""
     shape = step.shape
     index = [f"i{k}" for k in range(len(shape))]
     members = {n.name for n in step.nodes}
-    lines = [_comment(n) for n in step.nodes]
+    consts = dict.fromkeys(i for n in step.nodes for i in n.inputs if i in scope.plan.inlined)
+    lines = [_comment(scope.ir.node(c)) + "  (inlined)" for c in consts]
+    lines += [_comment(n) for n in [*step.nodes, *step.reductions]]
     stored = [n for n in step.nodes if n.name in scope.plan.stored]
     if shape:
         lines += [scope.empty(n.name, shape) for n in stored]
+    lines += [scope.empty(r.name, r.shape, "zeros") for r in step.reductions]
     body: list[str] = []
-    read_in_group = {i for n in step.nodes for i in n.inputs if i in members}
+    read_in_group = {i for n in [*step.nodes, *step.reductions] for i in n.inputs if i in members}
     scalar = {
         n.name: n.name + "_v" if n.name in scope.plan.stored and shape else n.name
         for n in step.nodes
@@ -117,9 +120,18 @@ def emit_group(step: Step, scope: Scope) -> list[str]:
             body += [f"{scalar[node.name]} = {text}", f"{store} = {scalar[node.name]}"]
         else:
             body.append(f"{store} = {text}")
+    body += [f"{_reduce_target(r, index)} += {scalar[r.inputs[0]]}" for r in step.reductions]
     if not shape:
         return lines + body
     return lines + loop_header(shape, index) + indent(body, len(shape))
+
+
+def _reduce_target(node: Node, index: list[str]) -> str:
+    """The accumulator element that element ``index`` of a reduce_sum's input adds to."""
+    axes, keep = node.attr("axes"), node.attr("keepdims")
+    out = [("0" if keep else None) if k in axes else i for k, i in enumerate(index)]
+    out = [i for i in out if i is not None]
+    return f"{node.name}[{', '.join(out)}]" if out else node.name
 
 
 def emit_matmul(step: Step, scope: Scope) -> list[str]:
@@ -135,13 +147,9 @@ def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
     (x,) = node.inputs
     src = scope.ir.node(x).shape
     index = [f"i{k}" for k in range(len(src))]
-    axes, keep = node.attr("axes"), node.attr("keepdims")
-    out_idx = [("0" if keep else None) if k in axes else i for k, i in enumerate(index)]
-    out_idx = [i for i in out_idx if i is not None]
-    target = f"{node.name}[{', '.join(out_idx)}]" if out_idx else node.name
     lines = [_comment(node), scope.empty(node.name, node.shape, "zeros")]
     lines += loop_header(src, index)
-    lines += indent([f"{target} += {x}[{', '.join(index)}]"], len(src))
+    lines += indent([f"{_reduce_target(node, index)} += {x}[{', '.join(index)}]"], len(src))
     return lines
 
 

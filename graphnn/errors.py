@@ -37,3 +37,7 @@ class NonFiniteError(GraphnnError, FloatingPointError):
         self.step = step
         self.param = param
         self.node = node
+
+
+class CudaUnavailableError(CodegenError):
+    """The CUDA back end was asked for, but there is no CUDA GPU (and no simulator)."""

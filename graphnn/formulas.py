@@ -12,14 +12,16 @@ is produced in several equivalent *candidate forms*:
 * ``sigmoid``: every ``exp(k z)`` rewritten through ``s = 1/(1 + exp(-z))``, which stays finite at
   both ends (silu' = s + z s (1 - s) instead of ``z exp(-z)/(1 + exp(-z))**2``, NaN at z = -100).
 
-Each candidate is evaluated in float32 at extreme inputs and compared with a 50-digit reference.
+Each candidate is evaluated in float32 at extreme inputs and compared with a 50-digit reference
+(``sympy.diff``'s form; where that cannot be evaluated even at 50 digits, e.g. ``1 - 1/(1 + e^-z)``
+is 0/0 at z = 1e4, the simplest other candidate that can).
 The one with fewest non-finite results wins, then fewest inaccurate ones (a saturated sigmoid'
 rounding 2e-9 to 0 is benign; NaN is not), then the output form (it needs no stored input), then
 the shortest expression.
 
 >>> d = derivative(1 / (1 + sympy.exp(-ARGS[0])), 0)
 >>> d.form, d.expr
-('output', Y*(1 - Y))
+('output', -Y*(Y - 1))
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Derivative:
     expr: sympy.Expr
     form: str
     candidates: tuple[Candidate, ...]
+    references: tuple[sympy.Expr, ...] = ()  # the screen's 50-digit references, in order of use
 
     @property
     def uses_output(self) -> bool:
@@ -124,12 +127,29 @@ def _sigmoid_form(d: sympy.Expr, z: sympy.Symbol):
 def _output_form(f: sympy.Expr, d: sympy.Expr, z: sympy.Symbol):
     """d written in terms of Y = f(z), or None."""
     if isinstance(f, sympy.Piecewise) and isinstance(d, sympy.Piecewise):
-        return _piecewise_output_form(f, d, z)
+        return _piecewise_output_form(f, d, z) or _one_function_output_form(f, d, z)
     if z not in d.free_symbols:
         return d
     for atom, value in _atom_solutions(f, z):
         out = _in_terms_of(d, atom, value, z)
         if out is not None:
+            return out
+    return None
+
+
+def _one_function_output_form(f, d, z):
+    """When every branch of f is the same function (softplus' branches are two ways to compute
+    log(1 + e^z)), the output form of any one branch holds everywhere: 1 - exp(-Y)."""
+    if len(f.args) != len(d.args):
+        return None
+    if any(c != dc for (_, c), (_, dc) in zip(f.args, d.args, strict=True)):
+        return None
+    first = f.args[0].expr
+    if any(sympy.simplify(f_i - first) != 0 for f_i, _ in f.args[1:]):
+        return None
+    for (f_i, _), (d_i, _) in zip(f.args, d.args, strict=True):
+        out = _output_form(f_i, d_i, z)
+        if out is not None and z not in out.free_symbols:
             return out
     return None
 
@@ -159,7 +179,7 @@ def _piecewise_output_form(f, d, z):
 
 @functools.cache
 def _reference(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify(args, expr, modules="mpmath")
+    return sympy.lambdify((*args, Y), expr, modules="mpmath")
 
 
 @functools.cache
@@ -173,29 +193,94 @@ def _erf32(x):
     return scipy.special.erf(x)
 
 
-def screen(candidate: sympy.Expr, truth: sympy.Expr, f: sympy.Expr, i: int, nargs: int):
-    """(non-finite, inaccurate) screen points of a candidate in float32, varying argument i."""
+@dataclass(frozen=True)
+class Probe:
+    """One screen point of a candidate: its float32 value against the 50-digit reference."""
+
+    point: float  # the value of the varied argument (the others are 0.3)
+    exact: float | None  # None: no reference representable in float32 here, point not judged
+    got: float  # the candidate in float32 (NaN where skipped)
+
+    @property
+    def status(self) -> str:
+        """ok | overflow (inf) | nan | precision (finite, off by > 1e-3 relative) | skipped."""
+        if self.exact is None:
+            return "skipped"
+        if np.isnan(self.got):
+            return "nan"
+        if np.isinf(self.got):
+            return "overflow"
+        if abs(self.got - self.exact) > 1e-3 * abs(self.exact) + 1e3 * _TINY:
+            return "precision"
+        return "ok"
+
+
+# 50 digits, then (where no reference evaluates) 6000: enough to resolve 1 - 1/(1 + e^-z) at
+# z = 1e4, since e^-1e4 is about 1e-4343.
+_DIGITS = (50, 6000)
+
+
+def _exact(references, f: sympy.Expr, args, point) -> float | None:
+    """The first reference that evaluates; None if none does or it is beyond float32."""
+    for dps in _DIGITS:
+        with mpmath.workdps(dps):
+            x = [mpmath.mpf(v) for v in point]
+            for expr in references:
+                try:
+                    y = _reference(f, args)(*x, 0) if Y in expr.free_symbols else 0
+                    value = _reference(expr, args)(*x, y)
+                    if mpmath.isnan(value) or mpmath.isinf(value):
+                        continue
+                    value = float(value)
+                except (ZeroDivisionError, OverflowError, ValueError, TypeError):
+                    continue
+                return value if abs(value) <= 3e38 else None
+    return None
+
+
+def probe(candidate: sympy.Expr, references, f: sympy.Expr, i: int, nargs: int, float32=None):
+    """The candidate's :class:`Probe` at each screen point, varying argument i in float32.
+
+    ``references`` are equivalent exact forms, tried in order where the first cannot be evaluated.
+    ``float32(expr, args)`` makes the float32 function of an expression (default: lambdify).
+    """
     args = ARGS[:nargs]
-    nonfinite, inaccurate = [], []
-    with np.errstate(all="ignore"), mpmath.workdps(50):
+    compile32 = float32 or _float32
+    out = []
+    with np.errstate(all="ignore"):
         for p in SCREEN_POINTS:
             point = [0.3] * nargs
             point[i] = p
-            try:
-                ref = float(_reference(truth, args)(*[mpmath.mpf(v) for v in point]))
-            except (ZeroDivisionError, OverflowError, ValueError, TypeError):
-                continue
-            if not np.isfinite(ref) or abs(ref) > 3e38:
+            exact = _exact(references, f, args, point)
+            if exact is None:
+                out.append(Probe(p, None, float("nan")))
                 continue
             x32 = [np.float32(v) for v in point]
-            y32 = np.float32(_float32(f, args)(*x32))
-            got = _float32(candidate, (*args, Y))(*x32, y32)
-            got = float(np.asarray(got, dtype=np.float32))
-            if not np.isfinite(got):
-                nonfinite.append(p)
-            elif abs(got - ref) > 1e-3 * abs(ref) + 1e3 * _TINY:
-                inaccurate.append(p)
-    return tuple(nonfinite), tuple(inaccurate)
+            y32 = np.float32(compile32(f, args)(*x32))
+            got = compile32(candidate, (*args, Y))(*x32, y32)
+            out.append(Probe(p, exact, float(np.asarray(got, dtype=np.float32))))
+    return tuple(out)
+
+
+def screen(candidate: sympy.Expr, truth: sympy.Expr, f: sympy.Expr, i: int, nargs: int, *more):
+    """(non-finite, inaccurate) screen points of a candidate in float32, varying argument i.
+
+    ``truth`` is the reference; ``more`` are equivalent forms used where it cannot be evaluated.
+    """
+    probes = probe(candidate, (truth, *more), f, i, nargs)
+    nonfinite = tuple(p.point for p in probes if p.status in ("nan", "overflow"))
+    inaccurate = tuple(p.point for p in probes if p.status == "precision")
+    return nonfinite, inaccurate
+
+
+# Among equally good candidates: the output form needs no stored input; sympy.diff's own form
+# is the most faithful; simplify's is the least predictable.
+PREFERENCE = {"output": 0, "input": 1, "sigmoid": 2, "simplified": 3}
+
+
+def rank(c: Candidate) -> tuple:
+    """Sort key of the screen: non-finite points, inaccurate points, preference, length."""
+    return (len(c.nonfinite), len(c.inaccurate), PREFERENCE[c.form], sympy.count_ops(c.expr))
 
 
 @functools.cache
@@ -217,17 +302,11 @@ def derivative(f: sympy.Expr, i: int, nargs: int | None = None) -> Derivative:
     sig = _sigmoid_form(raw, z)
     if sig is not None and sig != raw:
         forms["sigmoid"] = sig
+    others = sorted((e for e in forms.values() if e != raw), key=sympy.count_ops)
+    references = (raw, *others)
     candidates = tuple(
-        Candidate(name, e, *screen(e, raw, f, i, nargs)) for name, e in forms.items()
+        Candidate(name, e, *screen(e, *references[:1], f, i, nargs, *references[1:]))
+        for name, e in forms.items()
     )
-    preference = {"output": 0, "input": 1, "sigmoid": 2, "simplified": 3}
-    best = min(
-        candidates,
-        key=lambda c: (
-            len(c.nonfinite),
-            len(c.inaccurate),
-            preference[c.form],
-            sympy.count_ops(c.expr),
-        ),
-    )
-    return Derivative(best.expr, best.form, candidates)
+    best = min(candidates, key=rank)
+    return Derivative(best.expr, best.form, candidates, references)

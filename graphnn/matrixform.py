@@ -244,12 +244,19 @@ def _forward_call(fn: str, node: Node, *ins: Formula) -> Formula:
     )
 
 
-def gradient_formula(training: GraphIR, grad_node: str, forward: set[str]) -> Formula:
+def gradient_formula(
+    training: GraphIR,
+    grad_node: str,
+    forward: set[str],
+    known: Mapping[str, Formula] | None = None,
+) -> Formula:
     """The matrix-form formula of one gradient node of a training graph.
 
     ``forward`` names the forward nodes: they appear as symbols and are inputs of ``evaluate``.
+    ``known`` gives some nodes a formula of their own (``explain`` shows a cotangent as ``δ(v)``).
     """
     assembler = _Assembler(training, forward)
+    assembler.memo.update(known or {})
     # Assemble the nodes it reads inputs-first, so a deep graph never recurses deeply.
     needed = nx.ancestors(training.dag, grad_node)
     for node in training.nodes:

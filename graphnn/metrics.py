@@ -28,23 +28,24 @@ def prediction_node(ir: GraphIR, loss: str) -> tuple[str, str | None]:
 
 
 def accuracy_kind(ir: GraphIR, loss: str, prediction: str) -> str | None:
-    """How to read a class from the prediction: 'argmax', 'logit' (> 0), 'prob' (> 0.5)."""
-    shape = ir.node(prediction).shape
-    if len(shape) != 2:
+    """How to read classes from the prediction: 'argmax' (softmax classifiers), 'logit' (> 0,
+    with a BCE-with-logits loss), 'prob' (> 0.5, a sigmoid output); None for a regression."""
+    node = ir.node(prediction)
+    if len(node.shape) != 2:
         return None
-    if shape[1] > 1:
-        return "argmax"
-    fns = {n.attr("fn") for n in ir.nodes}
-    if "bce_with_logits" in fns:
+    if any(n.op == "softmax_ce" for n in ir.nodes) or node.op == "softmax":
+        return "argmax" if node.shape[1] > 1 else None
+    if any(n.attr("fn") == "bce_with_logits" for n in ir.nodes):
         return "logit"
-    if ir.node(prediction).attr("fn") == "sigmoid":
+    if node.attr("fn") == "sigmoid":
         return "prob"
     return None
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray, kind: str) -> float:
-    """Fraction of rows whose predicted class matches the target's."""
+    """Fraction of rows whose predicted class matches the target's ('argmax'), or of outputs
+    on the target's side of the threshold ('logit': 0, 'prob': 0.5; multi-label too)."""
     if kind == "argmax":
         return float(np.mean(pred.argmax(axis=1) == target.argmax(axis=1)))
     threshold = 0.0 if kind == "logit" else 0.5
-    return float(np.mean((pred[:, 0] > threshold) == (target[:, 0] > 0.5)))
+    return float(np.mean((pred > threshold) == (target > 0.5)))

@@ -16,9 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphnn.errors import GraphError
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise GraphError(what)
+
 
 class Schedule:
-    def __call__(self, step: int) -> float:  # step counts from 0
+    """A learning-rate multiplier per optimizer step (steps count from 0 over the whole run)."""
+
+    def __call__(self, step: int) -> float:
         raise NotImplementedError
 
     def multipliers(self, start: int, count: int) -> np.ndarray:
@@ -38,6 +47,10 @@ class Step(Schedule):
     every: int
     gamma: float = 0.1
 
+    def __post_init__(self):
+        _check(int(self.every) == self.every >= 1, f"Step: every must be an int >= 1: {self!r}")
+        _check(self.gamma > 0, f"Step: gamma must be > 0: {self!r}")
+
     def __call__(self, step: int) -> float:
         return self.gamma ** (step // self.every)
 
@@ -47,6 +60,9 @@ class Exponential(Schedule):
     """Multiply by ``gamma`` every step."""
 
     gamma: float
+
+    def __post_init__(self):
+        _check(self.gamma > 0, f"Exponential: gamma must be > 0: {self!r}")
 
     def __call__(self, step: int) -> float:
         return self.gamma**step
@@ -59,6 +75,10 @@ class Cosine(Schedule):
     total_steps: int
     floor: float = 0.0
 
+    def __post_init__(self):
+        _check(self.total_steps >= 1, f"Cosine: total_steps must be >= 1: {self!r}")
+        _check(0 <= self.floor <= 1, f"Cosine: floor must be in [0, 1]: {self!r}")
+
     def __call__(self, step: int) -> float:
         frac = min(step, self.total_steps) / self.total_steps
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -70,6 +90,10 @@ class Warmup(Schedule):
 
     steps: int
     then: Schedule = Constant()
+
+    def __post_init__(self):
+        _check(int(self.steps) == self.steps >= 1, f"Warmup: steps must be an int >= 1: {self!r}")
+        _check(isinstance(self.then, Schedule), f"Warmup: then must be a Schedule: {self!r}")
 
     def __call__(self, step: int) -> float:
         if step < self.steps:

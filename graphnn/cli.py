@@ -1,0 +1,313 @@
+"""The ``graphnn`` command: train, inspect, check and export networks declared in spec files.
+
+Exit codes: 0 success; 2 a usage or spec error; 1 a failure while running (training stopped on
+NaN/Inf, a gradient check failed, a back end or an inspection feature is not available).  Errors
+print one ``graphnn: error: ...`` line to stderr, never a traceback (set ``GRAPHNN_DEBUG=1`` to
+see one).
+
+>>> main(["graph", "--help"])  # doctest: +ELLIPSIS
+usage: graphnn graph ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+
+from graphnn.errors import GraphnnError, NonFiniteError, SpecError
+
+USAGE, FAILURE = 2, 1
+EXAMPLES = """examples:
+  graphnn demo                              train the bundled digits MLP
+  graphnn train examples/iris.toml          train a spec; writes runs/iris/
+  graphnn grad examples/digits.toml --format latex
+  graphnn check examples/xor.toml           finite-difference check of the gradients
+  graphnn export examples/digits.toml -o digits_step.py
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Unavailable(Exception):
+    """A feature another part of graphnn provides is missing from this installation."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise _UsageError(message)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="graphnn",
+        description="Declare a network in a TOML spec; graphnn derives its gradients with SymPy "
+        "and trains it with generated Numba kernels.",
+        epilog=EXAMPLES + "\nexit codes: 0 ok, 2 usage or spec error, 1 failure while running",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    backends = ("numpy", "cpu", "cuda")
+
+    p = sub.add_parser("train", help="train the model of a spec file")
+    p.add_argument("spec", metavar="SPEC", help="the .toml spec file")
+    p.add_argument("--epochs", type=_positive, help="override [train] epochs")
+    p.add_argument("--backend", choices=backends, help="override [train] backend")
+    p.add_argument("--out", type=Path, help="output directory (default runs/<spec name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("grad", help="print each parameter's gradient as a formula")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--param", metavar="P", help="only this parameter")
+    p.add_argument("--format", choices=("text", "latex", "markdown", "html"), default="text")
+
+    p = sub.add_parser("graph", help="print the graph's nodes with their ops and shapes")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--dot", type=Path, metavar="FILE", help="also write Graphviz DOT to FILE")
+    p.add_argument("--png", type=Path, metavar="FILE", help="also render a PNG to FILE")
+
+    p = sub.add_parser("check", help="check the compiled gradients by finite differences")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--backend", choices=backends, help="override [train] backend")
+    p.add_argument("--rows", type=_positive, default=16, help="batch size (default 16)")
+    p.add_argument("--tol", type=float, help="largest error allowed (default by dtype)")
+    p.add_argument("--stability", action="store_true", help="also print a stability audit")
+
+    p = sub.add_parser("export", help="write a standalone training module (numpy + numba)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+
+    p = sub.add_parser("demo", help="train the bundled digits example (about 98%% accuracy)")
+    p.add_argument("--out", type=Path, default=Path("runs/digits"), help="default runs/digits")
+    p.add_argument("--epochs", type=_positive, help="override the spec's 20 epochs")
+    p.add_argument("--backend", choices=backends, help="default cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(str(exc), USAGE)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as exc:
+        return _fail(str(exc), USAGE)
+    except _Unavailable as exc:
+        return _fail(str(exc), FAILURE)
+    except NonFiniteError as exc:
+        return _fail(f"training failed: {exc}", FAILURE)
+    except (GraphnnError, OSError) as exc:
+        return _fail(str(exc), FAILURE)
+    except ImportError as exc:  # e.g. a back end whose module or driver is missing
+        return _fail(f"not available here: {exc}", FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # not anticipated: say what it was, without a traceback
+        hint = " (GRAPHNN_DEBUG=1 shows a traceback)"
+        return _fail(f"{type(exc).__name__}: {exc}{hint}", FAILURE)
+
+
+def _fail(message: str, code: int) -> int:
+    if os.environ.get("GRAPHNN_DEBUG", "0") not in ("", "0") and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
+    print(f"graphnn: error: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path):
+    """The built spec; any graphnn error while building it is a spec error (exit code 2)."""
+    from graphnn.spec import load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError:
+        raise
+    except GraphnnError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def _inspect(function: str, what: str):
+    """``graphnn.inspect.<function>``, or _Unavailable naming what needed it."""
+    try:
+        module = importlib.import_module("graphnn.inspect")
+    except ModuleNotFoundError as exc:
+        if exc.name != "graphnn.inspect":
+            raise
+        module = None
+    fn = getattr(module, function, None)
+    if fn is None:
+        raise _Unavailable(
+            f"{what} needs graphnn.inspect.{function}, which this version of graphnn "
+            "does not have yet"
+        )
+    return fn
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    spec = _load(args.spec)
+    out = args.out or Path("runs") / spec.path.stem
+    return _train(spec, out, args.epochs, args.backend, args.quiet)
+
+
+def cmd_demo(args) -> int:
+    with ExitStack() as stack:
+        ref = resources.files("graphnn") / "specs" / "digits.toml"
+        spec = _load(stack.enter_context(resources.as_file(ref)))
+        return _train(spec, args.out, args.epochs, args.backend, args.quiet)
+
+
+def _train(spec, out: Path, epochs, backend, quiet: bool) -> int:
+    from graphnn.runner import run_spec
+
+    progress = not quiet and sys.stderr.isatty()  # a bar in a log file is noise
+    result = run_spec(spec, out, epochs=epochs, backend=backend, progress=progress)
+    for line in result.report():
+        print(line)
+    return 0
+
+
+def cmd_grad(args) -> int:
+    spec = _load(args.spec)
+    graph = spec.graph
+    if args.param is not None and args.param not in graph.param_names:
+        from graphnn.exprparse import _suggest
+
+        raise SpecError(
+            f"--param: no parameter named {args.param!r} in {spec.path}; "
+            + _suggest(args.param, graph.param_names)
+        )
+    if args.format in ("markdown", "html"):
+        report = _inspect("report", f"grad --format {args.format}")
+        print(report(graph, args.format))
+        return 0
+    loss = graph.loss_name
+    for name in [args.param] if args.param else graph.param_names:
+        formula = graph.gradient(name)
+        if args.format == "latex":
+            print(
+                rf"\frac{{\partial \mathrm{{{loss}}}}}{{\partial \mathrm{{{name}}}}} = "
+                + formula.latex()
+            )
+        else:
+            print(f"d{loss}/d{name} = {formula}")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from graphnn.shapes import show
+
+    spec = _load(args.spec)
+    graph = spec.graph
+    rows = [("node", "op", "shape", "inputs")]
+    for node in graph.forward.nodes:
+        op = node.attr("fn", node.op)
+        if node.op == "param":
+            op = f"param ({node.attr('init')})"
+        rows.append((node.name, str(op), show(node.shape), ", ".join(node.inputs)))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3])
+    sizes = sum(math.prod(s) for s in graph.shapes.values())
+    print(f"loss: {graph.loss_name}; {len(graph.param_names)} parameters, {sizes:,} values")
+    if args.dot:
+        text = _inspect("to_dot", "graph --dot")(graph)
+        args.dot.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        print(f"wrote {args.dot}")
+    if args.png:
+        _inspect("render_png", "graph --png")(graph, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from graphnn.gradcheck import TOLERANCE, check_gradients, random_data
+
+    spec = _load(args.spec)
+    backend, dtype = args.backend or spec.train.backend, spec.train.dtype
+    if spec.data is not None:
+        data = {k: v[: args.rows] for k, v in spec.data.load_all().items()}
+    else:
+        data = random_data(spec.graph, args.rows, spec.train.seed)
+    rows = len(next(iter(data.values())))
+    result = check_gradients(spec.graph, data, backend=backend, dtype=dtype, seed=spec.train.seed)
+    tol = TOLERANCE[dtype] if args.tol is None else args.tol
+    print(
+        f"gradient check of {spec.path}: {backend} back end ({dtype}) against central "
+        f"differences of the float64 numpy reference, {rows} rows"
+    )
+    width = max(len(n) for n in ["loss", *result.params])
+    print(f"  {'loss'.ljust(width)}  rel. difference {result.loss_error:.2e}")
+    for name, r in result.params.items():
+        print(
+            f"  {name.ljust(width)}  max rel error   {r.error:.2e}  "
+            f"({r.checked} of {r.size} entries)"
+        )
+    if args.stability:
+        audit = _inspect("stability_audit", "check --stability")
+        print(audit(spec.graph))
+    if result.worst > tol:
+        print(f"FAILED: largest error {result.worst:.2e} > tolerance {tol:.0e}")
+        return FAILURE
+    print(f"ok: every error <= {tol:.0e}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    spec = _load(args.spec)
+    try:
+        from codegen.export import export_module  # noqa: F401 - only to see whether it exists
+    except ImportError as exc:
+        raise _Unavailable(f"export needs codegen.export ({exc})") from None
+    path = spec.graph.export(
+        args.output, optimizer=spec.train.optimizer, backend=args.backend, dtype=spec.train.dtype
+    )
+    print(f"wrote {path or args.output}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "grad": cmd_grad,
+    "graph": cmd_graph,
+    "check": cmd_check,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

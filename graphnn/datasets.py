@@ -1,0 +1,308 @@
+"""The ``[data]`` table of a spec: where arrays come from and how they are split.
+
+A source is one of scikit-learn's bundled datasets (``sklearn:digits``, ``sklearn:iris``,
+``sklearn:breast_cancer``, ``sklearn:wine``; no download), or a ``.npz`` or ``.csv`` file whose
+path is relative to the spec file.  Features of digits are scaled by 1/16, the others are
+standardized; targets are one-hot for several classes and a (n, 1) 0/1 column for two.
+
+``.npz`` files are read with ``allow_pickle=False``; ``.csv`` files need a header row.  Every
+error is a :class:`~graphnn.errors.SpecError` naming the spec file, ``[data]`` and the key.
+
+>>> cfg = DataSpec.from_table({"source": "sklearn:iris", "features": "x", "targets": "y"},
+...                           where="iris.toml [data]", base=".", inputs={"x": (4,), "y": (3,)})
+>>> train, val = cfg.load(seed=0)
+>>> train["x"].shape, val["y"].shape
+((120, 4), (30, 3))
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graphnn.errors import SpecError
+from graphnn.exprparse import _suggest
+
+SKLEARN = ("digits", "iris", "breast_cancer", "wine")
+_COMMON_KEYS = ("source", "validation_split")
+
+
+def _hint(word: str, known) -> str:
+    return "; " + _suggest(word, known)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A validated ``[data]`` table; :meth:`load` reads the arrays."""
+
+    where: str
+    source: str  # "sklearn:NAME" or a resolved file path
+    inputs: Mapping[str, tuple[int, ...]]  # per-sample shapes of the inputs to fill
+    columns: Mapping[str, object] = field(default_factory=dict)  # input -> columns / array name
+    one_hot: frozenset[str] | bool = frozenset()  # True: every 1-column input of width > 1
+    validation_split: float = 0.2
+
+    @classmethod
+    def from_table(cls, table, *, where: str, base, inputs: Mapping, defaults=None) -> DataSpec:
+        """Check ``table`` (the parsed ``[data]``) against the spec's ``inputs``.
+
+        ``defaults`` may give ``features``/``targets`` (from ``[model]``) for sklearn sources.
+        """
+        if not isinstance(table, Mapping):
+            raise SpecError(f"{where}: must be a table")
+        source = table.get("source")
+        if not isinstance(source, str) or not source:
+            raise SpecError(f'{where} source: required; e.g. "sklearn:digits" or "data.csv"')
+        split = _split_fraction(table.get("validation_split", 0.2), f"{where} validation_split")
+        inputs = {k: tuple(v) for k, v in inputs.items()}
+        if source.startswith("sklearn:"):
+            columns = _sklearn_columns(table, where, source, inputs, defaults or {})
+            return cls(where, source, inputs, columns, frozenset(), split)
+        path = Path(base) / source
+        if path.suffix.lower() not in (".npz", ".csv"):
+            raise SpecError(
+                f"{where} source: unknown data source {source!r}; expected sklearn:NAME "
+                f"({', '.join(SKLEARN)}) or a .npz or .csv file"
+            )
+        if not path.is_file():
+            raise SpecError(f"{where} source: no such file {source!r} (looked for {path})")
+        one_hot = _one_hot(table.get("one_hot", False), where, inputs)
+        columns = _file_columns(table, where, path.suffix.lower(), inputs)
+        return cls(where, str(path), inputs, columns, one_hot, split)
+
+    def load(self, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """(training arrays, held-out arrays or None), split with ``seed``."""
+        arrays = self.load_all()
+        try:
+            return split(arrays, self.validation_split, seed)
+        except ValueError as exc:
+            raise SpecError(f"{self.where} validation_split: {exc}") from None
+
+    def load_all(self) -> dict[str, np.ndarray]:
+        """Every row, before the split, as float32 arrays of shape (n, *input shape)."""
+        if self.source.startswith("sklearn:"):
+            features, targets = load_sklearn(self.source.split(":", 1)[1])
+            raw = {self.columns["features"]: features, self.columns["targets"]: targets}
+        elif self.source.lower().endswith(".npz"):
+            raw = self._load_npz()
+        else:
+            raw = self._load_csv()
+        out = {}
+        for name, arr in raw.items():
+            if self._is_one_hot(name, arr):
+                arr = _to_one_hot(arr, self.inputs[name][0], f"{self.where} {name}")
+            out[name] = _fit_shape(arr, self.inputs[name], f"{self.where} {name}")
+        sizes = {len(a) for a in out.values()}
+        if len(sizes) > 1:
+            counts = ", ".join(f"{k}: {len(v)}" for k, v in out.items())
+            raise SpecError(f"{self.where}: inputs have different numbers of rows ({counts})")
+        if not sizes or sizes == {0}:
+            raise SpecError(f"{self.where}: the data source holds no rows")
+        return out
+
+    def _is_one_hot(self, name: str, arr: np.ndarray) -> bool:
+        if self.one_hot is not True:
+            return name in self.one_hot
+        shape = self.inputs[name]
+        per_sample = math.prod(np.shape(arr)[1:])
+        return len(shape) == 1 and shape[0] > 1 and per_sample == 1
+
+    def _load_npz(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self.source, allow_pickle=False) as npz:
+                stored = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{self.where} source: cannot read {self.source}: {exc}") from None
+        out = {}
+        for name, key in self.columns.items():
+            if key not in stored:
+                raise SpecError(
+                    f"{self.where} {name}: {self.source} has no array {key!r}"
+                    + _hint(key, sorted(stored))
+                )
+            out[name] = stored[key]
+        return out
+
+    def _load_csv(self) -> dict[str, np.ndarray]:
+        header, rows = read_csv(self.source, self.where)
+        index = {h: k for k, h in enumerate(header)}
+        out = {}
+        for name, cols in self.columns.items():
+            for col in cols:
+                if col not in index:
+                    raise SpecError(
+                        f"{self.where} {name}: {self.source} has no column {col!r}"
+                        + _hint(col, header)
+                    )
+            out[name] = rows[:, [index[c] for c in cols]]
+        return out
+
+
+def _split_fraction(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise SpecError(f"{where}: must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _sklearn_columns(table, where, source, inputs, defaults) -> dict[str, str]:
+    name = source.split(":", 1)[1]
+    if name not in SKLEARN:
+        raise SpecError(f"{where} source: unknown dataset {source!r}" + _hint(name, SKLEARN))
+    extra = set(table) - {*_COMMON_KEYS, "features", "targets"}
+    if extra:
+        key = sorted(extra)[0]
+        raise SpecError(
+            f"{where}: unknown key {key!r} for a sklearn source; keys: "
+            "source, features, targets, validation_split"
+        )
+    columns = {}
+    for role in ("features", "targets"):
+        value = table.get(role, defaults.get(role))
+        if value is None:
+            raise SpecError(f"{where} {role}: required; the name of the input that gets the {role}")
+        if value not in inputs:
+            raise SpecError(f"{where} {role}: no input named {value!r}" + _hint(str(value), inputs))
+        columns[role] = value
+    if columns["features"] == columns["targets"]:
+        raise SpecError(f"{where}: features and targets are both {columns['features']!r}")
+    return columns
+
+
+def _one_hot(value, where: str, inputs) -> frozenset[str] | bool:
+    if value is False or value is True:
+        return value or frozenset()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{where} one_hot: expected true, an input name or a list of them")
+    for n in names:
+        if n not in inputs:
+            raise SpecError(f"{where} one_hot: no input named {n!r}" + _hint(n, inputs))
+    return frozenset(names)
+
+
+def _file_columns(table, where, suffix, inputs) -> dict[str, object]:
+    """Which columns (csv) or array (npz) fills each input; validates the keys of [data]."""
+    extra = set(table) - {*_COMMON_KEYS, "one_hot", *inputs}
+    if extra:
+        key = sorted(extra)[0]
+        raise SpecError(
+            f"{where}: unknown key {key!r}; keys are source, validation_split, one_hot "
+            f"and input names ({', '.join(inputs)})" + _hint(key, [*inputs, "one_hot"])
+        )
+    columns: dict[str, object] = {}
+    for name in inputs:
+        value = table.get(name)
+        if suffix == ".npz":
+            if value is not None and not isinstance(value, str):
+                raise SpecError(f"{where} {name}: expected the name of an array in the .npz file")
+            columns[name] = value or name
+            continue
+        if value is None:
+            raise SpecError(f"{where} {name}: required; the list of CSV columns for input {name!r}")
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise SpecError(f"{where} {name}: expected a list of CSV column names, got {value!r}")
+        columns[name] = value
+    return columns
+
+
+def _to_one_hot(arr: np.ndarray, classes: int, where: str) -> np.ndarray:
+    labels = np.asarray(arr, dtype=np.float64).reshape(len(arr), -1)
+    if labels.shape[1] != 1:
+        raise SpecError(f"{where}: one_hot needs one label column, got {labels.shape[1]}")
+    labels = labels[:, 0]
+    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= classes)
+    if np.any(bad):
+        raise SpecError(
+            f"{where}: one_hot labels must be integers in [0, {classes}); found "
+            f"{labels[bad][0]!r} (row {int(np.argmax(bad)) + 1})"
+        )
+    return np.eye(classes, dtype=np.float32)[labels.astype(np.int64)]
+
+
+def _fit_shape(arr: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.number) and not np.iscomplexobj(arr)):
+        raise SpecError(f"{where}: expected numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.shape[1:] != shape:
+        if math.prod(arr.shape[1:]) != math.prod(shape):
+            raise SpecError(
+                f"{where}: the input has per-sample shape {list(shape)} but the data has "
+                f"{list(arr.shape[1:])} per sample"
+            )
+        arr = arr.reshape(len(arr), *shape)
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise SpecError(f"{where}: the data holds NaN or Inf")
+    return np.ascontiguousarray(arr)
+
+
+def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
+    """(header, float64 rows) of a CSV file with a header row; errors name row and column."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpecError(f"{where} source: cannot read {path}: {exc}") from None
+    if len(lines) < 2:
+        raise SpecError(f"{where} source: {path} needs a header row and at least one data row")
+    header = [h.strip() for h in lines[0]]
+    rows = np.empty((len(lines) - 1, len(header)), dtype=np.float64)
+    for r, line in enumerate(lines[1:]):
+        if len(line) != len(header):
+            raise SpecError(
+                f"{where} source: {path} row {r + 2} has {len(line)} fields, "
+                f"the header has {len(header)}"
+            )
+        for c, cell in enumerate(line):
+            try:
+                rows[r, c] = float(cell)
+            except ValueError:
+                raise SpecError(
+                    f"{where} source: {path} row {r + 2}, column {header[c]!r}: "
+                    f"{cell.strip()[:30]!r} is not a number"
+                ) from None
+    return header, rows
+
+
+def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, targets) of a bundled scikit-learn dataset, scaled, as float32."""
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    x = bunch.data.astype(np.float64)
+    if name == "digits":
+        x = x / 16.0
+    else:
+        std = x.std(axis=0)
+        x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    classes = int(bunch.target.max()) + 1
+    if classes == 2:
+        y = bunch.target.astype(np.float32)[:, None]
+    else:
+        y = np.eye(classes, dtype=np.float32)[bunch.target]
+    return x.astype(np.float32), y
+
+
+def split(arrays: Mapping[str, np.ndarray], fraction: float, seed: int = 0):
+    """(train, held-out) rows by a seeded permutation (the driver's rule); held-out None if 0."""
+    if not fraction:
+        return dict(arrays), None
+    n = len(next(iter(arrays.values())))
+    order = np.random.default_rng(seed).permutation(n)
+    cut = n - max(1, int(round(n * fraction)))
+    if cut < 1:
+        raise ValueError(f"{fraction} leaves no training rows of {n}")
+
+    def pick(idx):
+        return {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}
+
+    return pick(order[:cut]), pick(order[cut:])

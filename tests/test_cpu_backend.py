@@ -1,0 +1,434 @@
+"""The Numba CPU back end against the NumPy reference: the same graph on the same float32 arrays.
+
+Tolerance (rtol 1e-4, atol 1e-5).  Both back ends compute in float32 (eps = 6e-8); they differ only
+in summation order (sequential loops and BLAS blocking against NumPy's pairwise sums), in libm
+against NumPy transcendentals (1-2 ulp) and in FMA contraction.  The sums here have at most a few
+hundred O(1) terms, so the honest difference is below ~1e-5 relative; 1e-4 leaves a 10x margin
+and is still far below what any real slip causes (a wrong derivative form, a missed fan-out term
+or a float64 upcast show at 1e-3 or more).  atol covers entries near zero, where cancellation in
+a sum of O(1) terms leaves an absolute error of a few eps * terms.
+"""
+
+import re
+
+import numba
+import numpy as np
+import pytest
+import sympy
+from sklearn.datasets import load_digits
+
+import graphnn as gn
+from codegen import cache, numba_cpu
+from codegen.emit import signature
+from codegen.plan import make_plan
+from graphnn.ops import ELEMENTWISE
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def assert_close(got, want, what="", rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+
+
+def assert_backends_agree(g, params, data, dtype=np.float32, rtol=RTOL, atol=ATOL):
+    """Loss and every gradient of ``g`` on the CPU back end match the NumPy reference."""
+    params = {k: np.asarray(v, dtype) for k, v in params.items()}
+    data = {k: np.asarray(v, dtype) for k, v in data.items()}
+    want_loss, want = g.value_and_grad(params, data, backend="numpy")
+    loss, grads = g.value_and_grad(params, data, backend="cpu")
+    assert np.isfinite(want_loss)
+    assert_close(loss, want_loss, "loss", rtol, atol)
+    assert sorted(grads) == sorted(g.param_names)
+    for p in g.param_names:
+        assert grads[p].dtype == dtype and grads[p].shape == want[p].shape, p
+        assert np.all(np.isfinite(want[p])), p
+        assert_close(grads[p], want[p], f"gradient of {p}", rtol, atol)
+    assert any(np.any(want[p] != 0) for p in g.param_names)  # the comparison is not vacuous
+    return loss, grads
+
+
+# --- elementwise ops: one row per entry of the op table -----------------------------------------
+
+
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE))
+def test_elementwise_op(op):
+    row = ELEMENTWISE[op]
+    rng = np.random.default_rng(1)
+    ps = [gn.param(f"p{k}", (2, 3)) for k in range(row.arity)]
+    u = gn.input("u", (2, 3))  # random upstream weights, broadcast over the batch
+    g = gn.Graph(gn.sum(gn.apply(op, *ps) * u))
+    data = {"u": rng.normal(size=(5, 2, 3))}
+    params = {f"p{k}": rng.uniform(*row.domain, (2, 3)) for k in range(row.arity)}
+    assert_backends_agree(g, params, data)
+    if op in gn.ACTIVATIONS:
+        # Far into the tails (same kernel): the screened derivative forms must stay finite.
+        wide = {"p0": np.linspace(-30, 30, 6).reshape(2, 3)}
+        assert_backends_agree(g, wide, data)
+
+
+# --- structural ops -----------------------------------------------------------------------------
+
+
+def _bias_col(x, x3, W, V, c):
+    # c (4, 1) broadcasts against (n, 4, 3): its gradient sums axis 0 and the size-1 axis 2, with
+    # keepdims, then reshapes.
+    return gn.sum(gn.tanh(x3 + c) * x3)
+
+
+STRUCTURAL = {
+    "matmul_fan_out": lambda x, x3, W, V, c: gn.sum(gn.tanh(x @ W) * (x @ W)) + gn.sum((x @ W) @ V),
+    "shared_param": lambda x, x3, W, V, c: gn.sum((x @ W) @ V + gn.sigmoid(x @ W) @ V * 2.0),
+    "sum_all": lambda x, x3, W, V, c: gn.sum(gn.exp(x @ W * 0.3)),
+    "sum_rows": lambda x, x3, W, V, c: gn.sum(gn.sum(gn.tanh(x @ W), axis=1) ** 2),
+    "mean_rows": lambda x, x3, W, V, c: gn.sum(gn.mean(gn.tanh(x @ W), axis=1) * 3.0),
+    "mean_batch_keepdims": lambda x, x3, W, V, c: gn.sum(
+        gn.mean(gn.tanh(x @ W), axis=0, keepdims=True) @ V
+    ),
+    "sum_keepdims": lambda x, x3, W, V, c: gn.sum(
+        gn.sum(x @ W, axis=1, keepdims=True) * gn.tanh(x @ W)
+    ),
+    "sum_middle_axis": lambda x, x3, W, V, c: gn.sum(gn.sum(gn.tanh(x3 * c), axis=1) ** 2),
+    "mean_last_axis_3d": lambda x, x3, W, V, c: gn.sum(gn.mean(gn.sigmoid(x3 * c), axis=2) ** 2),
+    "sum_axes_keepdims_3d": lambda x, x3, W, V, c: gn.sum(
+        gn.sum(gn.tanh(x3 * c), axis=(0, 2), keepdims=True) * x3
+    ),
+    "bias_broadcast": lambda x, x3, W, V, c: gn.sum(gn.exp(x @ W * 0.1 + gn.sum(V, axis=1))),
+    "bias_col": _bias_col,
+    "softmax": lambda x, x3, W, V, c: gn.sum(gn.softmax(x @ W) * (x @ W)),
+    "power_div": lambda x, x3, W, V, c: gn.mean((x @ W) ** 2 / (1.5 + gn.sigmoid(x @ W))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+def test_structural(name):
+    x, x3 = gn.input("x", (4,)), gn.input("x3", (4, 3))
+    W, V, c = gn.param("W", (4, 4)), gn.param("V", (4, 2)), gn.param("c", (4, 1), init="normal")
+    g = gn.Graph(STRUCTURAL[name](x, x3, W, V, c))
+    rng = np.random.default_rng(3)
+    data = {"x": rng.normal(size=(6, 4)), "x3": rng.normal(size=(6, 4, 3))}
+    data = {k: v for k, v in data.items() if k in g.inputs}
+    assert_backends_agree(g, g.init_params(0), data)
+
+
+LOSSES = {
+    "mse": gn.mse,
+    "softmax_ce": gn.softmax_cross_entropy,
+    "bce_with_logits": gn.binary_cross_entropy_with_logits,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss(name):
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    g = gn.Graph(LOSSES[name](x @ W + b, t))
+    rng = np.random.default_rng(4)
+    data = {"x": rng.normal(size=(7, 4)) * 2, "t": np.eye(3)[rng.integers(0, 3, 7)]}
+    assert_backends_agree(g, g.init_params(0), data)
+    # Saturated logits (|z| ~ 100): the fused, stable forms must agree and stay finite.
+    big = {"W": np.full((4, 3), 0.0), "b": np.array([100.0, 0.0, -100.0])}
+    assert_backends_agree(g, big, data)
+
+
+# --- whole networks: loss, gradients, and parameters after training ----------------------------
+
+
+def _mlp(act, width=5):
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, width)), gn.param("b1", (width,), init="normal")
+    W2, b2 = gn.param("W2", (width, 3)), gn.param("b2", (3,), init="normal")
+    h = gn.apply(act, x @ W1 + b1)
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2 + b2, y))
+
+
+def _mlp_data(n=20, seed=2):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return {"x": x, "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]}
+
+
+def train_both(g, data, epochs, batch_size, optimizer=None, dtype="float32"):
+    """The same training run on both back ends: same seed, same batches (no shuffling)."""
+    models = {}
+    for backend in ("numpy", "cpu"):
+        opt = optimizer or gn.SGD(lr=0.1, momentum=0.9)
+        model = gn.compile(g, opt, backend=backend, dtype=dtype, seed=0)
+        model.fit(data, epochs=epochs, batch_size=batch_size, shuffle=False)
+        models[backend] = model
+    return models["numpy"], models["cpu"]
+
+
+@pytest.mark.parametrize("act", gn.ACTIVATIONS)
+def test_mlp_with_each_activation(act):
+    g, data = _mlp(act), _mlp_data()
+    assert_backends_agree(g, g.init_params(seed=0), data)
+    ref, cpu = train_both(g, data, epochs=2, batch_size=4)  # 2 x 5 = 10 SGD-momentum steps
+    assert cpu.step == ref.step == 10
+    assert_close(cpu.history["loss"], ref.history["loss"], "epoch losses")
+    for p in g.param_names:
+        assert cpu.params[p].dtype == np.float32
+        assert not np.array_equal(cpu.params[p], g.init_params(seed=0)[p]), p  # it did train
+        assert_close(cpu.params[p], ref.params[p], f"{p} after 10 steps")
+
+
+# --- float32 end to end -------------------------------------------------------------------------
+
+
+DOUBLE_OPS = ("fadd double", "fmul double", "fdiv double", "fsub double", "fpext float")
+
+
+def kernel_ir(func, name: str) -> str:
+    """LLVM IR of the compiled function ``name`` itself: not its CPython wrapper (which boxes
+    through double) nor numba's library helpers such as the BLAS dispatch.  Numba keeps no IR
+    for what it loads from its on-disk cache, so callers compile in a fresh cache directory."""
+    own = []
+    for sig in func.signatures:
+        blocks = re.split(r"^(?=define |declare )", func.inspect_llvm(sig), flags=re.M)
+        heads = [(b, b.splitlines()[0]) for b in blocks if b.startswith("define")]
+        own += [b for b, head in heads if name in head and "cpython" not in head]
+    assert own, f"no IR found for {name}"
+    return "\n".join(own)
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path):
+    """A private, empty kernel cache: everything compiles now, so numba has signatures and IR."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_LOADED", {})
+
+
+def double_ops(ir: str) -> list[str]:
+    return [op for op in DOUBLE_OPS if op in ir]
+
+
+def _float_types(sig, results=True) -> set:
+    """The element types of every float argument (and result) of a numba signature."""
+    ret = sig.return_type
+    outs = ret.types if isinstance(ret, numba.types.BaseTuple) else (ret,)
+    types = [getattr(a, "dtype", a) for a in (*sig.args, *(outs if results else ()))]
+    return {t for t in types if isinstance(t, numba.types.Float)}
+
+
+def test_kernels_are_float32_end_to_end():
+    # Through the driver: every float the compiled functions take or return is float32
+    # (train_epoch's epoch loss sum is the one documented float64).
+    g, data = _mlp("gelu"), _mlp_data()  # erf and exp: the transcendental-heavy activation
+    model = gn.compile(g, gn.Adam(lr=0.01), backend="cpu")
+    model.fit(data, epochs=1, batch_size=8, shuffle=False)
+    model.evaluate(data)
+    module = model.trainer.module
+    (epoch,) = module.train_epoch.nopython_signatures
+    assert _float_types(epoch, results=False) == {numba.float32}, epoch
+    (forward,) = module.forward.nopython_signatures
+    assert _float_types(forward) == {numba.float32}, forward
+    module.loss_and_grads(data["x"], data["y"], *(model.params[p] for p in g.param_names))
+    (grads,) = module.loss_and_grads.nopython_signatures
+    assert _float_types(grads) == {numba.float32}, grads
+    assert len(grads.return_type) == 5
+
+
+def test_kernel_ir_has_no_double(fresh_cache):
+    g, data = _mlp("gelu"), _mlp_data()
+    opt = gn.Adam(lr=0.01)
+    module = numba_cpu.build(g, opt, outputs=[g.loss_name])
+    params = g.init_params(0)
+    args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
+    module.loss_and_grads(*args)
+    module.forward(*args)
+    # apply_update as train_step calls it: P, G, <state>, <hyper>, t, gscale, all float32.
+    w, f32 = params["W1"], np.float32
+    state = [np.zeros_like(w) for _ in opt.state]
+    module.apply_update(w, w.copy(), *state, *map(f32, opt.hyper.values()), f32(1), f32(1))
+    for name in ("loss_and_grads", "forward", "apply_update"):
+        ir = kernel_ir(getattr(module, name), name)
+        assert re.search(r"fmul (\w+ )*float", ir), name  # the kernel body really is here
+        assert not double_ops(ir), (name, double_ops(ir))
+
+
+def test_ir_scan_finds_a_float64_leak(fresh_cache):
+    # The scan above can fail: one untyped literal in the generated source promotes to double.
+    g = _mlp("sigmoid")
+    text = numba_cpu.source(g)
+    assert "np.float32(1.0) + np.exp(" in text
+    module = cache.load_module(text.replace("np.float32(1.0) + np.exp(", "1.0 + np.exp(", 1))
+    data, params = _mlp_data(), g.init_params(0)
+    module.loss_and_grads(data["x"], data["y"], *(params[p] for p in g.param_names))
+    assert double_ops(kernel_ir(module.loss_and_grads, "loss_and_grads"))
+
+
+def test_float64_dtype():
+    g = _mlp("tanh")
+    params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
+    data = {k: v.astype(np.float64) for k, v in _mlp_data().items()}
+    assert_backends_agree(g, params, data, np.float64, rtol=1e-10, atol=1e-12)
+    assert "float32" not in numba_cpu.source(g, gn.SGD(lr=0.1), dtype="float64")
+    ref, cpu = train_both(g, data, epochs=2, batch_size=4, dtype="float64")
+    for p in g.param_names:
+        assert cpu.params[p].dtype == np.float64
+        assert_close(cpu.params[p], ref.params[p], p, rtol=1e-9, atol=1e-12)
+    (sig,) = numba_cpu.build(g, None, "float64").loss_and_grads.nopython_signatures
+    assert all(a.dtype == numba.float64 for a in sig.args)
+
+
+# --- names, training runs, deep graphs ----------------------------------------------------------
+
+
+def test_names_that_collide_with_generated_identifiers():
+    # Inputs and parameters named like the kernels' own variables, hyperparameters and buffers.
+    t, n = gn.input("t", (3,)), gn.input("n", (2,))
+    m, loss = gn.param("m", (3, 2)), gn.param("loss", (2,), init="normal")
+    np_, v = gn.param("np", (2,), init="normal"), gn.param("v", (2,), init="normal")
+    lr, start = gn.param("lr", (2,), init="normal"), gn.param("start", (2,), init="normal")
+    s = gn.param("s", (2,), init="normal")
+    h = gn.tanh(t @ m + loss) * np_ + v * lr - start
+    g = gn.Graph(gn.mse(gn.softmax(h) * s, n))
+    text = numba_cpu.source(g, gn.SGD(lr=0.1, momentum=0.9))
+    sig = signature(g, gn.SGD(lr=0.1, momentum=0.9))
+    for name in ("t", "n", "m", "loss", "np", "v", "lr", "start", "s"):
+        assert sig.ident[name] != name, name
+        assert re.search(rf"\b{sig.ident[name]}\b", text), name
+    rng = np.random.default_rng(0)
+    data = {"t": rng.normal(size=(12, 3)), "n": rng.normal(size=(12, 2))}
+    assert_backends_agree(g, g.init_params(0), data)
+    ref, cpu = train_both(g, data, epochs=2, batch_size=4)
+    assert cpu.history["loss"][-1] < cpu.history["loss"][0]
+    for p in g.param_names:
+        assert_close(cpu.params[p], ref.params[p], p)
+
+
+def test_unused_input_and_zero_gradient():
+    # V feeds only an extra output: its gradient is a zero constant and it is not among the
+    # training graph's parameters; input z is an argument of the kernels but no node of the
+    # training graph.  Both used to break the CPU path (KeyError 'V'; GraphError on 'z').
+    x, z, y = gn.input("x", (3,)), gn.input("z", (3,)), gn.input("y", (2,))
+    W, V = gn.param("W", (3, 2)), gn.param("V", (3, 2))
+    rng = np.random.default_rng(0)
+    data = {k: rng.normal(size=(6, 2 if k == "y" else 3)) for k in ("x", "y", "z")}
+    for loss in (gn.mse(x @ W, y), gn.sum(gn.tanh(W) * W)):  # the second reads no input
+        g = gn.Graph(loss, outputs=[gn.tanh(z @ V)])
+        feed = {k: v for k, v in data.items() if k in g.inputs}
+        _, grads = assert_backends_agree(g, g.init_params(0), feed)
+        assert not grads["V"].any()
+
+
+def test_graph_without_inputs():
+    W = gn.param("W", (3, 2), init="normal")
+    g = gn.Graph(gn.sum(gn.tanh(W) * W))
+    assert_backends_agree(g, g.init_params(0), {})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    X = (d.data / 16.0).astype(np.float32)
+    Y = np.eye(10, dtype=np.float32)[d.target]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(X))
+    cut = int(0.8 * len(X))
+    train, test = order[:cut], order[cut:]
+    return {"x": X[train], "y": Y[train]}, {"x": X[test], "y": Y[test]}
+
+
+def _digits_graph():
+    x, y = gn.input("x", (64,)), gn.input("y", (10,))
+    W1, b1 = gn.param("W1", (64, 32), init="he_normal"), gn.param("b1", (32,), init="zeros")
+    W2, b2 = gn.param("W2", (32, 10)), gn.param("b2", (10,), init="zeros")
+    return gn.Graph(gn.softmax_cross_entropy(gn.relu(x @ W1 + b1) @ W2 + b2, y))
+
+
+def test_digits_mlp_reaches_95_percent(digits):
+    train, test = digits
+    model = gn.compile(_digits_graph(), gn.SGD(lr=0.1, momentum=0.9), backend="cpu", seed=0)
+    history = model.fit(train, epochs=20, batch_size=32, seed=0)
+    assert history["loss"][-1] < 0.2 * history["loss"][0]
+    assert model.evaluate(test)["accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 64])
+def test_batch_sizes_train(digits, batch_size):
+    train = {k: v[:256] for k, v in digits[0].items()}
+    lr, epochs, steps = {None: (0.5, 10, 1), 1: (0.01, 3, 256), 64: (0.1, 5, 4)}[batch_size]
+    model = gn.compile(_digits_graph(), gn.SGD(lr=lr, momentum=0.9), backend="cpu")
+    losses = model.fit(train, epochs=epochs, batch_size=batch_size, shuffle=True)["loss"]
+    assert model.step == epochs * steps
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_deep_graph_compiles():
+    x, y = gn.input("x", (4,)), gn.input("y", (4,))
+    h = x
+    for k in range(30):
+        h = gn.tanh(h @ gn.param(f"W{k}", (4, 4)))
+    g = gn.Graph(gn.mse(h, y))
+    assert len(g.training) > 150
+    rng = np.random.default_rng(7)
+    data = {"x": rng.normal(size=(8, 4)), "y": rng.normal(size=(8, 4))}
+    _, grads = assert_backends_agree(g, g.init_params(0), data)
+    assert np.any(grads["W0"] != 0)  # the signal made it through all 30 layers
+
+
+# --- readable source, debug dump, strict printing ----------------------------------------------
+
+
+def test_source_names_every_node_in_a_comment():
+    g = _mlp("sigmoid")
+    text = g.source(backend="cpu")
+    body = text[text.index("def loss_and_grads(") :]
+    body = body[: body.index("\n    return ")]
+    blocks = body.split("\n\n")[1:]  # after the signature and batch size: one per step
+    assert len(blocks) >= 5
+    for block in blocks:
+        first = block.strip("\n").splitlines()[0].strip()
+        assert re.fullmatch(r"# \w+ = .+", first), block
+    sig = signature(g, None)
+    plan = make_plan(sig.training, [sig.loss, *sig.grads])
+    commented = set(re.findall(r"^\s*# (\w+) = ", body, flags=re.M))
+    in_plan = {node.name for step in plan.steps for node in step.nodes}
+    assert in_plan and in_plan <= commented, in_plan - commented
+
+
+@pytest.mark.parametrize("level, shown", [("2", True), ("1", False), ("10", True)])
+def test_debug_env_prints_source(monkeypatch, capsys, level, shown):
+    monkeypatch.setenv("GRAPHNN_DEBUG", level)
+    g = _mlp("relu")
+    g.value_and_grad(g.init_params(0), _mlp_data(), backend="cpu")
+    out = capsys.readouterr().out
+    assert ("def loss_and_grads(" in out) == shown
+    if shown:
+        assert numba_cpu.source(g) in out
+
+
+def _bessel_graph(on_param_path: bool):
+    z = sympy.Symbol("z")
+    bessel = gn.elementwise("bessel", sympy.besselj(0, z) + z, [z])
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    W = gn.param("W", (3, 2))
+    if on_param_path:
+        return gn.Graph(gn.mse(bessel(x @ W), y))
+    return gn.Graph(gn.mse(x @ W + gn.sum(bessel(x), axis=1, keepdims=True), y))
+
+
+def _assert_codegen_error(g):
+    data = {"x": np.ones((4, 3), np.float32), "y": np.zeros((4, 2), np.float32)}
+    message = r"the cpu back end cannot print SymPy class 'besselj'"
+    with pytest.raises(gn.CodegenError, match=message):
+        g.value_and_grad(g.init_params(0), data, backend="cpu")
+    with pytest.raises(gn.CodegenError, match=message):
+        gn.compile(g, gn.SGD(lr=0.1), backend="cpu")
+    with pytest.raises(gn.CodegenError, match=message):
+        g.source(backend="cpu")
+
+
+def test_unknown_sympy_class_raises_codegen_error():
+    # In the forward pass only (no derivative needed): the printer's error, not a Numba one.
+    _assert_codegen_error(_bessel_graph(on_param_path=False))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NameError,
+    reason="graphnn/formulas.py screens derivative candidates with a numpy lambdify that has no "
+    "besselj and lets the NameError escape from gn.Graph()",
+)
+def test_unknown_sympy_class_on_the_gradient_path():
+    _assert_codegen_error(_bessel_graph(on_param_path=True))

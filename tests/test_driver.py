@@ -1,0 +1,350 @@
+"""The training driver: accuracy on digits, convergence and early stopping, evaluation, the
+NaN/Inf guard, progress and history files, and argument errors."""
+
+import json
+import platform
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import graphnn as gn
+from graphnn.history import History
+from graphnn.schedules import Step
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def linear_graph():
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    return gn.Graph(gn.mse(x @ W + b, t))
+
+
+def digits_graph():
+    x, y = gn.input("x", (64,)), gn.input("y", (10,))
+    W1, b1 = gn.param("W1", (64, 128), init="he_normal"), gn.param("b1", (128,), init="zeros")
+    W2, b2 = gn.param("W2", (128, 10), init="glorot_uniform"), gn.param("b2", (10,), init="zeros")
+    h = gn.relu(x @ W1 + b1).named("hidden")
+    return gn.Graph(gn.softmax_cross_entropy((h @ W2 + b2).named("logits"), y))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    X = (d.data / 16.0).astype(np.float32)
+    Y = np.eye(10, dtype=np.float32)[d.target]
+    n = len(X)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n)
+    cut = int(0.8 * n)
+    train = {"x": X[order[:cut]], "y": Y[order[:cut]]}
+    test = {"x": X[order[cut:]], "y": Y[order[cut:]]}
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def line():
+    """Centred inputs with orthonormal columns: full-batch GD on linear + MSE moves every
+    parameter on a straight line, theta_k - theta* = r^k (theta_0 - theta*), r = 1 - 2 lr / 3."""
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(32, 4))
+    A -= A.mean(axis=0)
+    Q, _ = np.linalg.qr(A)
+    X = (Q * np.sqrt(32)).astype(np.float32)
+    W, b = rng.normal(size=(4, 3)), rng.normal(size=3)
+    return X, W, b, {"x": X, "t": (X @ W + b).astype(np.float32)}
+
+
+def snapshots(into):
+    return lambda model, epoch, logs: into.append({k: v.copy() for k, v in model.params.items()})
+
+
+# --- accuracy ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [gn.Adam(lr=1e-3), gn.SGD(lr=0.1, momentum=0.9)],
+    ids=["adam", "sgd_momentum"],
+)
+def test_digits_mlp_reaches_96_percent(digits, optimizer):
+    train, test = digits
+    model = gn.compile(digits_graph(), optimizer=optimizer)
+    history = model.fit(train, epochs=30, batch_size=32, validation_data=test)
+    assert history["stopped"] == "epochs" and history.epochs == 30
+    metrics = model.evaluate(test)
+    assert metrics["accuracy"] >= 0.96, metrics
+    # validation metrics are recorded per epoch and agree with evaluate at the end
+    assert len(history["val_loss"]) == len(history["val_accuracy"]) == 30
+    assert history["val_accuracy"][-1] == metrics["accuracy"]
+    assert history["val_loss"][-1] == pytest.approx(metrics["loss"])
+    assert history["loss"][-1] < 0.2 * history["loss"][0]
+
+
+def test_predict_named_nodes(digits):
+    train, test = digits
+    model = gn.compile(digits_graph(), optimizer=gn.Adam(lr=1e-3))
+    model.fit(train, epochs=1, batch_size=64)
+    p = {k: v.astype(np.float64) for k, v in model.params.items()}
+    hidden = np.maximum(test["x"] @ p["W1"] + p["b1"], 0)
+    logits = hidden @ p["W2"] + p["b2"]
+    assert model.prediction == "logits"
+    np.testing.assert_allclose(model.predict({"x": test["x"]}), logits, rtol=1e-4, atol=1e-4)
+    got = model.predict({"x": test["x"]}, node="logits")
+    np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.predict(test, node="hidden"), hidden, rtol=1e-4, atol=1e-4)
+    accuracy = np.mean(logits.argmax(1) == test["y"].argmax(1))
+    assert model.evaluate(test)["accuracy"] == pytest.approx(accuracy)
+    with pytest.raises(gn.GraphError, match="no node named 'nope'"):
+        model.predict(test, node="nope")
+
+
+# --- stopping ----------------------------------------------------------------------------------
+
+
+def test_tol_stops_when_converged(line):
+    *_, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.3))
+    history = model.fit(data, epochs=200, batch_size=None, shuffle=False, tol=1e-6, patience=3)
+    assert history["stopped"] == "converged"
+    changes = np.abs(np.diff(history["loss"]))
+    assert history.epochs < 200
+    assert np.all(changes[-3:] < 1e-6)  # the last `patience` changes were below tol ...
+    assert changes[-4] >= 1e-6  # ... and training stopped at the first such run
+
+
+def test_without_tol_runs_all_epochs(line):
+    *_, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.3))
+    history = model.fit(data, epochs=40, batch_size=None, shuffle=False)
+    assert history["stopped"] == "epochs" and history.epochs == 40 and model.epoch == 40
+
+
+def test_early_stopping_restores_best_parameters(line):
+    X, W, b, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.3))  # r = 0.8
+    # validation targets from the point halfway back to the start: closest at 0.8^3 = 0.512
+    W0, b0 = model.params["W"].astype(np.float64), model.params["b"].astype(np.float64)
+    Wv, bv = W + 0.5 * (W0 - W), b + 0.5 * (b0 - b)
+    val = {"x": X, "t": (X @ Wv + bv).astype(np.float32)}
+    seen = []
+    history = model.fit(
+        data,
+        epochs=30,
+        batch_size=None,
+        shuffle=False,
+        validation_data=val,
+        early_stopping=True,
+        patience=2,
+        callbacks=[snapshots(seen)],
+    )
+    assert history["stopped"] == "early_stopping"
+    assert int(np.argmin(history["val_loss"])) == 2 and history.epochs == 5
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], seen[2][k])
+    assert not np.array_equal(model.params["W"], seen[-1]["W"])
+
+
+def test_early_stopping_on_val_accuracy_keeps_the_highest(digits):
+    train, _ = digits
+    small = {k: v[:300] for k, v in train.items()}
+    model = gn.compile(digits_graph(), optimizer=gn.Adam(lr=1e-3))
+    seen = []
+    history = model.fit(
+        small,
+        epochs=40,
+        validation_split=0.25,
+        monitor="val_accuracy",
+        early_stopping=True,
+        patience=3,
+        callbacks=[snapshots(seen)],
+    )
+    assert history["stopped"] == "early_stopping" and history.epochs < 40
+    best = int(np.argmax(history["val_accuracy"]))
+    assert history["val_accuracy"][best] > history["val_accuracy"][0]
+    assert history.epochs == best + 1 + 3
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], seen[best][k])
+
+
+def test_each_fit_is_a_new_run_from_the_current_weights(line):
+    *_, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1))
+    first = model.fit(data, epochs=2, batch_size=8)
+    second = model.fit(data, epochs=3, batch_size=8)
+    assert first.epochs == 2 and second.epochs == 3 and model.epoch == 3
+    assert model.step == 5 * 4
+    assert second["loss"][0] < first["loss"][0]
+
+
+# --- NaN / Inf ---------------------------------------------------------------------------------
+
+
+def exp_graph():
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    return gn.Graph(gn.mse(gn.exp(x @ W + b).named("pred"), t))
+
+
+def test_divergence_names_step_parameter_and_node(tmp_path):
+    rng = np.random.default_rng(42)
+    data = {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "t": rng.normal(size=(16, 3)).astype(np.float32),
+    }
+    # the learning rate jumps to 1e5 after 2 epochs of 4 steps: a diverging schedule
+    opt = gn.SGD(lr=0.1, schedule=Step(every=8, gamma=1e6))
+    model = gn.compile(exp_graph(), optimizer=opt)
+    seen = []
+    with pytest.raises(gn.NonFiniteError) as exc:
+        model.fit(
+            data, epochs=6, batch_size=4, checkpoint_dir=tmp_path, callbacks=[snapshots(seen)]
+        )
+    err = exc.value
+    assert (err.step, err.param, err.node) == (11, "W", "pred")
+    assert model.step == 10 and model.epoch == 2  # the failing step changed nothing
+    message = str(err)
+    for part in ("step 11", "epoch 3", "the loss is NaN or Inf", "'pred' = exp(", "'W'"):
+        assert part in message, message
+    assert "ckpt-000000008.npz" in message and "clip_norm" in message
+    assert all(np.all(np.isfinite(v)) for v in model.params.values())
+    # the checkpoints written before the failure load and hold finite values
+    fresh = gn.compile(exp_graph(), optimizer=opt)
+    fresh.load(tmp_path / "ckpt-000000008.npz")
+    assert fresh.epoch == 2 and fresh.step == 8
+    assert all(np.all(np.isfinite(v)) for v in [*fresh.params.values(), *fresh.state.values()])
+    for k in model.params:  # and equal the parameters at the end of epoch 2
+        np.testing.assert_array_equal(fresh.params[k], seen[1][k])
+
+
+def test_overflowing_loss_names_the_largest_parameter(tmp_path):
+    rng = np.random.default_rng(42)
+    data = {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "t": rng.normal(size=(16, 3)).astype(np.float32),
+    }
+    opt = gn.SGD(lr=0.1, schedule=Step(every=8, gamma=1e6))
+    model = gn.compile(linear_graph(), optimizer=opt)
+    with pytest.raises(gn.NonFiniteError, match="the loss is NaN or Inf") as exc:
+        model.fit(data, epochs=6, batch_size=4)
+    err = exc.value
+    # the gradients are still finite: the parameter that has grown the most is named
+    largest = max(model.params, key=lambda k: np.abs(model.params[k]).max())
+    assert err.param == largest and np.abs(model.params[largest]).max() > 1e18
+    assert err.step == model.step + 1 and err.step > 8
+    node = model.graph.training.node(err.node)
+    assert node.op == "ewise" and f"'{err.node}' =" in str(err)
+    assert "gradients of" not in str(err)
+
+
+def test_nonfinite_gradient_names_its_parameter():
+    x, t = gn.input("x", (2,)), gn.input("t", (1,))
+    w = gn.param("w", (2, 1), init="ones")
+    g = gn.Graph(gn.mse(gn.power(x @ w, 0.5).named("root"), t))  # sqrt'(0) is infinite
+    data = {"x": np.array([[1, 1], [0, 0], [2, 1]], np.float32), "t": np.ones((3, 1), np.float32)}
+    model = gn.compile(g, optimizer=gn.SGD(lr=0.1))
+    with pytest.raises(gn.NonFiniteError, match="the gradient of parameter 'w'") as exc:
+        model.fit(data, epochs=2, batch_size=None)
+    assert (exc.value.step, exc.value.param) == (1, "w")
+    assert exc.value.node.startswith("d_power")
+    np.testing.assert_array_equal(model.params["w"], np.ones((2, 1), np.float32))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_overflowing_update_is_caught_before_a_checkpoint(tmp_path, backend):
+    rng = np.random.default_rng(42)
+    data = {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "t": 100 * rng.normal(size=(16, 3)).astype(np.float32),
+    }
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=3e38), backend=backend)
+    with pytest.raises(gn.NonFiniteError, match="the optimizer update made 'W'") as exc:
+        model.fit(data, epochs=2, batch_size=None, checkpoint_dir=tmp_path)
+    assert (exc.value.step, exc.value.param) == (1, "W")
+    assert list(tmp_path.iterdir()) == []  # nothing non-finite was saved
+
+
+# --- progress, history files -----------------------------------------------------------------
+
+
+def test_progress_bar_on_stderr(line, capsys):
+    *_, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1))
+    model.fit(data, epochs=3, batch_size=8, validation_split=0.25, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "3/3" in err and "epoch" in err
+    assert "loss=" in err and "val_loss=" in err
+    model.fit(data, epochs=2, batch_size=8)
+    assert capsys.readouterr().err == ""  # no bar unless asked
+
+
+def test_history_json_and_png(digits, tmp_path):
+    train, test = digits
+    small = {k: v[:200] for k, v in train.items()}
+    model = gn.compile(digits_graph(), optimizer=gn.Adam(lr=1e-3))
+    history = model.fit(small, epochs=3, validation_data=test)
+    path = history.save_json(tmp_path / "run" / "history.json")
+    loaded = History.load_json(path)
+    assert loaded == history and loaded.epochs == 3 and loaded["stopped"] == "epochs"
+    assert json.loads(path.read_text())["val_accuracy"] == history["val_accuracy"]
+    png = history.plot(tmp_path / "run" / "curves.png")
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    width = int.from_bytes(data[16:20], "big")  # IHDR: two panels, loss and accuracy
+    assert width == 1000
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["curves.png", "history.json"]
+    with pytest.raises(ValueError, match="nothing to plot"):
+        History().plot(tmp_path / "empty.png")
+
+
+# --- argument errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch_size=0), "batch_size must be an int >= 1"),
+        (dict(batch_size=-4), "batch_size must be an int >= 1"),
+        (dict(batch_size=2.5), "batch_size must be an int >= 1"),
+        (dict(validation_split=1.0), r"validation_split must be in \[0, 1\)"),
+        (dict(validation_split=-0.2), r"validation_split must be in \[0, 1\)"),
+        (dict(monitor="val_loss"), "val_ metrics need validation_data"),
+        (dict(monitor="accuracy", validation_split=0.25), "cannot monitor 'accuracy'"),
+        (dict(validation_split=0.2, validation_data={}), "not both"),
+        (dict(checkpoint_every=0), "checkpoint_every must be"),
+        (dict(patience=0), "patience must be"),
+        (dict(epochs=-1), "epochs must be"),
+        (dict(callbacks=[1]), "callbacks must be callables"),
+    ],
+)
+def test_bad_fit_arguments(line, kwargs, match):
+    *_, data = line
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1))
+    with pytest.raises(gn.DataError, match=match):
+        model.fit(data, epochs=kwargs.pop("epochs", 2), **kwargs)
+    assert model.step == 0  # rejected before any training
+
+
+def test_unknown_monitor_lists_the_choices(digits):
+    train, test = digits
+    model = gn.compile(digits_graph(), optimizer=gn.Adam(lr=1e-3))
+    with pytest.raises(gn.DataError) as exc:
+        model.fit(train, validation_data=test, monitor="val_acc", early_stopping=True)
+    assert str(exc.value) == "cannot monitor 'val_acc': fit records loss, val_loss, val_accuracy"
+
+
+# --- denormals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_flushed_only_inside_fit(line, flush):
+    *_, data = line
+    tiny = np.float32(1e-38)  # times 0.01 is a denormal
+    inside = []
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1), flush_denormals=flush)
+    model.fit(data, epochs=1, callbacks=[lambda m, e, logs: inside.append(tiny * np.float32(0.01))])
+    assert (inside[0] == 0) == flush
+    assert tiny * np.float32(0.01) != 0  # the thread's state is restored after fit

@@ -1,0 +1,235 @@
+"""The exported standalone module: runs without graphnn and trains bit for bit like graphnn."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import graphnn as gn
+from codegen.numba_cpu import source as cpu_source
+from graphnn.metrics import prediction_node
+from graphnn.ops import INITIALIZERS
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("graphnn", "sympy", "networkx")
+
+
+def digits_graph():
+    x, y = gn.input("x", (64,)), gn.input("y", (10,))
+    W1, b1 = gn.param("W1", (64, 128), init="he_normal"), gn.param("b1", (128,), init="zeros")
+    W2, b2 = gn.param("W2", (128, 10)), gn.param("b2", (10,), init="zeros")
+    return gn.Graph(gn.softmax_cross_entropy(gn.relu(x @ W1 + b1) @ W2 + b2, y))
+
+
+def optimizer():
+    return gn.SGD(lr=0.1, momentum=0.9)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The exported digits MLP, its data as .npz, and an environment where graphnn, sympy and
+    networkx cannot be imported (stub packages that raise ImportError come first on the path)."""
+    root = tmp_path_factory.mktemp("export")
+    stubs = root / "stubs"
+    for name in BLOCKED:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
+    work = root / "work"  # not the repo root, so nothing from the repo is importable
+    work.mkdir()
+    X, labels = load_digits(return_X_y=True)
+    data = {
+        "x": (X[:320] / 16).astype(np.float32),
+        "y": np.eye(10, dtype=np.float32)[labels[:320]],
+    }
+    np.savez(work / "digits.npz", **data)
+    graph = digits_graph()
+    path = graph.export(work / "digits_mlp.py", optimizer=optimizer())
+    drop = ("PYTHONPATH", "NUMBA_CACHE_DIR")  # the cache belongs next to the exported file
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = str(stubs)
+    return types.SimpleNamespace(graph=graph, path=path, work=work, data=data, env=env)
+
+
+def run(digits, *args, env=None):
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=digits.work,
+        env={**digits.env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+STANDALONE = """
+import sys
+import numpy as np
+import digits_mlp as m
+
+with np.load("digits.npz") as f:
+    data = {k: f[k] for k in f.files}
+params, t = m.init_params(0), 0
+state = m.init_state(params)
+for _ in range(2):
+    _, t = m.fit_epoch(data, params, state, batch_size=32, t0=t)
+stepped = m.init_params(0)
+stepped_state = m.init_state(stepped)
+losses = [m.step(data["x"], data["y"], stepped, stepped_state, t=k) for k in (1, 2, 3)]
+out = {f"epoch_{k}": v for k, v in {**params, **state}.items()}
+out |= {f"step_{k}": v for k, v in {**stepped, **stepped_state}.items()}
+out["pred"] = m.predict(data["x"], params)
+out["loss"] = np.float32(m.loss(data["x"], data["y"], params))
+np.savez("standalone.npz", **out)
+print(t, sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
+"""
+
+
+def test_blocked_environment_really_blocks(digits):
+    for name in BLOCKED:
+        r = run(digits, "-c", f"import {name}")
+        assert r.returncode != 0 and f"blocked: {name}" in r.stderr
+
+
+def test_standalone_training_matches_graphnn_bit_for_bit(digits):
+    r = run(digits, "-c", STANDALONE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["20", "[]"]  # 2 epochs of 10 batches; no graphnn, sympy, networkx
+    with np.load(digits.work / "standalone.npz") as f:
+        out = {k: f[k] for k in f.files}
+    model = gn.compile(digits.graph, optimizer(), backend="cpu", seed=0)
+    model.fit(digits.data, epochs=2, batch_size=32, shuffle=False)
+    full_batch = gn.compile(digits.graph, optimizer(), backend="cpu", seed=0)
+    full_batch.fit(digits.data, epochs=3, batch_size=None, shuffle=False)  # steps t = 1, 2, 3
+    for prefix, m in [("epoch", model), ("step", full_batch)]:
+        for name, value in {**m.params, **m.state}.items():
+            saved = out[f"{prefix}_{name}"]
+            assert saved.dtype == value.dtype and np.array_equal(saved, value), (prefix, name)
+    assert np.array_equal(out["pred"], model.predict(digits.data))
+    assert out["loss"] == np.float32(model.evaluate(digits.data)["loss"])
+    # Numba's on-disk cache works on the exported file.
+    cached = {p.name.split("-")[0] for p in (digits.work / "__pycache__").glob("*.nbi")}
+    assert {"digits_mlp.loss_and_grads", "digits_mlp.train_epoch"} <= cached
+
+
+def test_exported_kernels_are_graphnn_kernels(digits):
+    graph, text = digits.graph, digits.path.read_text()
+    prediction = prediction_node(graph.forward, graph.loss_name)[0]
+    kernels = cpu_source(graph, optimizer(), "float32", (graph.loss_name, prediction))
+    assert kernels[kernels.index("FASTMATH = ") :] in text
+    for p in graph.param_names:  # the header shows each gradient formula
+        assert f"dL/d{p} = {graph.gradient(p)}" in text
+    assert "digits_mlp: a standalone training module" in text.splitlines()[0]
+    assert "# relu1 = relu(add1)" in text  # a comment naming the graph node above each block
+
+
+def test_exported_module_lints_compiles_and_is_short(digits):
+    config = REPO / "pyproject.toml"  # the project's rules (E, F, W, I, B, UP; 100 columns)
+    lint = [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(config)]
+    r = subprocess.run([*lint, str(digits.path)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "py_compile", str(digits.path)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert len(digits.path.read_text().splitlines()) < 400
+
+
+def test_main_trains_on_npz_like_fit(digits):
+    args = ["digits_mlp.py", "digits.npz", "--epochs", "4", "--lr", "0.1", "--seed", "1"]
+    r = run(digits, *args, "--save", "trained.npz")
+    assert r.returncode == 0, r.stderr
+    losses = [float(v) for v in re.findall(r"^epoch \d+: loss (\S+)$", r.stdout, re.M)]
+    assert len(losses) == 4 and all(a > b for a, b in zip(losses, losses[1:], strict=False))
+    model = gn.compile(digits.graph, optimizer(), backend="cpu", seed=1)
+    history = model.fit(digits.data, epochs=4, batch_size=32, seed=1)  # the same shuffles
+    assert losses == [float(f"{v:.6f}") for v in history["loss"]]
+    with np.load(digits.work / "trained.npz") as f:
+        assert all(np.array_equal(f[k], v) for k, v in model.params.items())
+    r = run(digits, *args[:2], "--epochs", "1", env={"NUMBA_DEBUG_CACHE": "1"})
+    assert re.search(r"data loaded from .*digits_mlp\.train_epoch", r.stdout), r.stdout
+    r = run(digits, "digits_mlp.py", "missing.npz")
+    assert r.returncode == 2 and "cannot read missing.npz" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # Numba's cache locator finds functions through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_init_params_equal_graphnn_for_every_initializer(tmp_path, dtype):
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    h = x @ gn.param("A", (4, 3), init="glorot_uniform") + gn.param("a", (3,), init="zeros")
+    for k, init in enumerate(["he_normal", "he_uniform", "glorot_normal", "normal"]):
+        h = h @ gn.param(f"M{k}", (3, 3), init=init)
+    h = h + gn.param("c", (3,), init="ones") + gn.param("d", (3,), init="uniform")
+    graph = gn.Graph(gn.mse(h, t))
+    inits = {n.attr("init") for n in graph.forward.params}
+    assert inits == set(INITIALIZERS)
+    module = _load(graph.export(tmp_path / f"inits_{dtype}.py", dtype=dtype))
+    for seed in (0, 1, 12345):
+        mine, theirs = module.init_params(seed), graph.init_params(seed, np.dtype(dtype))
+        assert list(mine) == list(theirs)
+        for name, value in theirs.items():
+            assert mine[name].dtype == value.dtype and np.array_equal(mine[name], value), name
+    assert not np.array_equal(module.init_params(0)["A"], module.init_params(1)["A"])
+
+
+def test_names_that_clash_with_the_api(tmp_path):
+    """Inputs named like wrapper arguments and parameters named like generated identifiers."""
+    data_in, step_in = gn.input("params", (3,)), gn.input("step", (2,))
+    w = gn.param("loss", (3, 2))
+    b = gn.param("len", (2,), init="uniform")
+    graph = gn.Graph(gn.mse(gn.tanh(data_in @ w + b), step_in))
+    module = _load(graph.export(tmp_path / "clash.py", optimizer=gn.Adam(lr=0.05)))
+    rng = np.random.default_rng(0)
+    data = {"params": rng.normal(size=(8, 3)), "step": rng.normal(size=(8, 2))}
+    data = {k: v.astype(np.float32) for k, v in data.items()}
+    params = module.init_params(0)
+    value, grads = graph.value_and_grad(params, data, backend="cpu")
+    assert module.loss(data["params"], data["step"], params) == value
+    mine = module.grads(data["params"], data["step"], params)
+    assert all(np.array_equal(mine[k], grads[k]) for k in grads)
+    state = module.init_state(params)
+    for t in (1, 2):
+        module.step(data["params"], data["step"], params, state, t=t)
+    model = gn.compile(graph, gn.Adam(lr=0.05), backend="cpu", seed=0)
+    model.fit(data, epochs=2, batch_size=None, shuffle=False)
+    assert all(np.array_equal(params[k], model.params[k]) for k in params)
+    assert np.array_equal(module.predict(data["params"], params), model.predict(data))
+    with pytest.raises(FloatingPointError, match="step 3: the loss is not finite"):
+        module.step(data["params"] * np.nan, data["step"], params, state, t=3)
+
+
+def test_export_errors(tmp_path, monkeypatch):
+    graph = digits_graph()
+    with pytest.raises(gn.CodegenError, match="back end 'tpu'"):
+        graph.export(tmp_path / "m.py", backend="tpu")
+    with pytest.raises(gn.CodegenError, match="back end 'numpy'"):
+        graph.export(tmp_path / "m.py", backend="numpy")
+    with pytest.raises(gn.CodegenError, match="dtype"):
+        graph.export(tmp_path / "m.py", dtype="int32")
+    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
+        graph.export(tmp_path / "nowhere" / "m.py")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        graph.export(tmp_path)
+    monkeypatch.setitem(sys.modules, "codegen.numba_cuda", None)  # the module cannot be imported
+    with pytest.raises(gn.CodegenError, match="CUDA exporter isn't available yet"):
+        graph.export(tmp_path / "m.py", backend="cuda")
+    monkeypatch.setitem(sys.modules, "codegen.numba_cuda", types.SimpleNamespace())
+    with pytest.raises(gn.CodegenError, match="CUDA exporter isn't available yet"):
+        graph.export(tmp_path / "m.py", backend="cuda")
+    fake = types.SimpleNamespace(source=lambda g, opt, dtype: f"# cuda {opt.name} {dtype}\n")
+    monkeypatch.setitem(sys.modules, "codegen.numba_cuda", fake)
+    path = graph.export(tmp_path / "m.py", backend="cuda", dtype="float64")
+    assert path.read_text() == "# cuda sgd float64\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py"]  # no temp files left behind
