@@ -144,7 +144,7 @@ def check_kernel(sig: Signature, optimizer, dtype: str) -> Kernel:
 
 def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_epoch: every launch of one epoch, in order; nothing comes back to the host here."""
-    loop = ["n = min(batch_size, perm.shape[0] - start)"]
+    loop = ["n = min(batch_size, perm.shape[0] - start)", "# this step's rows of every input"]
     for node, x in zip(graph.forward.inputs, sig.inputs, strict=True):
         dims = dims_text(node.shape)
         src, dst = (
@@ -158,6 +158,7 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
     ]
     check = ["loss", *(f"ws.flat({g})" for g in grads), "losses", "status", "gscale", "steps"]
     check += ["clip_norm"] if optimizer.clip_norm is not None else []
+    loop += ["# record the loss, or the first NaN/Inf (then no update runs)"]
     loop += [f"check_step[1, REDUCE_THREADS]({', '.join(check)})"]
     loop += [f"t = np.{dtype}(t0 + steps + 1)", f"lr = np.{dtype}(lrs[steps])"]
     n_state = len(optimizer.state)
@@ -165,6 +166,7 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
         state = sig.state[k * n_state : (k + 1) * n_state]
         flat = ", ".join(f"ws.flat({a})" for a in [p, g, *state])
         hyper = ", ".join(optimizer.hyper)
+        loop += [f"# {', '.join([p, *state])} <- {optimizer.name} update with {g}"]
         loop += [f"apply_update[blocks({p}.size), THREADS]({flat}, {hyper}, t, gscale, status)"]
     loop += ["steps += 1"]
     doc = [

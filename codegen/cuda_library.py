@@ -7,7 +7,7 @@ batch mean.  Block reductions are printed inline (:func:`block_sum`) rather than
 ``cuda.jit(device=True)`` function, because ``compile_ptx`` of a kernel that calls a device
 function needs a GPU to pick the compute capability; inline, every kernel compiles to PTX anywhere.
 
->>> print(matmul_kernel(False, True, "float32").splitlines()[1])
+>>> print(matmul_kernel(False, True, "float32").splitlines()[2])
 def matmul_nt(A, B, C):
 """
 

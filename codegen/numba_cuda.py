@@ -13,11 +13,13 @@ exactly what the CPU's would: the loss sum and step count before the bad step, i
 parameters as they were before it.  (Later steps are still launched, but change nothing.)
 
 Without a GPU, set ``NUMBA_ENABLE_CUDASIM=1`` before Python starts to run on Numba's simulator
-(slow; for tests).  ``source`` needs neither: it only prints.
+(slow; for tests).  ``source`` needs neither: it only prints.  The simulator runs ``math.*`` in
+Python, so a domain error or an overflow there (``log(-1)``, ``exp(1000)``) raises, where a GPU
+gives NaN or Inf; and it computes those calls in float64 (the PTX check catches float64 instead).
 
 >>> import graphnn as gn
->>> x = gn.input("x", (2,)); t = gn.input("t", (1,)); w = gn.param("w", (2, 1))
->>> "def loss_and_grads(ws, x, t, w):" in source(gn.Graph(gn.mse(x @ w, t)))
+>>> x = gn.input("x", (2,)); y = gn.input("y", (1,)); w = gn.param("w", (2, 1))
+>>> "def loss_and_grads(ws, x, y, w):" in source(gn.Graph(gn.mse(x @ w, y)))
 True
 """
 

@@ -125,6 +125,9 @@ def main(argv=None) -> int:
         return _fail(str(exc), FAILURE)
     except NonFiniteError as exc:
         return _fail(f"training failed: {exc}", FAILURE)
+    except BrokenPipeError:  # e.g. `graphnn grad ... | head`: stop quietly
+        _silence_stdout()
+        return FAILURE
     except (GraphnnError, OSError) as exc:
         return _fail(str(exc), FAILURE)
     except ImportError as exc:  # e.g. a back end whose module or driver is missing
@@ -143,6 +146,15 @@ def _fail(message: str, code: int) -> int:
         traceback.print_exc()
     print(f"graphnn: error: {message}", file=sys.stderr)
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _load(path):

@@ -150,16 +150,16 @@ def test_missing_spec_file(in_tmp, capsys):
 
 def test_train_in_a_subprocess_writes_the_run(tmp_path):
     out = tmp_path / "run"
-    code, stdout, err = run("train", EXAMPLES / "neuron.toml", "--epochs", "150", "--out", out)
+    code, stdout, err = run("train", EXAMPLES / "neuron.toml", "--epochs", "40", "--out", out)
     assert code == 0, err
-    assert "accuracy 1.0000" in stdout and "150 epochs on cpu" in stdout
+    assert "accuracy 1.0000" in stdout and "40 epochs on cpu" in stdout
     assert "Traceback" not in err
     history = json.loads((out / "history.json").read_text())
-    assert len(history["loss"]) == 150 and history["stopped"] == "epochs"
+    assert len(history["loss"]) == 40 and history["stopped"] == "epochs"
     assert history["loss"][-1] < history["loss"][0]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "model.npz").exists()
-    assert (out / "checkpoints" / "ckpt-000000150.npz").exists()
+    assert (out / "checkpoints" / "ckpt-000000040.npz").exists()
 
 
 def test_train_in_process_reports_held_out_accuracy(in_tmp, capsys):
@@ -297,3 +297,11 @@ def test_export_to_a_missing_directory_fails_cleanly(in_tmp, capsys):
     assert main(["export", str(EXAMPLES / "xor.toml"), "-o", "no/such/dir/m.py"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("graphnn: error: ") and "does not exist" in err
+
+
+def test_check_without_data_uses_random_inputs(in_tmp, capsys):
+    (in_tmp / "nodata.toml").write_text(BAD_SPEC.replace("ww", "w"))
+    assert main(["check", "nodata.toml", "--backend", "numpy", "--rows", "5"]) == 0
+    assert "numpy reference, 5 rows" in capsys.readouterr().out
+    assert main(["train", "nodata.toml"]) == 2
+    assert "graphnn: error: nodata.toml: has no [data] table" in capsys.readouterr().err

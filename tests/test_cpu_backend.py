@@ -367,6 +367,37 @@ def test_deep_graph_compiles():
     assert np.any(grads["W0"] != 0)  # the signal made it through all 30 layers
 
 
+def _mse_graph():
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    W, b = gn.param("W", (3, 2)), gn.param("b", (2,))
+    return gn.Graph(gn.mse(gn.sigmoid(x @ W + b), y))
+
+
+def test_elementwise_chain_is_one_loop_without_temporaries():
+    # mse's backward chain reads only the inlined constant 1/(2n) and forward values, so the
+    # whole elementwise forward and backward, the loss sum and the bias gradient share one loop;
+    # only the matmul operand d_sigmoid is an array.
+    g = _mse_graph()
+    text = numba_cpu.source(g)
+    body = text[text.index("def loss_and_grads(") : text.index("def forward(")]
+    assert body.count("for i0 in range(n):") == 1, body
+    assert "np.full(" not in body
+    assert re.findall(r"^\s*(\w+) = np\.(?:empty|zeros)\(", body, flags=re.M) == [
+        "d_sigmoid1",
+        "reduce_sum2",
+    ], body
+    sig = signature(g, None)
+    outputs = [sig.loss, *sig.grads]
+    cpu = make_plan(sig.training, outputs, inline_consts=True, fuse_reductions=True)
+    assert [s.kind for s in cpu.steps] == ["matmul", "group", "group", "matmul"]
+    # The parallel (CUDA) plan keeps reductions and constants as steps of their own.
+    kinds = [s.kind for s in make_plan(sig.training, outputs).steps]
+    assert kinds.count("reduce_sum") == 2 and "const" in kinds
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(9, 3)), "y": rng.random((9, 2))}
+    assert_backends_agree(g, g.init_params(0), data)
+
+
 # --- readable source, debug dump, strict printing ----------------------------------------------
 
 
@@ -383,7 +414,8 @@ def test_source_names_every_node_in_a_comment():
     sig = signature(g, None)
     plan = make_plan(sig.training, [sig.loss, *sig.grads])
     commented = set(re.findall(r"^\s*# (\w+) = ", body, flags=re.M))
-    in_plan = {node.name for step in plan.steps for node in step.nodes}
+    in_plan = {n.name for step in plan.steps for n in [*step.nodes, *step.reductions]}
+    in_plan |= plan.inlined - {n.name for n in sig.training.nodes if n.shape == ()}
     assert in_plan and in_plan <= commented, in_plan - commented
 
 
