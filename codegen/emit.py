@@ -57,17 +57,24 @@ class Signature:
 def _identifiers(graph, taken: set[str]) -> dict[str, str]:
     """Node name -> identifier: the name itself unless the generated code already uses it."""
     names = list(dict.fromkeys(n.name for n in [*graph.training.nodes, *graph.forward.nodes]))
-    taken = taken | {f"{x}_v" for x in names} | {f"{x}_all" for x in names}
-    taken |= {f"grad_{x}" for x in names}
+    taken = taken | {d for x in names for d in _derived(x)}
     out, used = {}, set()
     for name in names:
         ident, k = name, 0
-        while ident in taken or ident in used:
+        # A new name must not clash, nor must the names derived from it (n -> n_1 -> n_1_v).
+        while (
+            ident in taken or ident in used or (k and _derived(ident) & (taken | used | {*names}))
+        ):
             k += 1
             ident = f"{name}_{k}"
         out[name] = ident
-        used.add(ident)
+        used |= {ident, *_derived(ident)}
     return out
+
+
+def _derived(name: str) -> set[str]:
+    """Identifiers the generated code makes from a node's: group scalar, epoch array, gradient."""
+    return {f"{name}_v", f"{name}_all", f"grad_{name}"}
 
 
 def signature(graph, optimizer) -> Signature:

@@ -47,9 +47,7 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     # A parameter the loss does not depend on (it feeds only an extra output) has a zero
     # gradient and no value among the training graph's; the kernel takes it but never reads it.
     shapes = graph.shapes
-    args += [
-        values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names
-    ]
+    args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
     loss, *grads = module.loss_and_grads(*args)
     return loss, dict(zip(graph.param_names, grads, strict=True))
 

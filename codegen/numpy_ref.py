@@ -81,17 +81,32 @@ RULES: dict[str, Callable] = {
 }
 
 
+def _ancestors(ir: GraphIR, outputs) -> set[str]:
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(ir.node(name).inputs)
+    return needed
+
+
 def batch_size(ir: GraphIR, values: Mapping[str, np.ndarray]) -> int:
     sizes = {len(values[node.name]) for node in ir.inputs if node.name in values}
     return sizes.pop() if sizes else 1
 
 
-def evaluate(ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None) -> dict[str, np.ndarray]:
-    """Every node's value, given arrays for the graph's inputs and parameters."""
+def evaluate(
+    ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None, outputs=None
+) -> dict[str, np.ndarray]:
+    """Every node's value (or only what ``outputs`` need), given inputs' and parameters' arrays."""
     env: dict[str, np.ndarray] = {}
     dtype = np.dtype(dtype) if dtype is not None else next(iter(values.values())).dtype
     n = batch_size(ir, values)
+    needed = _ancestors(ir, outputs) if outputs is not None else None
     for node in ir.nodes:
+        if needed is not None and node.name not in needed:
+            continue
         if node.op in ("input", "param"):
             env[node.name] = np.asarray(values[node.name], dtype=dtype)
             continue
@@ -183,7 +198,7 @@ class Trainer:
         return tuple(n.name for n in self.graph.forward.inputs if n.name in needed)
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
-        env = evaluate(self.graph.forward, {**params, **data}, self.dtype)
+        env = evaluate(self.graph.forward, {**params, **data}, self.dtype, self.outputs)
         return {k: env[k] for k in self.outputs}
 
 

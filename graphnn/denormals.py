@@ -49,7 +49,7 @@ def _mxcsr_swap():
 
         return types.int32(types.int32), codegen
 
-    @njit
+    @njit(cache=True)
     def swap(value):
         return _swap(np.int32(value))
 

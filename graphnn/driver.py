@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from graphnn import checkpoint as ckpt
 from graphnn.data import check_data
 from graphnn.denormals import flush_denormals
 from graphnn.errors import CheckpointError, DataError
-from graphnn.history import History
+from graphnn.history import History, ProgressBar, Watch
 from graphnn.metrics import accuracy, accuracy_kind, prediction_node
 from graphnn.nonfinite import broken_names, diagnose
 from graphnn.optim import SGD, Optimizer
@@ -157,10 +156,13 @@ class Model:
             self._resume(checkpoint_dir, seed, early_stopping)
         else:
             self._new_run(checkpoint_dir, seed)
-        watch = _Watch(tol, patience, early_stopping, monitor)
+        watch = Watch(tol, patience, early_stopping, monitor)
         reason = watch.replay(self.history) if resume else None
         self.history["stopped"] = reason
-        with flush_denormals(self.flush_denormals), _Progress(progress, self.epoch, epochs) as bar:
+        with (
+            flush_denormals(self.flush_denormals),
+            ProgressBar(progress, self.epoch, epochs) as bar,
+        ):
             while reason is None and self.epoch < epochs:
                 perm = self._rng.permutation(n) if shuffle else np.arange(n)
                 logs = self._train_epoch(train, val, perm, bs, checkpoint_dir)
@@ -363,65 +365,3 @@ class Model:
             self.save(directory / ckpt.checkpoint_name(self.step))
         if is_best:
             self.save(directory / BEST)
-
-
-class _Watch:
-    """Convergence (training loss change < tol for ``patience`` epochs) and early stopping
-    (``monitor`` not improving for ``patience`` epochs; accuracies improve upwards)."""
-
-    def __init__(self, tol, patience, early_stopping, monitor):
-        self.tol, self.patience, self.early, self.monitor = tol, patience, early_stopping, monitor
-        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0
-        self.best, self.is_best = math.inf, False
-        self.flat = self.stale = 0
-        self.last = None
-
-    def update(self, logs) -> str | None:
-        """Take one epoch's metrics; the reason to stop now, or None."""
-        if self.monitor in logs:
-            value = self.sign * logs[self.monitor]
-            self.is_best = value < self.best
-            self.best = value if self.is_best else self.best
-            self.stale = 0 if self.is_best else self.stale + 1
-        loss = logs["loss"]
-        if self.last is not None and self.tol is not None:
-            self.flat = self.flat + 1 if abs(self.last - loss) < self.tol else 0
-        self.last = loss
-        if self.tol is not None and self.flat >= self.patience:
-            return "converged"
-        if self.early and self.stale >= self.patience:
-            return "early_stopping"
-        return None
-
-    def replay(self, history: History) -> str | None:
-        """Bring the counters to the end of a resumed run; its stop reason, if it had one."""
-        reason = None
-        for k in range(history.epochs):
-            keys = [key for key in ("loss", self.monitor) if len(history.get(key, ())) > k]
-            reason = self.update({key: history[key][k] for key in keys})
-        return reason
-
-
-class _Progress:
-    """A tqdm bar over the run's epochs on stderr, with the latest metrics, when asked for."""
-
-    def __init__(self, enabled: bool, start: int, total: int):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=start, unit="epoch", file=sys.stderr, dynamic_ncols=True
-            )
-
-    def update(self, logs):
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
-            self.bar.update(1)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()

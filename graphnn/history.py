@@ -1,4 +1,5 @@
-"""Training history: per-epoch metrics, why training stopped, saved as JSON and drawn as PNG.
+"""Training history: per-epoch metrics, why training stopped, saved as JSON and drawn as PNG;
+the stopping rules (:class:`Watch`) and the progress bar that read those metrics.
 
 >>> h = History(); h.record(loss=1.0, accuracy=0.5); h.record(loss=0.5, accuracy=0.75)
 >>> h["loss"], h.epochs
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import sys
 from pathlib import Path
 
 from graphnn.checkpoint import atomic_write_bytes, atomic_write_text
@@ -67,3 +70,65 @@ class History(dict):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
         return path
+
+
+class Watch:
+    """Convergence (training loss change < tol for ``patience`` epochs) and early stopping
+    (``monitor`` not improving for ``patience`` epochs; accuracies improve upwards)."""
+
+    def __init__(self, tol, patience, early_stopping, monitor):
+        self.tol, self.patience, self.early, self.monitor = tol, patience, early_stopping, monitor
+        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0
+        self.best, self.is_best = math.inf, False
+        self.flat = self.stale = 0
+        self.last = None
+
+    def update(self, logs) -> str | None:
+        """Take one epoch's metrics; the reason to stop now, or None."""
+        if self.monitor in logs:
+            value = self.sign * logs[self.monitor]
+            self.is_best = value < self.best
+            self.best = value if self.is_best else self.best
+            self.stale = 0 if self.is_best else self.stale + 1
+        loss = logs["loss"]
+        if self.last is not None and self.tol is not None:
+            self.flat = self.flat + 1 if abs(self.last - loss) < self.tol else 0
+        self.last = loss
+        if self.tol is not None and self.flat >= self.patience:
+            return "converged"
+        if self.early and self.stale >= self.patience:
+            return "early_stopping"
+        return None
+
+    def replay(self, history: History) -> str | None:
+        """Bring the counters to the end of a resumed run; its stop reason, if it had one."""
+        reason = None
+        for k in range(history.epochs):
+            keys = [key for key in ("loss", self.monitor) if len(history.get(key, ())) > k]
+            reason = self.update({key: history[key][k] for key in keys})
+        return reason
+
+
+class ProgressBar:
+    """A tqdm bar over the run's epochs on stderr, with the latest metrics, when asked for."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=start, unit="epoch", file=sys.stderr, dynamic_ncols=True
+            )
+
+    def update(self, logs):
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "lr"})
+            self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

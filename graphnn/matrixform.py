@@ -218,8 +218,10 @@ class _Assembler:
         if Y in local.free_symbols:
             used[Y] = self.of_tensor(of)
         fn = of.attrs["fn"]
-        if fn in _NAMED and len(of.inputs) == 1:
+        if fn not in _ARITHMETIC and len(of.inputs) == 1:
             term = call(fn + "'", fwd_ins[ARGS[0]], local, used)
+        elif cot.op == "const":  # a scalar cotangent (a mean's 1/n) folds into the formula
+            return elementwise(sympy.sympify(cot.attrs["value"]) * local, used)
         else:
             term = elementwise(local, used)
         if g.kind == "const" and g.text == "1":
@@ -265,4 +267,6 @@ def gradient_formula(
     return assembler.of(grad_node)
 
 
-_NAMED = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "elu", "gelu", "silu", "exp", "log")
+# Unary ops shown through their formula (2 a0, -1, ...); every other unary op, built-in or
+# user-defined, is shown by name: relu'(add1), swish'(add1).
+_ARITHMETIC = ("neg", "power", "mean", "broadcast", "accumulate", "add", "sub", "mul", "div")

@@ -274,23 +274,29 @@ def test_float64_dtype():
 
 
 def test_names_that_collide_with_generated_identifiers():
-    # Inputs and parameters named like the kernels' own variables, hyperparameters and buffers.
+    # Inputs, parameters and intermediate nodes named like the kernels' own variables, the
+    # optimizer's hyperparameters and buffers, and like names derived from renamed nodes.
     t, n = gn.input("t", (3,)), gn.input("n", (2,))
     m, loss = gn.param("m", (3, 2)), gn.param("loss", (2,), init="normal")
     np_, v = gn.param("np", (2,), init="normal"), gn.param("v", (2,), init="normal")
     lr, start = gn.param("lr", (2,), init="normal"), gn.param("start", (2,), init="normal")
-    s = gn.param("s", (2,), init="normal")
-    h = gn.tanh(t @ m + loss) * np_ + v * lr - start
-    g = gn.Graph(gn.mse(gn.softmax(h) * s, n))
-    text = numba_cpu.source(g, gn.SGD(lr=0.1, momentum=0.9))
-    sig = signature(g, gn.SGD(lr=0.1, momentum=0.9))
-    for name in ("t", "n", "m", "loss", "np", "v", "lr", "start", "s"):
+    s_1_v, q = gn.param("s_1_v", (2,), init="normal"), gn.param("i0", (2, 2))
+    h = gn.tanh(t @ m + loss).named("s")  # renamed s_1; its in-loop scalar would be s_1_v
+    out = (h * np_ + v * lr - start + s_1_v).named("j") + h @ q
+    g = gn.Graph(gn.mse(gn.softmax(out), n))
+    opt = gn.SGD(lr=0.1, momentum=0.9)
+    text, sig = numba_cpu.source(g, opt), signature(g, opt)
+    for name in ("t", "n", "m", "loss", "np", "v", "lr", "start", "s", "j", "i0"):
         assert sig.ident[name] != name, name
         assert re.search(rf"\b{sig.ident[name]}\b", text), name
+    idents = list(sig.ident.values())
+    assert len(set(idents)) == len(idents)
+    assert f"{sig.ident['s']}_v = " in text  # the renamed node's in-loop scalar ...
+    assert sig.ident["s"] != "s_1" and sig.ident["s_1_v"] == "s_1_v"  # ... clashes with nothing
     rng = np.random.default_rng(0)
-    data = {"t": rng.normal(size=(12, 3)), "n": rng.normal(size=(12, 2))}
+    data = {"t": rng.normal(size=(12, 3)), "n": rng.random((12, 2))}
     assert_backends_agree(g, g.init_params(0), data)
-    ref, cpu = train_both(g, data, epochs=2, batch_size=4)
+    ref, cpu = train_both(g, data, epochs=2, batch_size=4, optimizer=opt)
     assert cpu.history["loss"][-1] < cpu.history["loss"][0]
     for p in g.param_names:
         assert_close(cpu.params[p], ref.params[p], p)
