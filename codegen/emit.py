@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from codegen.approx import tanh_source
 from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.steps import EMITTERS, Scope, indent
@@ -33,6 +34,7 @@ RESERVED = set(keyword.kwlist) | {"np", "math", "njit", "FASTMATH", "range", "ma
 RESERVED |= {"n", "nf", "m", "s", "d", "j", "t", "t0", "P", "G", "loss", "status", "total"}
 RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "clip_norm"}
 RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_step's helpers
+RESERVED |= {"tanh_r", "x2", "p", "q"}  # codegen/approx.py
 RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}
 RESERVED |= {"init_params", "predict", "grads", "step", "main", "PARAMS"} | {
     f"i{k}" for k in range(8)
@@ -105,7 +107,9 @@ def signature(graph, optimizer) -> Signature:
 def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``."""
     plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
-    scope = Scope(dtype, ir, plan)
+    # float32 tanh as a vectorizable rational function (codegen/approx.py): libm's tanhf is a
+    # scalar call that cost 30% of a step of a wide tanh MLP.
+    scope = Scope(dtype, ir, plan, fast_tanh=dtype == "float32")
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -255,6 +259,9 @@ def module_source(
         lines += ["", ""] + _step_function(sig, optimizer, dtype)
         lines += ["", ""] + _epoch_function(sig, dtype)
     text = "\n".join(lines) + "\n"
+    if "tanh_r(" in text:  # defined once, before the kernels that call it
+        first = text.index("@njit")
+        text = text[:first] + tanh_source(dtype) + "\n\n" + text[first:]
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
     return text

@@ -24,15 +24,19 @@ from graphnn.graph import GraphIR, Node
 class Scope:
     """Names and printing shared by the emitters of one kernel."""
 
-    def __init__(self, dtype: str, ir: GraphIR | None = None, plan: Plan | None = None):
+    def __init__(
+        self, dtype: str, ir: GraphIR | None = None, plan: Plan | None = None, fast_tanh=False
+    ):
         self.dtype, self.ir, self.plan = dtype, ir, plan
+        self.fast_tanh = fast_tanh  # print tanh as codegen.approx.tanh_r
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
 
     def literal(self, value) -> str:
         return f"np.{self.dtype}({float(value)!r})"
 
     def expr(self, e: sympy.Expr) -> str:
-        return print_expr(e.xreplace({BATCH: sympy.Symbol("nf")}), dtype=self.dtype)
+        e = e.xreplace({BATCH: sympy.Symbol("nf")})
+        return print_expr(e, dtype=self.dtype, fast_tanh=self.fast_tanh)
 
     def dims(self, shape) -> str:
         inner = ", ".join("n" if d is None else str(d) for d in shape)

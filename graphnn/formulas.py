@@ -256,9 +256,12 @@ def probe(candidate: sympy.Expr, references, f: sympy.Expr, i: int, nargs: int, 
                 out.append(Probe(p, None, float("nan")))
                 continue
             x32 = [np.float32(v) for v in point]
-            y32 = np.float32(compile32(f, args)(*x32))
-            got = compile32(candidate, (*args, Y))(*x32, y32)
-            out.append(Probe(p, exact, float(np.asarray(got, dtype=np.float32))))
+            try:
+                y32 = np.float32(compile32(f, args)(*x32))
+                got = float(np.asarray(compile32(candidate, (*args, Y))(*x32, y32), np.float32))
+            except Exception:  # noqa: BLE001 - a form NumPy cannot evaluate (besselj) screens as NaN
+                got = float("nan")
+            out.append(Probe(p, exact, got))
     return tuple(out)
 
 

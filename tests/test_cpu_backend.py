@@ -462,11 +462,5 @@ def test_unknown_sympy_class_raises_codegen_error():
     _assert_codegen_error(_bessel_graph(on_param_path=False))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NameError,
-    reason="graphnn/formulas.py screens derivative candidates with a numpy lambdify that has no "
-    "besselj and lets the NameError escape from gn.Graph()",
-)
 def test_unknown_sympy_class_on_the_gradient_path():
     _assert_codegen_error(_bessel_graph(on_param_path=True))
