@@ -7,10 +7,10 @@ measures, for each timed interval, the CPU time used by *other* processes (``/pr
 time minus this process's and its children's CPU time) and calls the interval *quiet* when that
 stayed under ``QUIET_OTHERS`` of the machine.
 
-It also records a gauge before and after (two-thread 256x256 float32 matmuls per ms for 20 ms),
-which would see contention from outside the VM too. The gauge only decides where ``/proc/stat`` is
-missing: right after a trainer its reading is depressed by the trainer's own still-spinning worker
-threads (OpenMP, Eigen), so on Linux it is kept for diagnosis only.
+Contention from outside the VM does not show in ``/proc/stat`` (no steal time is reported here):
+a single-threaded gauge (64x64 float32 matmuls per ms for 20 ms, too small for OpenBLAS to use
+threads) is recorded before and after each interval for diagnosis. It wandered between 62 and 116
+on an otherwise idle VM, so it decides quietness only where ``/proc/stat`` is missing.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ QUIET_GAUGE = 0.8  # without /proc/stat: both gauge readings at least this fract
 
 class HostMonitor:
     def __init__(self):
-        self.a = np.ones((256, 256), np.float32)
+        self.a = np.ones((64, 64), np.float32)
         self.best = 0.0
         self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._ncpu = os.cpu_count() or 1
 
     def gauge(self, seconds: float = 0.02) -> float:
-        """Two-thread BLAS matmuls per ms right now (updates the best reading)."""
+        """Single-threaded 64x64 matmuls per ms right now (updates the best reading)."""
         n, t0 = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - t0) < seconds:
             np.dot(self.a, self.a)

@@ -379,9 +379,8 @@ def main(argv=None) -> int:
             print(f"\n== graphnn cold/warm start: {wname}", flush=True)
             wl = get_workload(wname, args.quick)
             startup[wname] = bench_startup(wl, args, 1 if args.quick else 3, host)
-    elif "graphnn" in args.trainers:
-        reason = skipped.get("graphnn", "disabled by --no-startup")
-        startup = {w: {"skipped": reason} for w in args.workloads}
+    elif "graphnn" in skipped:
+        startup = {w: {"skipped": skipped["graphnn"]} for w in args.workloads}
     load["end"] = warn_if_busy("at end")
     numpy_flush_after = flush_probe(lambda a, b: a * b)
     if numpy_flush_after != numpy_flush_before:
