@@ -33,6 +33,7 @@ import numpy as np
 from codegen.cache import load_module
 from codegen.cuda_emit import cuda_signature, module_source
 from codegen.cuda_library import GPU, SIMULATOR, Launch
+from codegen.cudasim import lock_shared_arrays
 from codegen.emit import forward_inputs
 from graphnn.errors import CudaUnavailableError
 
@@ -55,6 +56,7 @@ def require_device():
     from numba import cuda
 
     if cuda.is_available():
+        lock_shared_arrays()  # a no-op on a real GPU; fixes the simulator's allocation race
         return cuda
     late = ""
     if os.environ.get(SIMULATOR_VAR, "0") not in ("", "0") and not simulator_enabled():

@@ -81,16 +81,6 @@ RULES: dict[str, Callable] = {
 }
 
 
-def _ancestors(ir: GraphIR, outputs) -> set[str]:
-    needed, stack = set(), list(outputs)
-    while stack:
-        name = stack.pop()
-        if name not in needed:
-            needed.add(name)
-            stack.extend(ir.node(name).inputs)
-    return needed
-
-
 def batch_size(ir: GraphIR, values: Mapping[str, np.ndarray]) -> int:
     sizes = {len(values[node.name]) for node in ir.inputs if node.name in values}
     return sizes.pop() if sizes else 1
@@ -103,7 +93,7 @@ def evaluate(
     env: dict[str, np.ndarray] = {}
     dtype = np.dtype(dtype) if dtype is not None else next(iter(values.values())).dtype
     n = batch_size(ir, values)
-    needed = _ancestors(ir, outputs) if outputs is not None else None
+    needed = ir.ancestors(outputs) if outputs is not None else None
     for node in ir.nodes:
         if needed is not None and node.name not in needed:
             continue

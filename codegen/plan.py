@@ -75,7 +75,7 @@ def make_plan(
     fuse_reductions: bool = False,
 ) -> Plan:
     """Group the nodes needed for ``outputs`` into steps, in an order that respects the graph."""
-    needed = _needed(ir, outputs)
+    needed = ir.ancestors(outputs)
     inlined = {
         n.name
         for n in ir.nodes
@@ -105,16 +105,6 @@ def make_plan(
 
 def _only_ewise_reads(ir: GraphIR, name: str, needed: set[str]) -> bool:
     return all(ir.node(u).op == "ewise" for u in ir.consumers(name) if u in needed)
-
-
-def _needed(ir: GraphIR, outputs: Sequence[str]) -> set[str]:
-    needed, stack = set(), list(outputs)
-    while stack:
-        name = stack.pop()
-        if name not in needed:
-            needed.add(name)
-            stack.extend(ir.node(name).inputs)
-    return needed
 
 
 def _join_group(node: Node, steps: list[Step], position: dict[str, int]) -> int | None:

@@ -24,7 +24,7 @@ def _as_float(name: str, what: str, value, dtype) -> np.ndarray:
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{what} '{name}' must hold floats, got an array of dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d (ascontiguousarray would not)
 
 
 def check_data(ir: GraphIR, data: Mapping, dtype=np.float32, required=None) -> dict:

@@ -225,6 +225,16 @@ class GraphIR:
     def inputs(self) -> list[Node]:
         return self.of_op("input")
 
+    def ancestors(self, outputs: Iterable[str]) -> set[str]:
+        """The named nodes and every node they depend on (iterative)."""
+        needed, stack = set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack.extend(self.node(name).inputs)
+        return needed
+
     def consumers(self, name: str) -> list[str]:
         return list(self.dag.successors(name))
 

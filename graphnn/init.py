@@ -15,6 +15,8 @@ import numpy as np
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    if not shape:  # a scalar parameter
+        return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
@@ -34,4 +36,4 @@ def init_array(name: str, shape: tuple[int, ...], init: str, seed: int, dtype=np
         "glorot_normal": lambda: rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape),
         "glorot_uniform": lambda: rng.uniform(-1, 1, shape) * np.sqrt(6.0 / (fan_in + fan_out)),
     }[init]
-    return np.ascontiguousarray(draw(), dtype=dtype)
+    return np.asarray(draw(), dtype=dtype, order="C")

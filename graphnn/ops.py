@@ -126,7 +126,11 @@ def param(name: str, shape: Sequence[int], init: str = "glorot_uniform") -> Tens
     _check_name(name, "parameter")
     if init not in INITIALIZERS:
         raise GraphError(f"parameter '{name}': unknown init {init!r}; known: {INITIALIZERS}")
-    return Tensor("param", (), _check_dims(shape, name), {"init": init}, name)
+    dims = _check_dims(shape, name)
+    if not dims:
+        # Gradients of shape () are scalars in the kernels, not arrays an update can write.
+        raise ShapeError(f"parameter '{name}': shape () is not supported; use shape (1,)")
+    return Tensor("param", (), dims, {"init": init}, name)
 
 
 def constant(value, shape: Shape = ()) -> Tensor:

@@ -320,3 +320,8 @@ def test_initializer_scale_for_a_big_layer(init, std):
     w = g.init_params(seed=3)["W"].astype(np.float64)
     assert abs(w.mean()) < 0.01 * std(fan_in, fan_out)
     assert w.std() == pytest.approx(std(fan_in, fan_out), rel=0.02)
+
+
+def test_scalar_parameter_is_rejected_with_a_hint():
+    with pytest.raises(gn.ShapeError, match=r"parameter 's': shape \(\) is not supported.*\(1,\)"):
+        gn.param("s", ())

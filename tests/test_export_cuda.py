@@ -1,0 +1,114 @@
+"""The CUDA export: the exported module trains on Numba's simulator like graphnn's CPU back end.
+
+Numba picks the simulator when it is first imported, so the exported file runs in a subprocess
+(NUMBA_ENABLE_CUDASIM=1) where graphnn, SymPy and networkx cannot be imported.  The script calls
+the module's host function ``train_epoch`` as ``codegen.numba_cuda.Trainer.epoch`` does, building
+its arguments from the function's own parameter names (``x_all`` is input ``x``'s data; the other
+array names are parameters and optimizer buffers), so it needs nothing but the exported file.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import graphnn as gn
+
+BLOCKED = ("graphnn", "sympy", "networkx")
+
+SIM_SCRIPT = """
+import importlib.util
+import inspect
+import sys
+
+import numpy as np
+from numba import cuda
+
+assert cuda.is_available() and cuda.simulator  # the simulator, not a GPU
+# The simulator's shared-array race (see codegen/cudasim.py), fixed by loading that file by path:
+fix = importlib.util.spec_from_file_location("cudasim", sys.argv[4])
+cudasim = importlib.util.module_from_spec(fix)
+fix.loader.exec_module(cudasim)
+assert cudasim.lock_shared_arrays()
+spec = importlib.util.spec_from_file_location("mlp_cuda", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+with np.load(sys.argv[2]) as f:
+    host = {k: f[k] for k in f.files}
+dtype = np.float32
+n, batch_size = host["x"].shape[0], int(host["batch_size"])
+perm = np.arange(n, dtype=np.int64)  # a fixed order: graphnn's fit(shuffle=False)
+steps = -(-n // batch_size)
+device = {}  # what Trainer.epoch uploads, by train_epoch's argument names
+for name in inspect.signature(m.train_epoch).parameters:
+    key = name[: -len("_all")] if name.endswith("_all") else name
+    if key in host and host[key].ndim > 0:
+        device[name] = cuda.to_device(np.ascontiguousarray(host[key], dtype=dtype))
+device["perm"] = cuda.to_device(perm)
+device["losses"] = cuda.device_array(steps, dtype=dtype)
+device["status"] = cuda.to_device(np.zeros(2, np.int64))
+device["gscale"] = cuda.to_device(np.ones(1, dtype))
+scalars = {"batch_size": batch_size, "t0": 0, "lrs": np.full(steps, host["lr"], dtype)}
+scalars |= {k: dtype(host[k]) for k in ("momentum", "weight_decay")}
+args = []
+for name in list(inspect.signature(m.train_epoch).parameters)[1:]:
+    args.append(device[name] if name in device else scalars[name])
+done = m.train_epoch(m.Workspace(dtype), *args)
+status = device["status"].copy_to_host()
+out = {k: device[k].copy_to_host() for k in host if k in device and k not in ("x", "y")}
+out["losses"] = device["losses"].copy_to_host()
+np.savez(sys.argv[3], **out)
+print(done, int(status[0]), sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
+"""
+
+
+def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
+    """One epoch (3 mini-batches of 4, data order) of a 4 -> 8 tanh -> 3 softmax-CE MLP with SGD
+    momentum through the exported CUDA module on the simulator gives the CPU back end's params,
+    momentum buffers and per-step losses (float32 tolerance), with no graphnn at run time."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
+    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
+    graph = gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
+    optimizer = gn.SGD(lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(7)
+    data = {
+        "x": rng.normal(size=(12, 4)).astype(np.float32),
+        "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 12)],
+    }
+    path = graph.export(tmp_path / "mlp_cuda.py", optimizer=optimizer, backend="cuda")
+    model = gn.compile(graph, optimizer, backend="cpu", seed=0)
+    start = {"batch_size": 4, **optimizer.hyper, **model.params, **model.state, **data}
+    np.savez(tmp_path / "start.npz", **start)  # initial params and state (zero), data, hyper
+
+    stubs = tmp_path / "stubs"  # packages that raise ImportError come first on the path
+    for name in BLOCKED:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
+    env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
+    files = [str(path), str(tmp_path / "start.npz"), str(tmp_path / "out.npz")]
+    files.append(str(Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"))
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", SIM_SCRIPT, *files],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.split() == ["3", "0", "[]"], (proc.stdout, wall)  # 3 steps, finite
+    with np.load(tmp_path / "out.npz") as f:
+        out = {k: f[k] for k in f.files}
+
+    history = model.fit(data, epochs=1, batch_size=4, shuffle=False)
+    assert model.step == 3
+    assert set(out) == {*model.params, *model.state, "losses"}
+    for name, value in {**model.params, **model.state}.items():
+        np.testing.assert_allclose(out[name].reshape(value.shape), value, rtol=1e-4, atol=1e-5)
+    assert out[name].dtype == np.float32
+    assert not np.array_equal(out["W1"], start["W1"])  # it trained
+    loss = float(out["losses"].astype(np.float64) @ [4, 4, 4]) / 12  # fit's mean epoch loss
+    np.testing.assert_allclose(loss, history["loss"][-1], rtol=1e-4)
