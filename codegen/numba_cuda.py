@@ -35,6 +35,7 @@ from codegen.cuda_emit import cuda_signature, module_source
 from codegen.cuda_library import GPU, SIMULATOR, Launch
 from codegen.cudasim import lock_shared_arrays
 from codegen.emit import forward_inputs
+from codegen.numba_cpu import debug_level
 from graphnn.errors import CudaUnavailableError
 
 SIMULATOR_VAR = "NUMBA_ENABLE_CUDASIM"
@@ -82,7 +83,7 @@ def build(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = (), l
     """The imported kernel module; GRAPHNN_DEBUG=2 prints its source first."""
     require_device()
     text = source(graph, optimizer, dtype, outputs, launch)
-    if os.environ.get("GRAPHNN_DEBUG", "0") >= "2":
+    if debug_level() >= 2:
         print(text)
     return load_module(text)
 
