@@ -52,6 +52,9 @@ def build_graph(gn, wl: Workload):
     return gn.Graph(loss)
 
 
+BACKEND = "cpu"  # run.py --backend sets it ("cuda" needs a GPU)
+
+
 def build_model(gn, wl: Workload, flush: bool | None = None) -> tuple[object, str, dict]:
     """Compiled model, optimizer description, and seconds spent building / compiling.
 
@@ -62,7 +65,7 @@ def build_model(gn, wl: Workload, flush: bool | None = None) -> tuple[object, st
     t1 = time.perf_counter()
     optimizer, opt_desc = graphnn_optimizer(gn, wl)
     kwargs = {} if flush is None else {"flush_denormals": flush}
-    model = gn.compile(graph, optimizer=optimizer, backend="cpu", **kwargs)
+    model = gn.compile(graph, optimizer=optimizer, backend=BACKEND, **kwargs)
     t2 = time.perf_counter()
     return model, opt_desc, {"graph_s": t1 - t0, "compile_s": t2 - t1}
 

@@ -75,6 +75,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--no-startup", action="store_true", help="skip graphnn cold/warm start")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--backend",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="graphnn's back end for the steady-state rows (cuda needs a GPU; start-up is cpu)",
+    )
     p.add_argument("--json", help="write all results to this file")
     args = p.parse_args(argv)
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -362,6 +368,9 @@ def startup_table(startup: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import peer_graphnn
+
+    peer_graphnn.BACKEND = args.backend
     t_start = time.perf_counter()
     numpy_flush_before = flush_probe(lambda a, b: a * b)
     factories, skipped = load_factories([t for t in TRAINER_ORDER if t in args.trainers])
