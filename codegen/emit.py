@@ -17,8 +17,6 @@ import keyword
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sympy
-
 from codegen.approx import tanh_source
 from codegen.plan import make_plan
 from codegen.printer import print_expr
@@ -123,16 +121,12 @@ def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: st
 
 def _update_function(optimizer, dtype: str) -> list[str]:
     """apply_update(P, G, <state>, <hyper>, t, gscale): the optimizer's formulas, in place."""
-    sym = optimizer.symbols
     flat = ["P", "G", *optimizer.state]
     args = [*flat, *optimizer.hyper, "t", "gscale"]
     body = [f"{s}_ = {s}.ravel()" for s in flat]
     body += [f"{k} = {print_expr(e, dtype=dtype)}" for k, e in optimizer.scalars()]
     loop = ["G = G_[i] * gscale"] + [f"{s} = {s}_[i]" for s in ["P", *optimizer.state]]
-    for target, expr in optimizer.assignments():
-        loop.append(
-            f"{target} = {print_expr(expr.xreplace({sym['t']: sympy.Symbol('t')}), dtype=dtype)}"
-        )
+    loop += [f"{target} = {print_expr(e, dtype=dtype)}" for target, e in optimizer.assignments()]
     targets = dict.fromkeys(str(t) for t, _ in optimizer.assignments())
     loop += [f"{s}_[i] = {s}" for s in targets]
     body += ["for i in range(P_.shape[0]):", *indent(loop, 1)]
