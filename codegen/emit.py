@@ -134,15 +134,22 @@ def _update_function(optimizer, dtype: str) -> list[str]:
     return [head, JIT, f"def apply_update({', '.join(args)}):", *indent(body, 1)]
 
 
-def _array_helpers() -> list[str]:
-    """all_finite (exact, early exit) and sum_squares (float64, so a large norm cannot overflow)."""
+def _array_helpers(dtype: str) -> list[str]:
+    """all_finite (exact) and sum_squares (float64, so a large norm cannot overflow).
+
+    all_finite sums ``x * 0``: 0 for every finite x, NaN for NaN and +-Inf. Without an early exit
+    the loop vectorizes; it is 10x faster than testing each element, which cost 10-15% of a
+    step. LLVM may fold ``x * 0`` to 0 only under nnan, which FASTMATH leaves out.
+    """
+    lit = f"np.{dtype}"
     return [
         JIT,
         "def all_finite(a):",
-        "    for x in a.ravel():",
-        "        if not np.isfinite(x):",
-        "            return False",
-        "    return True",
+        "    a_ = a.ravel()",
+        f"    acc = {lit}(0.0)",
+        "    for i in range(a_.shape[0]):",
+        f"        acc += a_[i] * {lit}(0.0)",
+        "    return np.isfinite(acc)",
         "",
         "",
         JIT,
@@ -182,7 +189,7 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     body.append("return loss, 0")
     args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t"]
     step = [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
-    return _array_helpers() + ["", ""] + step
+    return _array_helpers(dtype) + ["", ""] + step
 
 
 def _epoch_function(sig: Signature, dtype: str) -> list[str]:

@@ -270,6 +270,22 @@ def test_float64_dtype():
     assert all(a.dtype == numba.float64 for a in sig.args)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite_finds_every_nan_and_inf(dtype):
+    # The guard is a vectorized sum of x * 0 (no early exit): it must still see one bad value
+    # anywhere, and must not mistake huge or subnormal finite values for bad ones.
+    module = numba_cpu.build(_mlp("tanh"), gn.SGD(lr=0.1), dtype)
+    info = np.finfo(dtype)
+    a = np.random.default_rng(0).normal(size=(37, 11)).astype(dtype)
+    a.flat[:4] = [info.max, -info.max, info.tiny / 4, 0.0]
+    assert module.all_finite(a) and module.all_finite(a[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in (0, 5, 16, a.size - 1):  # vector lanes, the middle, the scalar tail
+            b = a.copy()
+            b.flat[pos] = bad
+            assert not module.all_finite(b), (bad, pos)
+
+
 # --- names, training runs, deep graphs ----------------------------------------------------------
 
 
