@@ -170,24 +170,30 @@ def emit_const(step: Step, scope: Scope) -> list[str]:
     return [_comment(node), f"{node.name} = np.full({scope.dims(node.shape)}, {value})"]
 
 
-def _row_stats(z: str, k: int, scope: Scope) -> list[str]:
-    """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z."""
-    return [
+def _row_stats(z: str, k: int, scope: Scope, keep: str | None = None) -> list[str]:
+    """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z.
+
+    With ``keep``, each ``exp(z - m)`` is also stored in row i0 of that array, so a softmax or
+    its gradient divides by ``s`` without calling exp a second time.
+    """
+    lines = [
         f"m = {z}[i0, 0]",
         f"for j in range(1, {k}):",
         f"    m = max(m, {z}[i0, j])",
         f"s = {scope.literal(0)}",
         f"for j in range({k}):",
-        f"    s += np.exp({z}[i0, j] - m)",
     ]
+    if keep is None:
+        return lines + [f"    s += np.exp({z}[i0, j] - m)"]
+    return lines + [f"    {keep}[i0, j] = np.exp({z}[i0, j] - m)", f"    s += {keep}[i0, j]"]
 
 
 def emit_softmax(step: Step, scope: Scope) -> list[str]:
     node = step.node
     (z,), k = node.inputs, node.shape[-1]
-    body = _row_stats(z, k, scope) + [
+    body = _row_stats(z, k, scope, keep=node.name) + [
         f"for j in range({k}):",
-        f"    {node.name}[i0, j] = np.exp({z}[i0, j] - m) / s",
+        f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
     ]
     lines = [_comment(node), scope.empty(node.name, node.shape), "for i0 in range(n):"]
     return lines + indent(body, 1)
@@ -224,7 +230,7 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
         loss, grad = _ce_partner(step, scope, "softmax_ce"), node
     (z, t) = node.inputs
     k = scope.ir.node(z).shape[-1]
-    lines, body = [], _row_stats(z, k, scope)
+    lines, body = [], _row_stats(z, k, scope, keep=grad.name if grad is not None else None)
     if loss is not None:
         lines += [_comment(loss), f"{loss.name} = {scope.literal(0)}"]
         body += [
@@ -237,7 +243,7 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
         lines += [_comment(grad), scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = (np.exp({z}[i0, j] - m) / s - {t}[i0, j]) / nf",
+            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / nf",
         ]
     scope.done.update(n.name for n in (loss, grad) if n is not None)
     lines += ["for i0 in range(n):"] + indent(body, 1)
