@@ -34,6 +34,7 @@ RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "cli
 RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_step's helpers
 RESERVED |= {"tanh_r", "x2", "p", "q"}  # codegen/approx.py
 RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}
+RESERVED |= {"ws", "workspace", "rows", "r"}
 RESERVED |= {"init_params", "predict", "grads", "step", "main", "PARAMS"} | {
     f"i{k}" for k in range(8)
 }
@@ -73,8 +74,9 @@ def _identifiers(graph, taken: set[str]) -> dict[str, str]:
 
 
 def _derived(name: str) -> set[str]:
-    """Identifiers the generated code makes from a node's: group scalar, epoch array, gradient."""
-    return {f"{name}_v", f"{name}_all", f"grad_{name}"}
+    """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
+    buffer, gradient, workspace buffer."""
+    return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
 
 
 def signature(graph, optimizer) -> Signature:
@@ -102,12 +104,21 @@ def signature(graph, optimizer) -> Signature:
     )
 
 
-def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str) -> list[str]:
-    """One njit function computing ``outputs`` of ``ir`` from ``args``."""
+def kernel(
+    name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str, workspace=False
+) -> list[str]:
+    """One njit function computing ``outputs`` of ``ir`` from ``args``.
+
+    With ``workspace``, the function takes a last argument ``ws`` (what the ``workspace(n)``
+    function printed before it returns) and allocates nothing: every array is a view of a
+    buffer of ``ws``.  A training step then reuses one set of buffers for a whole epoch; freshly
+    allocated multi-MB arrays cost a page fault per 4 KiB on every step (40% of a step of a
+    1024-wide MLP), because malloc hands freed large blocks back to the OS.
+    """
     plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
     # float32 tanh as a vectorizable rational function (codegen/approx.py): libm's tanhf is a
     # scalar call that cost 30% of a step of a wide tanh MLP.
-    scope = Scope(dtype, ir, plan, fast_tanh=dtype == "float32")
+    scope = Scope(dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace)
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -116,7 +127,27 @@ def kernel(name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: st
         lines = EMITTERS[step.kind](step, scope)
         body += lines + ([""] if lines else [])
     body.append("return " + ", ".join(outputs))
-    return [JIT, f"def {name}({', '.join(args)}):", *indent(body, 1)]
+    if not workspace:
+        return [JIT, f"def {name}({', '.join(args)}):", *indent(body, 1)]
+    views = [f"ws_{b}" for b in scope.buffers]
+    unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
+    rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
+    if rows:  # a view past a buffer's end would write out of bounds: refuse instead
+        message = "the workspace has fewer rows than the batch: make it with workspace(n)"
+        body[2:2] = [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
+    head = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
+    return _workspace_function(scope) + ["", ""] + head + indent(unpack + body, 1)
+
+
+def _workspace_function(scope: Scope) -> list[str]:
+    """workspace(n): the buffers of the kernel printed next, for batches of up to n rows."""
+    news = [
+        f"np.empty({scope.dims(shape)}, dtype=np.{scope.dtype}),  # {name}"
+        for name, shape in scope.buffers.items()
+    ]
+    doc = '"""Buffers for one training step on up to n rows; the step overwrites them."""'
+    body = [doc, "return (", *indent(news, 1), ")"]
+    return [JIT, "def workspace(n):", *indent(body, 1)]
 
 
 def _update_function(optimizer, dtype: str) -> list[str]:
@@ -169,7 +200,7 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """
     lit = f"np.{dtype}"
     grads = tuple(f"grad_{p}" for p in sig.params)
-    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)})"]
+    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
     body += ["if not np.isfinite(loss):", "    return loss, -1"]
     for k, g in enumerate(grads):
         body += [f"if not all_finite({g}):", f"    return loss, {k + 1}"]
@@ -187,7 +218,7 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
         args = [p, g, *state, *optimizer.hyper, "t", "gscale"]
         body.append(f"apply_update({', '.join(args)})")
     body.append("return loss, 0")
-    args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t"]
+    args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t", "ws"]
     step = [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
     return _array_helpers(dtype) + ["", ""] + step
 
@@ -203,20 +234,27 @@ def _epoch_function(sig: Signature, dtype: str) -> list[str]:
     step_args = [*sig.inputs, *sig.params, *sig.state]
     step_args += ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
     loop = ["idx = perm[start : start + batch_size]"]
-    loop += [f"{i} = {i}_all[idx]" for i in sig.inputs]
+    for i in sig.inputs:  # gather the batch's rows into a buffer: no allocation per step
+        loop += [f"{i} = {i}_batch[: idx.shape[0]]", "for r in range(idx.shape[0]):"]
+        loop += [f"    {i}[r] = {i}_all[idx[r]]"]
     loop += [
-        f"loss, status = train_step({', '.join(step_args)}, np.{dtype}(t0 + steps + 1))",
+        f"loss, status = train_step({', '.join(step_args)}, np.{dtype}(t0 + steps + 1), ws)",
         "if status != 0:",
         "    return total, steps, status",
         "total += loss * idx.shape[0]",
         "steps += 1",
     ]
     body = ["total = 0.0  # float64: only the reported epoch mean", "steps = 0"]
+    body += ["rows = min(batch_size, perm.shape[0])"]
+    body += [f"{i}_batch = np.empty_like({i}_all[:rows])" for i in sig.inputs]
     body += ["for start in range(0, perm.shape[0], batch_size):", *indent(loop, 1)]
     body.append("return total, steps, 0")
-    args = [*batches, "perm", "batch_size", *sig.params, *sig.state, *hyper, "t0"]
-    doc = '"""Mini-batch steps in the order of perm; returns (loss sum, steps, status)."""'
-    return [JIT, f"def train_epoch({', '.join(args)}):", *indent([doc, *body], 1)]
+    args = [*batches, "perm", "batch_size", *sig.params, *sig.state, *hyper, "t0", "ws"]
+    doc = '''"""Mini-batch steps in the order of perm; returns (loss sum, steps, status).
+
+    ws: workspace(rows) for rows >= min(batch_size, perm.shape[0]), reused by every step.
+    """'''
+    return [JIT, f"def train_epoch({', '.join(args)}):", *indent([*doc.splitlines(), *body], 1)]
 
 
 def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:
@@ -252,7 +290,12 @@ def module_source(
     lines = header(graph, optimizer, dtype)
     lines += [f"FASTMATH = {FASTMATH}  # no nnan/ninf: NaN and Inf stay visible", "", ""]
     lines += kernel(
-        "loss_and_grads", sig.training, [sig.loss, *sig.grads], [*sig.inputs, *sig.params], dtype
+        "loss_and_grads",
+        sig.training,
+        [sig.loss, *sig.grads],
+        [*sig.inputs, *sig.params],
+        dtype,
+        workspace=True,
     )
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:

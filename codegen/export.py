@@ -50,10 +50,11 @@ DRAWS = {
 # Names the wrappers define or use; an input named like one of them gets a trailing "_".
 API = {"DTYPE", "INPUTS", "PARAMS", "STATE", "PREDICTION", "init_params", "init_state"}
 API |= {"loss", "grads", "step", "fit_epoch", "predict", "main", "forward_prediction"}
-API |= {"forward", "loss_and_grads", "train_step", "train_epoch", "np", "zlib"}
+API |= {"forward", "loss_and_grads", "train_step", "train_epoch", "workspace", "_workspace"}
+API |= {"np", "zlib"}
 API |= {"_arrays", "_data", "_check"} | set(dir(builtins))
 LOCALS = {"data", "params", "state", "t", "t0", "batch_size", "perm", "arrays", "n", "steps"}
-LOCALS |= {"lrs", "total", "done", "status", "value", "out", "hyper"}
+LOCALS |= {"lrs", "total", "done", "status", "value", "out", "hyper", "ws"}
 
 
 def export_module(graph, path, optimizer=None, backend="cpu", dtype="float32") -> Path:
@@ -141,7 +142,8 @@ def _retitle(text: str, title: str, loss: str, dtype: str) -> str:
         "",
         f"Train: python {title}.py data.npz --epochs 10 (the .npz keys are the input names).",
         "API: init_params(seed), init_state(params), loss, grads, step, fit_epoch, predict;",
-        "raw kernels: loss_and_grads, forward, forward_prediction, train_step, train_epoch.",
+        "raw kernels: workspace, loss_and_grads, forward, forward_prediction, train_step,",
+        "train_epoch.",
         "",
     ]
     if text.startswith('"""'):
@@ -242,7 +244,10 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     px = [_arg(sig.ident[i], taken) for i in forward_inputs(graph, [prediction])]
     kw = [f"{h}={h.upper()}" for h in hyper]
     epoch = ["*arrays", "perm", "batch_size", "*_arrays(params, PARAMS)", "*_arrays(state, STATE)"]
-    epoch += ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper] + ["t0"]
+    epoch += ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper] + [
+        "t0",
+        "workspace(batch_size)",
+    ]
     fill = {
         "xs": ", ".join(xs),
         "px": ", ".join(px),
@@ -273,6 +278,11 @@ def _data(*arrays):
     return tuple(np.ascontiguousarray(a, dtype=DTYPE) for a in arrays)
 
 
+def _workspace(arrays):
+    """Buffers for one step on this batch (the kernels allocate nothing themselves)."""
+    return workspace(arrays[0].shape[0] if arrays else 1)
+
+
 def _check(status, t):
     if status != 0:
         what = "the loss" if status < 0 else f"the gradient of {{list(PARAMS)[status - 1]}}"
@@ -286,7 +296,8 @@ def _check(status, t):
 
 {def_grads}
     """The backward pass: the loss's gradient for every parameter on one batch, by name."""
-    out = loss_and_grads(*_data({xs}), *_arrays(params, PARAMS))
+    arrays = _data({xs})
+    out = loss_and_grads(*arrays, *_arrays(params, PARAMS), _workspace(arrays))
     return dict(zip(PARAMS, out[1:], strict=True))
 
 
@@ -294,7 +305,10 @@ def _check(status, t):
     """One optimizer step (step number t, from 1) on one batch, in place; returns the loss."""
     arrays = _data({xs})
     hyper = [DTYPE(h) for h in ({hyper})]
-    value, status = train_step(*arrays, *_arrays(params, PARAMS), *_arrays(state, STATE), *hyper)
+    ws = _workspace(arrays)
+    value, status = train_step(
+        *arrays, *_arrays(params, PARAMS), *_arrays(state, STATE), *hyper, ws
+    )
     _check(status, t)
     return float(value)
 

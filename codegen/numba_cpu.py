@@ -48,7 +48,8 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     # gradient and no value among the training graph's; the kernel takes it but never reads it.
     shapes = graph.shapes
     args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
-    loss, *grads = module.loss_and_grads(*args)
+    batch = args[0].shape[0] if graph.forward.inputs else 1
+    loss, *grads = module.loss_and_grads(*args, module.workspace(batch))
     return loss, dict(zip(graph.param_names, grads, strict=True))
 
 
@@ -60,6 +61,7 @@ class Trainer:
         self.outputs = tuple(outputs) or (graph.loss_name,)
         self.module = build(graph, optimizer, dtype, self.outputs)
         self.sig = signature(graph, optimizer)
+        self._ws = None  # (rows, buffers) of the last workspace
 
     def _hyper(self, hyper: Mapping[str, float]) -> list:
         return [self.dtype.type(hyper[h]) for h in self.sig.hyper if h != "lr"]
@@ -69,7 +71,13 @@ class Trainer:
         args = [data[n.name] for n in self.graph.forward.inputs] + [perm, batch_size]
         args += [params[p] for p in self.graph.param_names] + [state[s] for s in self.sig.state]
         args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
-        return self.module.train_epoch(*args)
+        return self.module.train_epoch(*args, self._workspace(min(batch_size, len(perm))))
+
+    def _workspace(self, rows: int):
+        """The step buffers, kept across epochs and fit calls (remade for a larger batch)."""
+        if self._ws is None or self._ws[0] < rows:
+            self._ws = (rows, self.module.workspace(rows))
+        return self._ws[1]
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         names = forward_inputs(self.graph, self.outputs)

@@ -25,11 +25,19 @@ class Scope:
     """Names and printing shared by the emitters of one kernel."""
 
     def __init__(
-        self, dtype: str, ir: GraphIR | None = None, plan: Plan | None = None, fast_tanh=False
+        self,
+        dtype: str,
+        ir: GraphIR | None = None,
+        plan: Plan | None = None,
+        fast_tanh=False,
+        workspace=False,
     ):
         self.dtype, self.ir, self.plan = dtype, ir, plan
         self.fast_tanh = fast_tanh  # print tanh as codegen.approx.tanh_r
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
+        # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
+        # instead of new allocations: a step then allocates nothing.
+        self.buffers: dict[str, tuple] | None = {} if workspace else None
 
     def literal(self, value) -> str:
         return f"np.{self.dtype}({float(value)!r})"
@@ -42,10 +50,24 @@ class Scope:
         inner = ", ".join("n" if d is None else str(d) for d in shape)
         return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
-    def empty(self, name: str, shape, fill: str = "empty") -> str:
+    def empty(self, name: str, shape, fill: str = "empty") -> list[str]:
+        """Lines making array ``name`` (uninitialized, or zeros); a scalar for shape ()."""
         if fill == "zeros" and not shape:
-            return f"{name} = {self.literal(0)}"
-        return f"{name} = np.{fill}({self.dims(shape)}, dtype=np.{self.dtype})"
+            return [f"{name} = {self.literal(0)}"]
+        view = self.buffer(name, shape)
+        if view is None:
+            return [f"{name} = np.{fill}({self.dims(shape)}, dtype=np.{self.dtype})"]
+        return [f"{name} = {view}"] + ([f"{name}[:] = 0"] if fill == "zeros" else [])
+
+    def buffer(self, name: str, shape) -> str | None:
+        """The workspace view holding array ``name`` (None: no workspace, or not a leading batch).
+
+        Buffers are sized for the largest batch; ``[:n]`` is the current batch's leading part.
+        """
+        if self.buffers is None or not shape or None in shape[1:]:
+            return None
+        self.buffers[name] = tuple(shape)
+        return f"ws_{name}[:n]" if shape[0] is None else f"ws_{name}"
 
     def value(self, name: str, shape, index: list[str]) -> sympy.Expr:
         """The element of node ``name`` at loop ``index`` of a loop over ``shape``."""
@@ -103,8 +125,8 @@ def emit_group(step: Step, scope: Scope) -> list[str]:
     lines += [_comment(n) for n in [*step.nodes, *step.reductions]]
     stored = [n for n in step.nodes if n.name in scope.plan.stored]
     if shape:
-        lines += [scope.empty(n.name, shape) for n in stored]
-    lines += [scope.empty(r.name, r.shape, "zeros") for r in step.reductions]
+        lines += [line for n in stored for line in scope.empty(n.name, shape)]
+    lines += [line for r in step.reductions for line in scope.empty(r.name, r.shape, "zeros")]
     body: list[str] = []
     read_in_group = {i for n in [*step.nodes, *step.reductions] for i in n.inputs if i in members}
     scalar = {
@@ -143,7 +165,10 @@ def emit_matmul(step: Step, scope: Scope) -> list[str]:
     a, b = node.inputs
     a = a + (".T" if node.attr("ta") else "")
     b = b + (".T" if node.attr("tb") else "")
-    return [_comment(node), f"{node.name} = np.dot({a}, {b})"]
+    view = scope.buffer(node.name, node.shape)
+    if view is None:
+        return [_comment(node), f"{node.name} = np.dot({a}, {b})"]
+    return [_comment(node), f"{node.name} = {view}", f"np.dot({a}, {b}, {node.name})"]
 
 
 def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
@@ -151,7 +176,7 @@ def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
     (x,) = node.inputs
     src = scope.ir.node(x).shape
     index = [f"i{k}" for k in range(len(src))]
-    lines = [_comment(node), scope.empty(node.name, node.shape, "zeros")]
+    lines = [_comment(node), *scope.empty(node.name, node.shape, "zeros")]
     lines += loop_header(src, index)
     lines += indent([f"{_reduce_target(node, index)} += {x}[{', '.join(index)}]"], len(src))
     return lines
@@ -195,7 +220,7 @@ def emit_softmax(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
     ]
-    lines = [_comment(node), scope.empty(node.name, node.shape), "for i0 in range(n):"]
+    lines = [_comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
     return lines + indent(body, 1)
 
 
@@ -209,7 +234,7 @@ def emit_softmax_grad(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
     ]
-    lines = [_comment(node), scope.empty(node.name, node.shape), "for i0 in range(n):"]
+    lines = [_comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
     return lines + indent(body, 1)
 
 
@@ -240,7 +265,7 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
         ]
         body += [f"{loss.name} += m + np.log(s) - d"]
     if grad is not None:
-        lines += [_comment(grad), scope.empty(grad.name, grad.shape)]
+        lines += [_comment(grad), *scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
             f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / nf",

@@ -171,6 +171,33 @@ def test_mlp_with_each_activation(act):
         assert_close(cpu.params[p], ref.params[p], f"{p} after 10 steps")
 
 
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_ragged_last_batch_reuses_the_workspace(act):
+    # 20 rows in batches of 8: 8, 8, then 4. The steps share one workspace sized for 8 rows, so
+    # the last step must read only its 4 rows and re-zero every accumulator (bias gradients,
+    # loss sums); stale rows or sums from the previous step would show in the parameters.
+    g, data = _mlp(act), _mlp_data()
+    ref, cpu = train_both(g, data, epochs=2, batch_size=8)
+    assert cpu.step == ref.step == 6
+    assert_close(cpu.history["loss"], ref.history["loss"], "epoch losses")
+    for p in g.param_names:
+        assert_close(cpu.params[p], ref.params[p], f"{p} after 6 steps")
+
+
+def test_workspace_too_small_is_refused_and_kept_across_fits():
+    g, data = _mlp("tanh"), _mlp_data()
+    module = numba_cpu.build(g)
+    params = g.init_params(0)
+    args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
+    with pytest.raises(ValueError, match="fewer rows than the batch"):
+        module.loss_and_grads(*args, module.workspace(len(data["x"]) - 1))
+    model = gn.compile(g, gn.SGD(lr=0.1), backend="cpu")
+    model.fit(data, epochs=1, batch_size=8)
+    ws = model.trainer._ws
+    model.fit(data, epochs=2, batch_size=4)  # a smaller batch fits in the same buffers
+    assert model.trainer._ws is ws and ws[0] == 8
+
+
 # --- float32 end to end -------------------------------------------------------------------------
 
 
@@ -221,7 +248,8 @@ def test_kernels_are_float32_end_to_end():
     assert _float_types(epoch, results=False) == {numba.float32}, epoch
     (forward,) = module.forward.nopython_signatures
     assert _float_types(forward) == {numba.float32}, forward
-    module.loss_and_grads(data["x"], data["y"], *(model.params[p] for p in g.param_names))
+    ws = module.workspace(len(data["x"]))
+    module.loss_and_grads(data["x"], data["y"], *(model.params[p] for p in g.param_names), ws)
     (grads,) = module.loss_and_grads.nopython_signatures
     assert _float_types(grads) == {numba.float32}, grads
     assert len(grads.return_type) == 5
@@ -233,7 +261,7 @@ def test_kernel_ir_has_no_double(fresh_cache):
     module = numba_cpu.build(g, opt, outputs=[g.loss_name])
     params = g.init_params(0)
     args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
-    module.loss_and_grads(*args)
+    module.loss_and_grads(*args, module.workspace(len(data["x"])))
     module.forward(*args)
     # apply_update as train_step calls it: P, G, <state>, <hyper>, t, gscale, all float32.
     w, f32 = params["W1"], np.float32
@@ -252,7 +280,8 @@ def test_ir_scan_finds_a_float64_leak(fresh_cache):
     assert "np.float32(1.0) + np.exp(" in text
     module = cache.load_module(text.replace("np.float32(1.0) + np.exp(", "1.0 + np.exp(", 1))
     data, params = _mlp_data(), g.init_params(0)
-    module.loss_and_grads(data["x"], data["y"], *(params[p] for p in g.param_names))
+    ws = module.workspace(len(data["x"]))
+    module.loss_and_grads(data["x"], data["y"], *(params[p] for p in g.param_names), ws)
     assert double_ops(kernel_ir(module.loss_and_grads, "loss_and_grads"))
 
 
@@ -267,7 +296,8 @@ def test_float64_dtype():
         assert cpu.params[p].dtype == np.float64
         assert_close(cpu.params[p], ref.params[p], p, rtol=1e-9, atol=1e-12)
     (sig,) = numba_cpu.build(g, None, "float64").loss_and_grads.nopython_signatures
-    assert all(a.dtype == numba.float64 for a in sig.args)
+    *arrays, ws = sig.args  # the data and parameters, then the workspace's buffers
+    assert all(a.dtype == numba.float64 for a in [*arrays, *ws.types])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -404,10 +434,13 @@ def test_elementwise_chain_is_one_loop_without_temporaries():
     body = text[text.index("def loss_and_grads(") : text.index("def forward(")]
     assert body.count("for i0 in range(n):") == 1, body
     assert "np.full(" not in body
-    assert re.findall(r"^\s*(\w+) = np\.(?:empty|zeros)\(", body, flags=re.M) == [
-        "d_sigmoid1",
-        "reduce_sum2",
-    ], body
+    # The step allocates nothing: its arrays are views of the buffers workspace(n) makes once.
+    assert not re.search(r"np\.(empty|zeros|full)\(", body), body
+    views = re.findall(r"^\s*(\w+) = ws_(\w+)(?:\[:n\])?$", body, flags=re.M)
+    assert [a for a, b in views if a == b and "matmul" not in a] == ["d_sigmoid1", "reduce_sum2"]
+    assert "reduce_sum2[:] = 0" in body  # an accumulator is zeroed before each step's sum
+    ws = text[text.index("def workspace(") : text.index("def loss_and_grads(")]
+    assert re.findall(r"# (\w+)$", ws, flags=re.M) == [a for a, _ in views], ws
     sig = signature(g, None)
     outputs = [sig.loss, *sig.grads]
     cpu = make_plan(sig.training, outputs, inline_consts=True, fuse_reductions=True)

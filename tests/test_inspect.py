@@ -138,7 +138,7 @@ def test_explain_digits_w1():
     for piece in (str(g.gradient("W1")), g.gradient("W1").latex(), "δ(add1) = δ(relu1) ∘"):
         assert piece in text, piece
     assert "why: input as good; output preferred" in text
-    assert "matmul4 = np.dot(x.T, d_relu1)" in text
+    assert "np.dot(x.T, d_relu1, matmul4)" in text
     assert "matmul5" not in text  # W2's gradient is not on W1's path
 
 
@@ -195,7 +195,7 @@ def test_kernel_lines_use_renamed_identifiers():
     e = gi.explain(g, "W")
     code = "\n".join(b.text() for b in e.blocks)
     assert "# matmul1 = loss_1^T @ d_bce_with_logits1" in code
-    assert "np.dot(loss_1.T, d_bce_with_logits1)" in code
+    assert "np.dot(loss_1.T, d_bce_with_logits1, matmul1)" in code
 
 
 def test_kernel_blocks_parse_a_module():
