@@ -184,6 +184,23 @@ def test_ragged_last_batch_reuses_the_workspace(act):
         assert_close(cpu.params[p], ref.params[p], f"{p} after 6 steps")
 
 
+@pytest.mark.parametrize("shape", [(), (2, 3)])
+def test_epoch_gathers_inputs_of_any_rank(shape):
+    # train_epoch copies each batch's rows element by element into a reused buffer: a scalar per
+    # row for an input of shape (n,), two nested loops for (n, 2, 3).
+    x, t = gn.input("x", shape), gn.input("t", shape)
+    w = gn.param("w", shape or (1,))
+    g = gn.Graph(gn.mean((gn.tanh(x * w) - t) ** 2))
+    rng = np.random.default_rng(3)
+    data = {k: rng.normal(size=(10, *shape)).astype(np.float32) for k in ("x", "t")}
+    models = {}
+    for backend in ("numpy", "cpu"):
+        models[backend] = gn.compile(g, gn.SGD(lr=0.5), backend=backend, seed=0)
+        models[backend].fit(data, epochs=2, batch_size=4, shuffle=True, seed=1)
+    assert_close(models["cpu"].params["w"], models["numpy"].params["w"], "w")
+    assert not np.array_equal(models["cpu"].params["w"], g.init_params(0)["w"])
+
+
 def test_workspace_too_small_is_refused_and_kept_across_fits():
     g, data = _mlp("tanh"), _mlp_data()
     module = numba_cpu.build(g)
