@@ -80,7 +80,8 @@ def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, callbac
 
 
 def _rows(arrays) -> int:
-    return len(next(iter(arrays.values())))
+    """Rows of the data; 1 when nothing is read from data (parameters and constants only)."""
+    return len(next(iter(arrays.values()))) if arrays else 1
 
 
 class Model:
@@ -303,6 +304,8 @@ class Model:
             trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})
             for s in range(0, _rows(arrays), EVAL_CHUNK)
         ]
+        if not needed:  # the node reads no data: one value, with no batch dimension
+            return np.asarray(chunks[0][node])
         return np.concatenate([c[node] for c in chunks])
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -100,6 +100,19 @@ def test_predict_named_nodes(digits):
         model.predict(test, node="nope")
 
 
+def test_predict_a_node_that_reads_no_data():
+    # A node of parameters only (an L2 penalty) has one value whatever the batch: predict
+    # returns it instead of failing to find a batch size in data it does not read.
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    W = gn.param("W", (3, 2))
+    penalty = gn.sum(W * W).named("penalty")
+    g = gn.Graph(gn.mse(x @ W, y) + 0.01 * penalty)
+    for backend in ("numpy", "cpu"):
+        model = gn.compile(g, optimizer=gn.SGD(lr=0.1), backend=backend)
+        got = model.predict({}, node="penalty")
+        assert got.shape == () and got == pytest.approx(float(np.sum(model.params["W"] ** 2)))
+
+
 # --- stopping ----------------------------------------------------------------------------------
 
 
