@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -41,8 +42,16 @@ def debug_level() -> int:
         return 0
 
 
+# graph -> {dtype name: module}: value_and_grad in a finite-difference loop builds once.
+_GRAD_MODULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
-    module = build(graph, None, dtype)
+    modules = _GRAD_MODULES.setdefault(graph, {})
+    key = np.dtype(dtype).name
+    if key not in modules:
+        modules[key] = build(graph, None, dtype)
+    module = modules[key]
     args = [values[n.name] for n in graph.forward.inputs]
     # A parameter the loss does not depend on (it feeds only an extra output) has a zero
     # gradient and no value among the training graph's; the kernel takes it but never reads it.

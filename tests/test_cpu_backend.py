@@ -502,6 +502,20 @@ def test_debug_env_prints_source(monkeypatch, capsys, level, shown):
         assert numba_cpu.source(g) in out
 
 
+def test_value_and_grad_builds_once_per_graph_and_dtype(monkeypatch):
+    g, data = _mlp("tanh"), _mlp_data()
+    rendered = []
+    real = numba_cpu.source
+    monkeypatch.setattr(numba_cpu, "source", lambda *a, **k: rendered.append(a) or real(*a, **k))
+    params = g.init_params(0)
+    first = g.value_and_grad(params, data, backend="cpu")
+    params["W1"] = params["W1"] + 0.5
+    second = g.value_and_grad(params, data, backend="cpu")
+    assert len(rendered) == 1 and first[0] != second[0]  # rebuilt: no; recomputed: yes
+    g.value_and_grad({k: v.astype(np.float64) for k, v in params.items()}, data, backend="cpu")
+    assert len(rendered) == 2  # a new dtype is a new module
+
+
 def _bessel_graph(on_param_path: bool):
     z = sympy.Symbol("z")
     bessel = gn.elementwise("bessel", sympy.besselj(0, z) + z, [z])
