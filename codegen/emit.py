@@ -110,10 +110,12 @@ def kernel(
     """One njit function computing ``outputs`` of ``ir`` from ``args``.
 
     With ``workspace``, the function takes a last argument ``ws`` (what the ``workspace(n)``
-    function printed before it returns) and allocates nothing: every array is a view of a
-    buffer of ``ws``.  A training step then reuses one set of buffers for a whole epoch; freshly
-    allocated multi-MB arrays cost a page fault per 4 KiB on every step (40% of a step of a
-    1024-wide MLP), because malloc hands freed large blocks back to the OS.
+    function printed before it returns), and every array with a leading batch dimension or no
+    batch dimension is a view of a buffer of ``ws`` (array constants that are not inlined, and
+    arrays whose batch dimension is not first, are still allocated).  Training then reuses one
+    set of buffers for every step; freshly allocated multi-MB arrays cost a page fault per 4 KiB
+    on every step (40% of a step of a 1024-wide MLP), because malloc hands freed large blocks
+    back to the OS.
     """
     plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
     # float32 tanh as a vectorizable rational function (codegen/approx.py): libm's tanhf is a

@@ -300,12 +300,12 @@ class Model:
         trainer = self._predictors[node]
         needed = trainer.forward_inputs()
         arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
+        if not needed:  # the node reads no data: one value, with no batch dimension
+            return np.asarray(trainer.forward(self.params, {})[node])
         chunks = [
             trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})
             for s in range(0, _rows(arrays), EVAL_CHUNK)
         ]
-        if not needed:  # the node reads no data: one value, with no batch dimension
-            return np.asarray(chunks[0][node])
         return np.concatenate([c[node] for c in chunks])
 
     # --- checkpoints ---------------------------------------------------------------------------
