@@ -17,7 +17,6 @@ True
 from __future__ import annotations
 
 import builtins
-import importlib
 import re
 from pathlib import Path
 
@@ -74,7 +73,9 @@ def export_module(graph, path, optimizer=None, backend="cpu", dtype="float32") -
         raise CodegenError(f"cannot export dtype {name}; use float32 or float64")
     optimizer = optimizer or SGD(lr=0.01)
     if backend == "cuda":
-        text = _cuda_source(graph, optimizer, name)
+        from codegen.export_cuda import cuda_standalone_source
+
+        text = cuda_standalone_source(graph, optimizer, name, title=path.stem)
     else:
         text = standalone_source(graph, optimizer, name, title=path.stem)
     atomic_write_text(path, text)
@@ -88,16 +89,6 @@ def _check_path(path) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot export to {path}: directory {path.parent} does not exist")
     return path
-
-
-def _cuda_source(graph, optimizer, dtype: str) -> str:
-    try:
-        cuda = importlib.import_module("codegen.numba_cuda")
-    except ImportError as e:
-        raise CodegenError(f"the CUDA exporter isn't available yet ({e})") from None
-    if not hasattr(cuda, "source"):
-        raise CodegenError("the CUDA exporter isn't available yet (codegen.numba_cuda.source)")
-    return cuda.source(graph, optimizer, dtype)
 
 
 def standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
@@ -135,15 +126,20 @@ def _drop_unused_nf(lines: list[str]) -> list[str]:
     return lines if reads else [ln for ln in lines if not ln.strip().startswith("nf = ")]
 
 
-def _retitle(text: str, title: str, loss: str, dtype: str) -> str:
+CPU_API = [
+    "API: init_params(seed), init_state(params), loss, grads, step, fit_epoch, predict;",
+    "raw kernels: workspace, loss_and_grads, forward, forward_prediction, train_step,",
+    "train_epoch.",
+]
+
+
+def _retitle(text: str, title: str, loss: str, dtype: str, api: list[str] = CPU_API) -> str:
     """Replace module_source's one-line title with one naming the model and its API."""
     lines = [
         f'"""{title}: a standalone training module exported by graphnn (loss {loss!r}, {dtype}).',
         "",
         f"Train: python {title}.py data.npz --epochs 10 (the .npz keys are the input names).",
-        "API: init_params(seed), init_state(params), loss, grads, step, fit_epoch, predict;",
-        "raw kernels: workspace, loss_and_grads, forward, forward_prediction, train_step,",
-        "train_epoch.",
+        *api,
         "",
     ]
     if text.startswith('"""'):

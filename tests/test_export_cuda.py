@@ -112,3 +112,84 @@ def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
     assert not np.array_equal(out["W1"], start["W1"])  # it trained
     loss = float(out["losses"].astype(np.float64) @ [4, 4, 4]) / 12  # fit's mean epoch loss
     np.testing.assert_allclose(loss, history["loss"][-1], rtol=1e-4)
+
+
+API_SCRIPT = """
+import importlib.util
+import sys
+
+import numpy as np
+from numba import cuda
+
+assert cuda.is_available() and cuda.simulator
+fix = importlib.util.spec_from_file_location("cudasim", sys.argv[4])
+cudasim = importlib.util.module_from_spec(fix)
+fix.loader.exec_module(cudasim)
+assert cudasim.lock_shared_arrays()
+spec = importlib.util.spec_from_file_location("mlp_cuda", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+with np.load(sys.argv[2]) as f:
+    data = {k: f[k] for k in f.files}
+params = m.init_params(0)
+state = m.init_state(params)
+before = m.grads(data["x"], data["y"], params)
+mean, t = m.fit_epoch(data, params, state, batch_size=4)
+pred = m.predict(data["x"], params)
+out = {**params, **state, "mean": mean, "t": t, "pred": pred, "loss0": before[0]}
+out |= {"grad_" + k: g for k, g in before[1].items()}
+np.savez(sys.argv[3], **out)
+print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
+"""
+
+
+def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
+    """init_params, init_state, grads, fit_epoch and predict of the exported CUDA module, on the
+    simulator with graphnn blocked, against gn.compile(..., backend="cpu") from the same seed."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
+    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
+    graph = gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
+    optimizer = gn.Adam(lr=0.05)
+    rng = np.random.default_rng(8)
+    data = {
+        "x": rng.normal(size=(10, 4)).astype(np.float32),  # batches of 4, 4 and 2
+        "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)],
+    }
+    path = graph.export(tmp_path / "mlp_cuda.py", optimizer=optimizer, backend="cuda")
+    text = path.read_text()
+    assert "def fit_epoch(" in text and "def predict(" in text and "def init_params(" in text
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"  # the project's lint rules
+    lint = [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(config), path]
+    r = subprocess.run(lint, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    np.savez(tmp_path / "data.npz", **data)
+    stubs = tmp_path / "stubs"
+    for name in BLOCKED:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
+    env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
+    files = [str(path), str(tmp_path / "data.npz"), str(tmp_path / "out.npz")]
+    files.append(str(Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"))
+    proc = subprocess.run(
+        [sys.executable, "-c", API_SCRIPT, *files],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.split() == ["[]"], proc.stdout  # graphnn, sympy, networkx never imported
+    with np.load(tmp_path / "out.npz") as f:
+        out = {k: f[k] for k in f.files}
+
+    model = gn.compile(graph, optimizer, backend="cpu", seed=0)
+    loss0, grads0 = graph.value_and_grad(model.params, data, backend="cpu")
+    np.testing.assert_allclose(out["loss0"], loss0, rtol=1e-5)
+    for name, g in grads0.items():
+        np.testing.assert_allclose(out["grad_" + name], g, rtol=1e-4, atol=1e-6, err_msg=name)
+    history = model.fit(data, epochs=1, batch_size=4, shuffle=False)
+    assert int(out["t"]) == model.step == 3
+    np.testing.assert_allclose(out["mean"], history["loss"][-1], rtol=1e-4)
+    for name, value in {**model.params, **model.state}.items():
+        np.testing.assert_allclose(out[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert not np.array_equal(out["W1"], graph.init_params(0)["W1"])  # it trained
+    np.testing.assert_allclose(out["pred"], model.predict(data), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,153 @@
+"""The CUDA export: graphnn's CUDA kernel module plus the host API of the CPU export.
+
+The file holds the text :func:`codegen.numba_cuda.source` generates (``@cuda.jit`` kernels, the
+``Workspace`` of device buffers and the host functions ``loss_and_grads``, ``forward`` and
+``train_epoch``), its ``forward`` computing the prediction node, and plain-Python wrappers with
+the CPU export's names: ``init_params``, ``init_state``, ``grads``, ``fit_epoch``, ``predict``
+and a ``__main__`` that trains on an ``.npz`` file.  Host arrays go in and come out; each call
+copies them to the device and back.  It imports only numpy, numba (with numba-cuda) and the
+standard library.
+
+The launch sizes (threads per block, tile edge) are those of the machine that exported the file:
+a GPU's, or small ones under the simulator.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from codegen.emit import forward_inputs
+from codegen.export import (
+    API,
+    LOCALS,
+    MAIN,
+    _add_imports,
+    _arg,
+    _constants,
+    _init_functions,
+    _q,
+    _retitle,
+    _wrapped,
+)
+from graphnn.errors import CodegenError
+from graphnn.metrics import prediction_node
+
+# Globals of the CUDA kernel module (codegen/cuda_emit.py) and names the wrappers define or use
+# locally: an input named like one of them gets a trailing "_".
+TAKEN = {"cuda", "math", "Workspace", "TILE", "TILE_PAD", "THREADS", "MAX_BLOCKS"}
+TAKEN |= {"REDUCE_THREADS", "blocks", "tiles", "_device", "launched", "weights", "buffers"}
+TAKEN |= {"losses", "gscale", "code", "bad_step", "rows", "names", "values", "device", "grads"}
+TITLE_API = [
+    "API: init_params(seed), init_state(params), grads, fit_epoch, predict (host arrays in and",
+    "out; each call copies to the GPU and back); raw host functions: Workspace, loss_and_grads,",
+    "forward (the prediction), train_epoch.",
+]
+
+
+def cuda_standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
+    """The exported CUDA module's text: kernels, constants, host wrappers, main."""
+    try:
+        cuda = importlib.import_module("codegen.numba_cuda")
+    except ImportError as e:
+        raise CodegenError(f"the CUDA exporter needs numba-cuda ({e})") from None
+    prediction = prediction_node(graph.forward, graph.loss_name)[0]
+    sig = cuda.cuda_signature(graph, optimizer)
+    text = cuda.source(graph, optimizer, dtype, (prediction,))
+    text = _add_imports(_retitle(text, title, graph.loss_name, dtype, TITLE_API))
+    parts = [text.rstrip("\n"), "", ""]
+    parts += _constants(graph, optimizer, dtype, prediction)
+    parts += _init_functions(graph)
+    parts += _wrappers(graph, sig, prediction)
+    parts += MAIN.splitlines()
+    return "\n".join(parts) + "\n"
+
+
+def _wrappers(graph, sig, prediction) -> list[str]:
+    hyper = list(sig.hyper)
+    taken = API | LOCALS | TAKEN | set(hyper) | {h.upper() for h in hyper}
+    xs = [_arg(i, taken) for i in sig.inputs]
+    px = [_arg(sig.ident[i], taken) for i in forward_inputs(graph, [prediction])]
+    kw = [f"{h}={h.upper()}" for h in hyper]
+    epoch = ["Workspace(DTYPE)", "*arrays", "_device(perm)[0]", "batch_size", "*weights"]
+    epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
+    epoch += ["t0", "losses", "status", "gscale"]
+    fill = {
+        "xs": ", ".join(xs),
+        "px": ", ".join(px),
+        "pred": _q(prediction),
+        "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
+        "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
+        "def_fit": "\n".join(
+            _wrapped(
+                "def fit_epoch",
+                ["data", "params", "state", "batch_size=32", "perm=None", "t0=0", *kw],
+                ":",
+            )
+        ),
+        "call_epoch": "\n".join(_wrapped("launched = train_epoch", epoch, "", "    ")),
+    }
+    return WRAPPERS.format(**fill).splitlines()
+
+
+WRAPPERS = '''\
+def _arrays(values, names):
+    return tuple(values[k] for k in names)
+
+
+def _device(*arrays):
+    """Contiguous device copies; a 0-d array goes up as shape (1,), as the kernels take it."""
+    out = []
+    for a in arrays:
+        host = np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind == "i" else DTYPE)
+        out.append(cuda.to_device(host.reshape(host.shape or (1,))))
+    return tuple(out)
+
+
+def _check(status, t):
+    if status != 0:
+        what = "the loss" if status < 0 else f"the gradient of {{list(PARAMS)[status - 1]}}"
+        raise FloatingPointError(f"step {{t}}: {{what}} is not finite (NaN or Inf)")
+
+
+{def_grads}
+    """The loss and every parameter's gradient (by name) on one batch, computed on the GPU."""
+    weights = _device(*_arrays(params, PARAMS))
+    out = loss_and_grads(Workspace(DTYPE), *_device({xs}), *weights)
+    value = float(out[0].copy_to_host()[0])
+    grads = zip(PARAMS, out[1:], strict=True)
+    return value, {{k: g.copy_to_host().reshape(params[k].shape) for k, g in grads}}
+
+
+{def_fit}
+    """Mini-batch steps over ``data`` (arrays by input name) in the order of ``perm`` (default:
+    data order) on the GPU; ``params`` and ``state`` are updated in place.  ``lr``: one value or
+    one per step; ``t0``: steps done before.  Returns (mean loss, t0 + steps done)."""
+    arrays = _device(*_arrays(data, INPUTS))
+    n = arrays[0].shape[0]
+    perm = np.arange(n, dtype=np.int64) if perm is None else np.asarray(perm, dtype=np.int64)
+    batch_size = min(int(batch_size or n), n)
+    steps = -(-perm.shape[0] // batch_size)
+    lrs = np.ascontiguousarray(np.broadcast_to(np.asarray(lr, dtype=DTYPE), (steps,)))
+    weights, buffers = _device(*_arrays(params, PARAMS)), _device(*_arrays(state, STATE))
+    losses = cuda.device_array(max(steps, 1), dtype=DTYPE)
+    status = cuda.to_device(np.zeros(2, np.int64))
+    gscale = cuda.to_device(np.ones(1, DTYPE))
+{call_epoch}
+    code, bad_step = (int(v) for v in status.copy_to_host())
+    done = launched if code == 0 else bad_step  # a bad step left every parameter as it was
+    for names, values, device in ((PARAMS, params, weights), (STATE, state, buffers)):
+        for k, d in zip(names, device, strict=True):
+            values[k][...] = d.copy_to_host().reshape(values[k].shape)
+    _check(code, t0 + done + 1)
+    rows = np.minimum(batch_size, perm.shape[0] - batch_size * np.arange(done))
+    total = losses.copy_to_host()[:done].astype(np.float64) @ rows
+    return float(total) / perm.shape[0], t0 + done
+
+
+{def_predict}
+    """The prediction node {pred} for a batch, computed on the GPU."""
+    (out,) = forward(Workspace(DTYPE), *_device({px}), *_device(*_arrays(params, PARAMS)))
+    return out.copy_to_host()
+
+
+'''
