@@ -31,6 +31,7 @@ __all__ = [
     "checkpoint_name",
     "latest_checkpoint",
     "load_checkpoint",
+    "prune_checkpoints",
     "save_checkpoint",
 ]
 
@@ -105,6 +106,25 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name))]
     return max(found)[1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest ``ckpt-<step>.npz`` files of ``directory``; returns the
+    deleted paths.  Other files (``best.npz``, temp files of a write in progress) stay.
+
+    >>> prune_checkpoints("runs", keep=3)  # doctest: +SKIP
+    [PosixPath('runs/ckpt-000000100.npz')]
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    directory = Path(directory)
+    found = sorted(
+        (int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name))
+    )
+    old = [p for _, p in found[: max(0, len(found) - keep)]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def _digest(meta_bytes: bytes, names: list[str], arrays: list[np.ndarray]) -> str:

@@ -61,7 +61,7 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, callbacks) -> None:
+def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, keep, callbacks) -> None:
     checks = [
         (_is_int(epochs) and epochs >= 0, "epochs must be an int >= 0", epochs),
         (batch_size is None or (_is_int(batch_size) and batch_size >= 1),
@@ -70,6 +70,8 @@ def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, callbac
         (tol is None or (isinstance(tol, numbers.Real) and tol >= 0), "tol must be >= 0", tol),
         (_is_int(checkpoint_every) and checkpoint_every >= 1,
          "checkpoint_every must be an int >= 1", checkpoint_every),
+        (keep is None or (_is_int(keep) and keep >= 1),
+         "checkpoint_keep must be an int >= 1, or None to keep every checkpoint", keep),
     ]  # fmt: skip
     for ok, what, value in checks:
         if not ok:
@@ -132,6 +134,7 @@ class Model:
         monitor: str | None = None,
         checkpoint_dir=None,
         checkpoint_every: int = 1,
+        checkpoint_keep: int | None = None,
         resume: bool = False,
         callbacks: Sequence[Callable] = (),
         progress: bool = False,
@@ -143,11 +146,14 @@ class Model:
         validation data, else ``loss``) has not improved for ``patience`` epochs
         ("early_stopping"; the best parameters are restored).  ``history["stopped"]`` says why.
         ``checkpoint_dir``: save every ``checkpoint_every`` epochs, at the end, and ``best.npz``
-        whenever ``monitor`` improves.  ``resume``: continue the run of the latest checkpoint in
+        whenever ``monitor`` improves; ``checkpoint_keep``: keep only the newest this many
+        ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).  ``resume``: continue the run of the latest checkpoint in
         ``checkpoint_dir`` (or the model's own run).  ``callbacks``: ``f(model, epoch, logs)``
         after each epoch.  ``progress``: a tqdm bar on stderr.
         """
-        _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, callbacks)
+        _check_fit_args(
+            epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
+        )
         arrays = check_data(self.graph.forward, data, self.dtype)
         train, val = self._split(arrays, validation_data, validation_split, seed)
         n = _rows(train)
@@ -173,7 +179,8 @@ class Model:
                 ended = reason or ("epochs" if self.epoch >= epochs else None)
                 self.history["stopped"] = ended
                 if checkpoint_dir is not None:
-                    self._checkpoint(checkpoint_dir, checkpoint_every, watch.is_best, ended)
+                    every, keep = checkpoint_every, checkpoint_keep
+                    self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
                 bar.update(logs)
                 for callback in callbacks:
                     callback(self, self.epoch, logs)
@@ -361,10 +368,12 @@ class Model:
             self._rng = np.random.default_rng()
             self._rng.bit_generator.state = meta["rng"]
 
-    def _checkpoint(self, directory, every: int, is_best: bool, last) -> None:
+    def _checkpoint(self, directory, every: int, keep: int | None, is_best: bool, last) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.epoch % every == 0 or last:
             self.save(directory / ckpt.checkpoint_name(self.step))
+            if keep is not None:
+                ckpt.prune_checkpoints(directory, keep)
         if is_best:
             self.save(directory / BEST)

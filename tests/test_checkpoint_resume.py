@@ -112,6 +112,25 @@ def test_checkpoint_files_and_contents(data, tmp_path):
     assert best_meta["epoch"] == best
 
 
+def test_checkpoint_keep_prunes_old_files_and_the_run_still_resumes(data, tmp_path):
+    straight = gn.compile(linear_graph(), optimizer=adam(), seed=1)
+    want = straight.fit(data, **FIT)
+    first = gn.compile(linear_graph(), optimizer=adam(), seed=1)
+    kw = dict(checkpoint_dir=tmp_path, checkpoint_every=1, checkpoint_keep=2)
+    with pytest.raises(Crash):
+        first.fit(data, **FIT, **kw, callbacks=[crash_after(4)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    steps = [int(n[5:-4]) for n in names if n.startswith("ckpt-")]
+    assert len(steps) == 2 and max(steps) == first.step and "best.npz" in names, names
+    resumed = gn.compile(linear_graph(), optimizer=adam(), seed=1)
+    got = resumed.fit(data, **FIT, **kw, resume=True)
+    assert got["loss"] == want["loss"]
+    np.testing.assert_array_equal(resumed.params["W"], straight.params["W"])
+    assert len(list(tmp_path.glob("ckpt-*.npz"))) == 2
+    with pytest.raises(gn.DataError, match="checkpoint_keep must be an int >= 1"):
+        resumed.fit(data, **FIT, checkpoint_dir=tmp_path, checkpoint_keep=0, resume=True)
+
+
 def test_new_run_refuses_a_directory_holding_another(data, tmp_path):
     model = gn.compile(linear_graph(), optimizer=adam())
     model.fit(data, epochs=1, checkpoint_dir=tmp_path)
