@@ -150,6 +150,9 @@ def _factory(name: str):
 # --- steady-state throughput ------------------------------------------------------------------
 
 
+IDLE_GAP_S = 0.3  # before every timed repeat, whichever trainer it is
+
+
 def time_repeat(trainer, n_chunks: int, min_time: float, max_time: float) -> float:
     """Samples per second over ``n_chunks`` chunks, plus more while under ``min_time`` seconds.
 
@@ -157,7 +160,10 @@ def time_repeat(trainer, n_chunks: int, min_time: float, max_time: float) -> flo
     can slow down 100x, and the run should still end.
     """
     gc.collect()
-    time.sleep(0.05)  # let the previous trainer's spinning worker threads go idle
+    # Let the previous trainer's worker threads go idle: an OpenBLAS worker spins for 2**28
+    # cycles (~0.1 s) after its last call (THREAD_TIMEOUT), OpenMP and Eigen pools for less. A
+    # spinning thread of another pool takes a core from whatever runs next.
+    time.sleep(IDLE_GAP_S)
     samples, done, t0 = 0, 0, time.perf_counter()
     while True:
         samples += trainer.train_chunk()
