@@ -360,7 +360,10 @@ def main(argv=None):
     n, t = len(data[next(iter(INPUTS))]), 0
     for epoch in range(1, args.epochs + 1):
         perm = None if args.no_shuffle else rng.permutation(n)
-        value, t = fit_epoch(data, params, state, args.batch_size, perm, t, lr=args.lr)
+        try:
+            value, t = fit_epoch(data, params, state, args.batch_size, perm, t, lr=args.lr)
+        except (FloatingPointError, RuntimeError) as e:  # NaN/Inf, or no GPU for a CUDA module
+            parser.exit(1, f"epoch {epoch}: {e}\\n")
         print(f"epoch {epoch}: loss {value:.6f}", flush=True)
     if args.save:
         np.savez(args.save, **params)

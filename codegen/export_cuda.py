@@ -96,6 +96,12 @@ def _arrays(values, names):
 
 def _device(*arrays):
     """Contiguous device copies; a 0-d array goes up as shape (1,), as the kernels take it."""
+    if not cuda.is_available():
+        raise RuntimeError(
+            "no CUDA GPU is available (numba.cuda.is_available() is False); to run this module "
+            "on Numba's simulator instead (slow: tiny shapes only), set NUMBA_ENABLE_CUDASIM=1 "
+            "before Python starts"
+        )
     out = []
     for a in arrays:
         host = np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind == "i" else DTYPE)

@@ -156,6 +156,9 @@ def test_main_trains_on_npz_like_fit(digits):
     r = run(digits, "digits_mlp.py", "missing.npz")
     assert r.returncode == 2 and "cannot read missing.npz" in r.stderr
     assert "Traceback" not in r.stderr
+    r = run(digits, *args[:2], "--epochs", "2", "--lr", "1e30")  # diverges at once
+    assert r.returncode == 1 and "is not finite (NaN or Inf)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def _load(path):

@@ -193,3 +193,23 @@ def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
         np.testing.assert_allclose(out[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
     assert not np.array_equal(out["W1"], graph.init_params(0)["W1"])  # it trained
     np.testing.assert_allclose(out["pred"], model.predict(data), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_export_main_without_a_gpu_says_so(tmp_path):
+    """Without a GPU (and without the simulator) the exported module's main names the problem
+    and the way out instead of Numba's driver traceback; with a GPU it trains."""
+    x, y = gn.input("x", (2,)), gn.input("y", (1,))
+    graph = gn.Graph(gn.mse(x @ gn.param("W", (2, 1)), y))
+    path = graph.export(tmp_path / "tiny_cuda.py", backend="cuda")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(8, 2)), y=rng.normal(size=(8, 1)))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run(
+        [sys.executable, str(path), str(tmp_path / "d.npz"), "--epochs", "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if r.returncode == 0:  # a machine with a GPU
+        assert r.stdout.startswith("epoch 1: loss "), r.stdout
+    else:
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "no CUDA GPU is available" in r.stderr and "NUMBA_ENABLE_CUDASIM=1" in r.stderr
