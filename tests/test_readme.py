@@ -1,0 +1,31 @@
+"""The README's 30-line example runs as written and prints what its comments say."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def example() -> str:
+    text = README.read_text()
+    match = re.search(r"## A 30-line example\n\n```python\n(.*?)```", text, re.S)
+    assert match, "the README lost its example section"
+    return match.group(1)
+
+
+def test_readme_example_runs_and_prints_its_comments():
+    code = example()
+    assert len(code.splitlines()) <= 30
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README example", "exec"), {})  # our own README, not user input
+    lines = out.getvalue().splitlines()
+    # print(g.gradient("W1"))  # <the formula the README shows>
+    shown = re.search(r'print\(g\.gradient\("W1"\)\)\s+# (.+)', code).group(1)
+    assert lines[0] == shown
+    assert lines[1].startswith("x^{T}")  # the LaTeX form
+    loss, val_accuracy = map(float, lines[2].split())
+    assert loss < 0.05 and val_accuracy >= 0.95, lines[2]
+    assert re.fullmatch(r"\[\d( \d){4}\]", lines[3]), lines[3]  # five predicted classes
