@@ -253,16 +253,26 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
         "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
         "def_step": "\n".join(_wrapped("def step", [*xs, "params", "state", "t=1", *kw], ":")),
-        "def_fit": "\n".join(
-            _wrapped(
-                "def fit_epoch",
-                ["data", "params", "state", "batch_size=32", "perm=None", "t0=0", *kw],
-                ":",
-            )
-        ),
+        "def_fit": def_fit_epoch(kw),
+        "epoch_order": EPOCH_ORDER,
         "call_epoch": "\n".join(_wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
     return WRAPPERS.format(**fill).splitlines()
+
+
+# fit_epoch's batches, in the CPU and the CUDA export alike (``arrays`` holds the inputs).
+EPOCH_ORDER = """\
+    n = arrays[0].shape[0]
+    perm = np.arange(n, dtype=np.int64) if perm is None else np.asarray(perm, dtype=np.int64)
+    batch_size = min(int(batch_size or n), n)
+    steps = -(-perm.shape[0] // batch_size)
+    lrs = np.ascontiguousarray(np.broadcast_to(np.asarray(lr, dtype=DTYPE), (steps,)))"""
+
+
+def def_fit_epoch(kw: list[str]) -> str:
+    """``def fit_epoch(...):`` with the optimizer's hyper-parameters as keyword defaults."""
+    args = ["data", "params", "state", "batch_size=32", "perm=None", "t0=0", *kw]
+    return "\n".join(_wrapped("def fit_epoch", args, ":"))
 
 
 WRAPPERS = '''\
@@ -314,11 +324,7 @@ def _check(status, t):
     data order), in place.  ``lr``: one value or one per step; ``t0``: steps done before.
     Returns (mean loss, t0 + steps done)."""
     arrays = _data(*_arrays(data, INPUTS))
-    n = arrays[0].shape[0]
-    perm = np.arange(n, dtype=np.int64) if perm is None else np.asarray(perm, dtype=np.int64)
-    batch_size = min(int(batch_size or n), n)
-    steps = -(-perm.shape[0] // batch_size)
-    lrs = np.ascontiguousarray(np.broadcast_to(np.asarray(lr, dtype=DTYPE), (steps,)))
+{epoch_order}
 {call_epoch}
     _check(status, t0 + done + 1)
     return total / perm.shape[0], t0 + done

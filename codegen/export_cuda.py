@@ -19,6 +19,7 @@ import importlib
 from codegen.emit import forward_inputs
 from codegen.export import (
     API,
+    EPOCH_ORDER,
     LOCALS,
     MAIN,
     _add_imports,
@@ -28,6 +29,7 @@ from codegen.export import (
     _q,
     _retitle,
     _wrapped,
+    def_fit_epoch,
 )
 from graphnn.errors import CodegenError
 from graphnn.metrics import prediction_node
@@ -77,13 +79,8 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "pred": _q(prediction),
         "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
         "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
-        "def_fit": "\n".join(
-            _wrapped(
-                "def fit_epoch",
-                ["data", "params", "state", "batch_size=32", "perm=None", "t0=0", *kw],
-                ":",
-            )
-        ),
+        "def_fit": def_fit_epoch(kw),
+        "epoch_order": EPOCH_ORDER,
         "call_epoch": "\n".join(_wrapped("launched = train_epoch", epoch, "", "    ")),
     }
     return WRAPPERS.format(**fill).splitlines()
@@ -129,11 +126,7 @@ def _check(status, t):
     data order) on the GPU; ``params`` and ``state`` are updated in place.  ``lr``: one value or
     one per step; ``t0``: steps done before.  Returns (mean loss, t0 + steps done)."""
     arrays = _device(*_arrays(data, INPUTS))
-    n = arrays[0].shape[0]
-    perm = np.arange(n, dtype=np.int64) if perm is None else np.asarray(perm, dtype=np.int64)
-    batch_size = min(int(batch_size or n), n)
-    steps = -(-perm.shape[0] // batch_size)
-    lrs = np.ascontiguousarray(np.broadcast_to(np.asarray(lr, dtype=DTYPE), (steps,)))
+{epoch_order}
     weights, buffers = _device(*_arrays(params, PARAMS)), _device(*_arrays(state, STATE))
     losses = cuda.device_array(max(steps, 1), dtype=DTYPE)
     status = cuda.to_device(np.zeros(2, np.int64))

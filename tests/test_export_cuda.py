@@ -19,7 +19,8 @@ import graphnn as gn
 
 BLOCKED = ("graphnn", "sympy", "networkx")
 
-SIM_SCRIPT = """
+# Both scripts start here: argv = exported module, input .npz, output .npz, codegen/cudasim.py.
+PREAMBLE = """
 import importlib.util
 import inspect
 import sys
@@ -36,6 +37,11 @@ assert cudasim.lock_shared_arrays()
 spec = importlib.util.spec_from_file_location("mlp_cuda", sys.argv[1])
 m = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(m)
+"""
+
+SIM_SCRIPT = (
+    PREAMBLE
+    + """
 with np.load(sys.argv[2]) as f:
     host = {k: f[k] for k in f.files}
 dtype = np.float32
@@ -63,6 +69,24 @@ out["losses"] = device["losses"].copy_to_host()
 np.savez(sys.argv[3], **out)
 print(done, int(status[0]), sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 """
+)
+
+
+def run_blocked(tmp_path, script: str, module: Path, data: Path) -> subprocess.CompletedProcess:
+    """``script`` on the simulator in a subprocess where graphnn, SymPy and networkx can't be
+    imported (stub packages that raise ImportError come first on the path); it writes out.npz."""
+    stubs = tmp_path / "stubs"
+    for name in BLOCKED:
+        (stubs / name).mkdir(parents=True, exist_ok=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
+    env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
+    cudasim = Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"
+    files = [str(module), str(data), str(tmp_path / "out.npz"), str(cudasim)]
+    return subprocess.run(
+        [sys.executable, "-c", script, *files],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
 
 
 def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
@@ -84,19 +108,8 @@ def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
     start = {"batch_size": 4, **optimizer.hyper, **model.params, **model.state, **data}
     np.savez(tmp_path / "start.npz", **start)  # initial params and state (zero), data, hyper
 
-    stubs = tmp_path / "stubs"  # packages that raise ImportError come first on the path
-    for name in BLOCKED:
-        (stubs / name).mkdir(parents=True)
-        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
-    env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
-    files = [str(path), str(tmp_path / "start.npz"), str(tmp_path / "out.npz")]
-    files.append(str(Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"))
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", SIM_SCRIPT, *files],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_blocked(tmp_path, SIM_SCRIPT, path, tmp_path / "start.npz")
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert proc.stdout.split() == ["3", "0", "[]"], (proc.stdout, wall)  # 3 steps, finite
@@ -114,21 +127,9 @@ def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
     np.testing.assert_allclose(loss, history["loss"][-1], rtol=1e-4)
 
 
-API_SCRIPT = """
-import importlib.util
-import sys
-
-import numpy as np
-from numba import cuda
-
-assert cuda.is_available() and cuda.simulator
-fix = importlib.util.spec_from_file_location("cudasim", sys.argv[4])
-cudasim = importlib.util.module_from_spec(fix)
-fix.loader.exec_module(cudasim)
-assert cudasim.lock_shared_arrays()
-spec = importlib.util.spec_from_file_location("mlp_cuda", sys.argv[1])
-m = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(m)
+API_SCRIPT = (
+    PREAMBLE
+    + """
 with np.load(sys.argv[2]) as f:
     data = {k: f[k] for k in f.files}
 params = m.init_params(0)
@@ -141,6 +142,7 @@ out |= {"grad_" + k: g for k, g in before[1].items()}
 np.savez(sys.argv[3], **out)
 print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 """
+)
 
 
 def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
@@ -164,18 +166,7 @@ def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
     r = subprocess.run(lint, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     np.savez(tmp_path / "data.npz", **data)
-    stubs = tmp_path / "stubs"
-    for name in BLOCKED:
-        (stubs / name).mkdir(parents=True)
-        (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
-    env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
-    files = [str(path), str(tmp_path / "data.npz"), str(tmp_path / "out.npz")]
-    files.append(str(Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"))
-    proc = subprocess.run(
-        [sys.executable, "-c", API_SCRIPT, *files],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_blocked(tmp_path, API_SCRIPT, path, tmp_path / "data.npz")
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert proc.stdout.split() == ["[]"], proc.stdout  # graphnn, sympy, networkx never imported
     with np.load(tmp_path / "out.npz") as f:
