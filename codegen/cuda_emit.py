@@ -78,8 +78,9 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc):
         kernels += piece.kernels
         body += piece.host + ([""] if piece.host else [])
     body.append("return " + ", ".join(outputs) + ("," if len(outputs) == 1 else ""))
-    if not any(re.search(r"\bnf\b", line) for line in body[3:]):
-        body.remove(f"nf = np.{dtype}(n)")  # no mean in this function: lints clean when exported
+    for k, var in ((2, "nf"), (1, "n")):  # drop an unused size: exported modules lint clean
+        if not any(re.search(rf"\b{var}\b", ln) for ln in body[:k] + body[k + 1 :]):
+            del body[k]
     return kernels, [f"def {name}(ws, {', '.join(args)}):", *indent(body, 1)], scope.matmuls
 
 

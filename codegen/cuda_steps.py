@@ -224,7 +224,8 @@ def emit_reduce_sum(step: Step, scope: CudaScope) -> Piece:
     body = [
         f"part = cuda.shared.array(REDUCE_THREADS, np.{scope.dtype})",
         "tid = cuda.threadIdx.x",
-        f"for o in range(cuda.blockIdx.x, {n_out}, cuda.gridDim.x):  # one block per output",
+        f"for {'o' if kept else '_'} in range(cuda.blockIdx.x, {n_out}, cuda.gridDim.x):"
+        "  # one block per output",
         *indent(per_output, 1),
     ]
     args = [scope.array_arg(x), scope.array_arg(node.name), *scope.sizes(body)]

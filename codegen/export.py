@@ -121,9 +121,15 @@ def _add_imports(text: str) -> str:
 
 
 def _drop_unused_nf(lines: list[str]) -> list[str]:
-    """Drop ``nf = <dtype>(n)`` when nothing reads it (a forward kernel without a mean)."""
-    reads = any(re.search(r"\bnf\b", ln) for ln in lines if not ln.strip().startswith("nf = "))
-    return lines if reads else [ln for ln in lines if not ln.strip().startswith("nf = ")]
+    """Drop ``nf = <dtype>(n)`` when nothing reads it (a forward kernel without a mean), then
+    ``n = ...`` likewise (a prediction that reads no input)."""
+    for name in ("nf", "n"):
+        head = f"{name} = "
+        reads = any(
+            re.search(rf"\b{name}\b", ln) for ln in lines if not ln.strip().startswith(head)
+        )
+        lines = lines if reads else [ln for ln in lines if not ln.strip().startswith(head)]
+    return lines
 
 
 CPU_API = [
@@ -147,9 +153,10 @@ def _retitle(text: str, title: str, loss: str, dtype: str, api: list[str] = CPU_
     return "\n".join(lines) + '"""\n\n' + text
 
 
-def _constants(graph, optimizer, dtype, prediction) -> list[str]:
+def _constants(graph, optimizer, dtype, prediction, taken=frozenset()) -> list[str]:
+    """Module constants; ``taken``: more names a hyper-parameter must not have."""
     hyper = _hyper_values(optimizer)
-    bad = {h for h in hyper if h in LOCALS | API or h.upper() in API}
+    bad = {h for h in hyper if h in LOCALS | API | taken or h.upper() in API | taken}
     if bad or not all(h.isidentifier() for h in hyper):
         raise CodegenError(f"cannot export hyper-parameter names {sorted(bad or hyper)}")
     shapes = ", ".join(f"{_q(n.name)}: {n.shape[1:]!r}" for n in graph.forward.inputs)

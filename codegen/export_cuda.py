@@ -38,7 +38,7 @@ from graphnn.metrics import prediction_node
 # locally: an input named like one of them gets a trailing "_".
 TAKEN = {"cuda", "math", "Workspace", "TILE", "TILE_PAD", "THREADS", "MAX_BLOCKS"}
 TAKEN |= {"REDUCE_THREADS", "blocks", "tiles", "_device", "launched", "weights", "buffers"}
-TAKEN |= {"losses", "gscale", "code", "bad_step", "rows", "names", "values", "device", "grads"}
+TAKEN |= {"losses", "gscale", "code", "bad_step", "rows", "names", "values", "device", "pairs"}
 TITLE_API = [
     "API: init_params(seed), init_state(params), grads, fit_epoch, predict (host arrays in and",
     "out; each call copies to the GPU and back); raw host functions: Workspace, loss_and_grads,",
@@ -57,7 +57,7 @@ def cuda_standalone_source(graph, optimizer, dtype="float32", title="model") -> 
     text = cuda.source(graph, optimizer, dtype, (prediction,))
     text = _add_imports(_retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]
-    parts += _constants(graph, optimizer, dtype, prediction)
+    parts += _constants(graph, optimizer, dtype, prediction, TAKEN)
     parts += _init_functions(graph)
     parts += _wrappers(graph, sig, prediction)
     parts += MAIN.splitlines()
@@ -70,7 +70,8 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     xs = [_arg(i, taken) for i in sig.inputs]
     px = [_arg(sig.ident[i], taken) for i in forward_inputs(graph, [prediction])]
     kw = [f"{h}={h.upper()}" for h in hyper]
-    epoch = ["Workspace(DTYPE)", "*arrays", "_device(perm)[0]", "batch_size", "*weights"]
+    epoch = ["Workspace(DTYPE)", "*arrays", "_device(perm, dtype=np.int64)[0]", "batch_size"]
+    epoch += ["*weights"]
     epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
     epoch += ["t0", "losses", "status", "gscale"]
     fill = {
@@ -91,8 +92,9 @@ def _arrays(values, names):
     return tuple(values[k] for k in names)
 
 
-def _device(*arrays):
-    """Contiguous device copies; a 0-d array goes up as shape (1,), as the kernels take it."""
+def _device(*arrays, dtype=DTYPE):
+    """Contiguous ``dtype`` device copies; a 0-d array goes up as shape (1,), as the kernels
+    take it."""
     if not cuda.is_available():
         raise RuntimeError(
             "no CUDA GPU is available (numba.cuda.is_available() is False); to run this module "
@@ -101,7 +103,7 @@ def _device(*arrays):
         )
     out = []
     for a in arrays:
-        host = np.ascontiguousarray(a, dtype=np.int64 if a.dtype.kind == "i" else DTYPE)
+        host = np.ascontiguousarray(a, dtype=dtype)
         out.append(cuda.to_device(host.reshape(host.shape or (1,))))
     return tuple(out)
 
@@ -113,12 +115,11 @@ def _check(status, t):
 
 
 {def_grads}
-    """The loss and every parameter's gradient (by name) on one batch, computed on the GPU."""
-    weights = _device(*_arrays(params, PARAMS))
-    out = loss_and_grads(Workspace(DTYPE), *_device({xs}), *weights)
-    value = float(out[0].copy_to_host()[0])
-    grads = zip(PARAMS, out[1:], strict=True)
-    return value, {{k: g.copy_to_host().reshape(params[k].shape) for k, g in grads}}
+    """The backward pass: the loss's gradient for every parameter on one batch, by name,
+    computed on the GPU."""
+    out = loss_and_grads(Workspace(DTYPE), *_device({xs}), *_device(*_arrays(params, PARAMS)))
+    pairs = zip(PARAMS, out[1:], strict=True)
+    return {{k: g.copy_to_host().reshape(np.shape(params[k])) for k, g in pairs}}
 
 
 {def_fit}

@@ -118,9 +118,7 @@ def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory)
-    found = sorted(
-        (int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name))
-    )
+    found = sorted((int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name)))
     old = [p for _, p in found[: max(0, len(found) - keep)]]
     for path in old:
         path.unlink(missing_ok=True)

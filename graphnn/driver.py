@@ -147,9 +147,10 @@ class Model:
         ("early_stopping"; the best parameters are restored).  ``history["stopped"]`` says why.
         ``checkpoint_dir``: save every ``checkpoint_every`` epochs, at the end, and ``best.npz``
         whenever ``monitor`` improves; ``checkpoint_keep``: keep only the newest this many
-        ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).  ``resume``: continue the run of the latest checkpoint in
-        ``checkpoint_dir`` (or the model's own run).  ``callbacks``: ``f(model, epoch, logs)``
-        after each epoch.  ``progress``: a tqdm bar on stderr.
+        ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).
+        ``resume``: continue the run of the latest checkpoint in ``checkpoint_dir`` (or the
+        model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
+        ``progress``: a tqdm bar on stderr.
         """
         _check_fit_args(
             epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
