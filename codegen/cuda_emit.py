@@ -16,7 +16,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 import sympy
@@ -26,7 +25,7 @@ from codegen.cuda_steps import CudaScope, Kernel, count, dims_text, emit_step
 from codegen.emit import RESERVED, Signature, forward_inputs, header, signature
 from codegen.plan import make_plan
 from codegen.printer import print_expr
-from codegen.steps import indent
+from codegen.steps import drop_unused_sizes, indent
 from graphnn.graph import GraphIR
 
 # Globals of the module and locals of its generated code; a node with one of these names is
@@ -78,9 +77,7 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc):
         kernels += piece.kernels
         body += piece.host + ([""] if piece.host else [])
     body.append("return " + ", ".join(outputs) + ("," if len(outputs) == 1 else ""))
-    for k, var in ((2, "nf"), (1, "n")):  # drop an unused size: exported modules lint clean
-        if not any(re.search(rf"\b{var}\b", ln) for ln in body[:k] + body[k + 1 :]):
-            del body[k]
+    body = drop_unused_sizes(body)
     return kernels, [f"def {name}(ws, {', '.join(args)}):", *indent(body, 1)], scope.matmuls
 
 

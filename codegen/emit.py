@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from codegen.approx import tanh_source
 from codegen.plan import make_plan
 from codegen.printer import print_expr
-from codegen.steps import EMITTERS, Scope, indent, loop_header
+from codegen.steps import EMITTERS, Scope, drop_unused_sizes, indent, loop_header
 from graphnn.graph import GraphIR
 
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
@@ -130,7 +130,7 @@ def kernel(
         body += lines + ([""] if lines else [])
     body.append("return " + ", ".join(outputs))
     if not workspace:
-        return [JIT, f"def {name}({', '.join(args)}):", *indent(body, 1)]
+        return [JIT, f"def {name}({', '.join(args)}):", *indent(drop_unused_sizes(body), 1)]
     views = [f"ws_{b}" for b in scope.buffers]
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
@@ -138,7 +138,8 @@ def kernel(
         message = "the workspace has fewer rows than the batch: make it with workspace(n)"
         body[2:2] = [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
     head = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
-    return _workspace_function(scope) + ["", ""] + head + indent(unpack + body, 1)
+    body = unpack + drop_unused_sizes(body)
+    return _workspace_function(scope) + ["", ""] + head + indent(body, 1)
 
 
 def _workspace_function(scope: Scope) -> list[str]:

@@ -17,7 +17,6 @@ True
 from __future__ import annotations
 
 import builtins
-import re
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +100,6 @@ def standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
     text = _add_imports(text)
     kernel = forward_kernel(graph, [prediction], sig, dtype)
     kernel = [ln.replace("def forward(", "def forward_prediction(", 1) for ln in kernel]
-    kernel = _drop_unused_nf(kernel)
     head = [f"# {prediction}: the prediction, for predict()"]
     parts = [text.rstrip("\n"), "", "", *head, *kernel, "", ""]
     parts += _constants(graph, optimizer, dtype, prediction)
@@ -118,18 +116,6 @@ def _add_imports(text: str) -> str:
         raise CodegenError(f"export expects the kernel module to have the line {first!r}")
     imports = "import math\nimport zlib\n" if "math" in first else "import zlib\n\n" + first
     return text.replace(f"\n{first}", f"\n{NOQA}{imports}", 1)
-
-
-def _drop_unused_nf(lines: list[str]) -> list[str]:
-    """Drop ``nf = <dtype>(n)`` when nothing reads it (a forward kernel without a mean), then
-    ``n = ...`` likewise (a prediction that reads no input)."""
-    for name in ("nf", "n"):
-        head = f"{name} = "
-        reads = any(
-            re.search(rf"\b{name}\b", ln) for ln in lines if not ln.strip().startswith(head)
-        )
-        lines = lines if reads else [ln for ln in lines if not ln.strip().startswith(head)]
-    return lines
 
 
 CPU_API = [

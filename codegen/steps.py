@@ -11,6 +11,7 @@ here target ``numba.njit`` (NumPy calls allowed, BLAS through ``np.dot``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import sympy
@@ -90,6 +91,17 @@ def loop_header(shape, index: list[str]) -> list[str]:
         "    " * k + f"for {i} in range({'n' if d is None else d}):"
         for k, (i, d) in enumerate(zip(index, shape, strict=True))
     ]
+
+
+def drop_unused_sizes(lines: list[str]) -> list[str]:
+    """Drop ``nf = ...``, then ``n = ...``, when no other line reads the name (a function with no
+    mean has no use for nf; one that reads no input, none for n): the module then lints clean."""
+    for name in ("nf", "n"):
+        head = f"{name} = "
+        others = [ln for ln in lines if not ln.strip().startswith(head)]
+        if not any(re.search(rf"\b{name}\b", ln) for ln in others):
+            lines = others
+    return lines
 
 
 def indent(lines: list[str], levels: int) -> list[str]:
