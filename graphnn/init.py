@@ -15,8 +15,6 @@ import numpy as np
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    if not shape:  # a scalar parameter
-        return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
