@@ -147,13 +147,15 @@ def _mlp_data(n=20, seed=2):
     return {"x": x, "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]}
 
 
-def train_both(g, data, epochs, batch_size, optimizer=None, dtype="float32"):
-    """The same training run on both back ends: same seed, same batches (no shuffling)."""
+def train_both(g, data, epochs, batch_size, optimizer=None, dtype="float32", **fit):
+    """The same training run on both back ends: same seed, same batches (no shuffling unless
+    ``fit`` asks for it, with a seed)."""
     models = {}
+    fit = {"shuffle": False, **fit}
     for backend in ("numpy", "cpu"):
         opt = optimizer or gn.SGD(lr=0.1, momentum=0.9)
         model = gn.compile(g, opt, backend=backend, dtype=dtype, seed=0)
-        model.fit(data, epochs=epochs, batch_size=batch_size, shuffle=False)
+        model.fit(data, epochs=epochs, batch_size=batch_size, **fit)
         models[backend] = model
     return models["numpy"], models["cpu"]
 
@@ -193,12 +195,9 @@ def test_epoch_gathers_inputs_of_any_rank(shape):
     g = gn.Graph(gn.mean((gn.tanh(x * w) - t) ** 2))
     rng = np.random.default_rng(3)
     data = {k: rng.normal(size=(10, *shape)).astype(np.float32) for k in ("x", "t")}
-    models = {}
-    for backend in ("numpy", "cpu"):
-        models[backend] = gn.compile(g, gn.SGD(lr=0.5), backend=backend, seed=0)
-        models[backend].fit(data, epochs=2, batch_size=4, shuffle=True, seed=1)
-    assert_close(models["cpu"].params["w"], models["numpy"].params["w"], "w")
-    assert not np.array_equal(models["cpu"].params["w"], g.init_params(0)["w"])
+    ref, cpu = train_both(g, data, 2, 4, gn.SGD(lr=0.5), shuffle=True, seed=1)
+    assert_close(cpu.params["w"], ref.params["w"], "w")
+    assert not np.array_equal(cpu.params["w"], g.init_params(0)["w"])
 
 
 def test_workspace_too_small_is_refused_and_kept_across_fits():
