@@ -73,6 +73,14 @@ print(done, int(status[0]), sorted(set(sys.modules) & {"graphnn", "sympy", "netw
 )
 
 
+def mlp_graph():
+    """4 -> 8 tanh -> 3, softmax cross-entropy."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
+    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
+    return gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
+
+
 def lint(path: Path) -> None:
     """The exported file passes the project's own ruff rules."""
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -111,10 +119,7 @@ def test_cuda_export_trains_on_the_simulator_like_the_cpu_back_end(tmp_path):
     """One epoch (3 mini-batches of 4, data order) of a 4 -> 8 tanh -> 3 softmax-CE MLP with SGD
     momentum through the exported CUDA module on the simulator gives the CPU back end's params,
     momentum buffers and per-step losses (float32 tolerance), with no graphnn at run time."""
-    x, y = gn.input("x", (4,)), gn.input("y", (3,))
-    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
-    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
-    graph = gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
+    graph = mlp_graph()
     optimizer = gn.SGD(lr=0.1, momentum=0.9)
     rng = np.random.default_rng(7)
     data = {
@@ -166,10 +171,7 @@ print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
     """init_params, init_state, grads, fit_epoch and predict of the exported CUDA module, on the
     simulator with graphnn blocked, against gn.compile(..., backend="cpu") from the same seed."""
-    x, y = gn.input("x", (4,)), gn.input("y", (3,))
-    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
-    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
-    graph = gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
+    graph = mlp_graph()
     optimizer = gn.Adam(lr=0.05)
     rng = np.random.default_rng(8)
     data = {
