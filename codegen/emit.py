@@ -23,7 +23,8 @@ from codegen.printer import print_expr
 from codegen.steps import EMITTERS, Scope, drop_unused_sizes, indent, loop_header
 from graphnn.graph import GraphIR
 
-FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
+FASTMATH_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")  # no nnan/ninf: NaN/Inf stay visible
+FASTMATH = "{" + ", ".join(f"'{flag}'" for flag in FASTMATH_FLAGS) + "}"
 JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
 
 

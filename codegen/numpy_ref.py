@@ -18,19 +18,16 @@ import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import scipy.special
 import sympy
 
 from graphnn.errors import CodegenError
-from graphnn.formulas import ARGS, BATCH
+from graphnn.formulas import ARGS, BATCH, erf
 from graphnn.graph import GraphIR, Node
 
 
 @functools.cache
 def _lambdified(expr: sympy.Expr, nargs: int) -> Callable:
-    return sympy.lambdify(
-        (*ARGS[:nargs], BATCH), expr, modules=[{"erf": scipy.special.erf}, "numpy"]
-    )
+    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[{"erf": erf}, "numpy"])
 
 
 def concrete(shape, n: int) -> tuple[int, ...]:

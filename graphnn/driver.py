@@ -261,7 +261,14 @@ class Model:
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
         total, done, status = self.trainer.epoch(
-            self.params, self.state, train, perm.astype(np.int64), bs, hyper, lrs, self.step
+            self.params,
+            self.state,
+            train,
+            perm.astype(np.int64, copy=False),
+            bs,
+            hyper,
+            lrs,
+            self.step,
         )
         done = int(done)
         self.step += done

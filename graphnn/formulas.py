@@ -184,10 +184,11 @@ def _reference(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
 
 @functools.cache
 def _float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify(args, expr, modules=[{"erf": _erf32}, "numpy"])
+    return sympy.lambdify(args, expr, modules=[{"erf": erf}, "numpy"])
 
 
-def _erf32(x):
+def erf(x):
+    """scipy's erf for lambdified formulas, imported on first use (scipy.special takes 0.12 s)."""
     import scipy.special
 
     return scipy.special.erf(x)

@@ -278,6 +278,24 @@ def test_overflowing_update_is_caught_before_a_checkpoint(tmp_path, backend):
     assert list(tmp_path.iterdir()) == []  # nothing non-finite was saved
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype):
+    from types import SimpleNamespace
+
+    from graphnn.nonfinite import broken_names
+
+    big = np.finfo(dtype).max
+    good = np.array([[big, -big], [np.finfo(dtype).smallest_subnormal, 0.0]], dtype)
+    arrays = {f"a{k}": np.ones((3, 11), dtype) for k in range(6)}
+    for k, bad in enumerate([np.nan, np.inf, -np.inf]):
+        arrays[f"a{2 * k}"][2, 2 * k + 5] = bad  # in a vector lane or the scalar tail
+    model = SimpleNamespace(
+        params={"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)},
+        state={k: v for k, v in arrays.items() if k not in ("a0", "a1")},
+    )
+    assert broken_names(model) == ["a0", "a2", "a4"]
+
+
 # --- progress, history files -----------------------------------------------------------------
 
 
