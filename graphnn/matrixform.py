@@ -94,10 +94,13 @@ def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> F
     text = sympy.sstr(shown.xreplace(texts))
     tex = _MathtextPrinter().doprint(shown.xreplace(latexes))
     order = list(operands)
-    func = _lambdified(expr.xreplace(dict(zip(order, ARGS, strict=False))), len(order))
+    scalar = expr.xreplace(dict(zip(order, ARGS, strict=False)))
     kind = "const" if not operands else "elem"
 
     def run(v, n):
+        # lambdified on first use (then cached): showing a formula needs no NumPy function, and
+        # lambdify's first call costs 0.1 s of every start that builds a kernel module
+        func = _lambdified(scalar, len(order))
         with np.errstate(all="ignore"):
             return func(*(f.run(v, n) for f in operands.values()), n)
 
