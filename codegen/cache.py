@@ -47,7 +47,7 @@ def load_module(source: str):
         return _LOADED[key]
     path.parent.mkdir(parents=True, exist_ok=True)
     if _read(path) != source:
-        _publish(path, source)
+        publish(path, source.encode("utf-8"))
     name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -61,6 +61,13 @@ def load_module(source: str):
     return module
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")  # not the locale's: the text is not all ASCII
@@ -68,24 +75,24 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _publish(path: Path, source: str) -> None:
-    """Put ``source`` at ``path`` atomically, through a complete temp file in the same directory.
+def publish(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` atomically, through a complete temp file in the same directory.
 
     A new file is hard-linked into place, which fails if a concurrent process got there first;
-    its file is then kept when it holds the same text, so that process's Numba cache stays
+    its file is then kept when it holds the same bytes, so that process's Numba cache stays
     valid.  A stale file is replaced.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         try:
             os.link(tmp, path)
         except FileExistsError:
-            if _read(path) != source:
+            if _read_bytes(path) != data:
                 os.replace(tmp, path)
         except OSError:  # a file system without hard links
             os.replace(tmp, path)

@@ -289,10 +289,20 @@ def rank(c: Candidate) -> tuple:
 
 @functools.cache
 def derivative(f: sympy.Expr, i: int, nargs: int | None = None) -> Derivative:
-    """The screened, stable form of df/d(a_i). f is an expression in ARGS[:nargs]."""
+    """The screened, stable form of df/d(a_i). f is an expression in ARGS[:nargs].
+
+    Kept on disk (graphnn.derivative_store): a new process reads it instead of screening again.
+    """
+    from graphnn.derivative_store import load_or_derive
+
     nargs = (
         nargs if nargs is not None else 1 + max(ARGS.index(s) for s in f.free_symbols & set(ARGS))
     )
+    key = f"derivative {sympy.srepr(f)} {i} {nargs}"
+    return load_or_derive(key, lambda: _derive(f, i, nargs))
+
+
+def _derive(f: sympy.Expr, i: int, nargs: int) -> Derivative:
     z = ARGS[i]
     raw = sympy.diff(f, z)
     forms = {"input": raw}

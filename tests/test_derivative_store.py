@@ -1,0 +1,112 @@
+"""Screened derivatives on disk: a new process reads the choice instead of screening again."""
+
+import pickle
+
+import pytest
+import sympy
+
+from graphnn import derivative_store, formulas
+from graphnn.formulas import ARGS
+
+SIGMOID = 1 / (1 + sympy.exp(-ARGS[0]))
+
+
+@pytest.fixture
+def store(monkeypatch, tmp_path):
+    """An empty store, and derivative() with no in-process memo (as in a new process)."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    formulas.derivative.cache_clear()
+    yield tmp_path / "derivatives"
+    formulas.derivative.cache_clear()
+
+
+def _no_derivation(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("derived again instead of reading the store")
+
+    monkeypatch.setattr(formulas, "_derive", refuse)
+
+
+def test_a_new_process_reads_the_screened_choice(store, monkeypatch):
+    fresh = formulas.derivative(SIGMOID, 0)
+    assert (fresh.form, fresh.expr) == ("output", -formulas.Y * (formulas.Y - 1))
+    [path] = store.iterdir()
+    formulas.derivative.cache_clear()
+    _no_derivation(monkeypatch)
+    again = formulas.derivative(SIGMOID, 0)
+    assert again == fresh  # the chosen form, every candidate and its screen result
+    assert [c.nonfinite for c in again.candidates] == [c.nonfinite for c in fresh.candidates]
+    assert list(store.iterdir()) == [path]  # read, not rewritten
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a pickle", "wrong key", "wrong type", "another tree"]
+)
+def test_a_corrupt_or_foreign_file_is_derived_again_and_rewritten(store, content):
+    fresh = formulas.derivative(SIGMOID, 0)
+    [path] = store.iterdir()
+    key, tree, _ = pickle.loads(path.read_bytes())
+    if content == "wrong key":
+        content = pickle.dumps((key + " other", tree, fresh))
+    elif content == "wrong type":
+        content = pickle.dumps((key, tree, "not a Derivative"))
+    elif content == "another tree":  # what unpickling with evaluation on would make of it
+        content = pickle.dumps((key, tree.replace("Integer(-1)", "Integer(-2)"), fresh))
+    path.write_bytes(content)
+    formulas.derivative.cache_clear()
+    assert formulas.derivative(SIGMOID, 0) == fresh
+    assert pickle.loads(path.read_bytes()) == (key, tree, fresh)
+
+
+def test_a_change_of_the_screening_code_derives_afresh(store, monkeypatch):
+    formulas.derivative(SIGMOID, 0)
+    formulas.derivative.cache_clear()
+    calls = []
+    real = formulas._derive
+    monkeypatch.setattr(formulas, "_derive", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(derivative_store, "fingerprint", lambda: "other code")
+    formulas.derivative(SIGMOID, 0)
+    assert calls == [(SIGMOID, 0, 1)]
+    assert len(list(store.iterdir())) == 2
+
+
+def test_the_fingerprint_covers_the_code_that_screens(tmp_path):
+    code = tmp_path / "formulas.py"
+    code.write_text("SCREEN_POINTS = (0.0,)\n")
+    before = derivative_store.fingerprint(str(code))
+    code.write_text("SCREEN_POINTS = (1.0,)\n")
+    derivative_store.fingerprint.cache_clear()
+    assert derivative_store.fingerprint(str(code)) != before
+
+
+def test_an_unwritable_cache_directory_only_costs_time(monkeypatch, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(blocker / "cache"))  # mkdir fails under a file
+    formulas.derivative.cache_clear()
+    try:
+        assert formulas.derivative(SIGMOID, 0).form == "output"
+    finally:
+        formulas.derivative.cache_clear()
+
+
+def test_every_ops_derivatives_come_back_from_disk_as_the_same_trees(monkeypatch):
+    """Every op's forms (Piecewise, erf, the output symbol Y, elu's 1.0*(Y + 1)) come back as
+    the very trees that were chosen, not re-evaluated ones."""
+    from graphnn.ops import ELEMENTWISE
+
+    cases = [
+        (spec.formula(*spec.params.values()), i, spec.arity)
+        for spec in ELEMENTWISE.values()
+        for i in range(spec.arity)
+    ]
+    derived = [formulas.derivative(*case) for case in cases]  # the session's store
+    formulas.derivative.cache_clear()
+    _no_derivation(monkeypatch)
+    try:
+        again = [formulas.derivative(*case) for case in cases]
+        assert [derivative_store.structure(d) for d in again] == [
+            derivative_store.structure(d) for d in derived
+        ]
+    finally:
+        formulas.derivative.cache_clear()
