@@ -144,14 +144,17 @@ def kernel(
 
 
 def _workspace_function(scope: Scope) -> list[str]:
-    """workspace(n): the buffers of the kernel printed next, for batches of up to n rows."""
+    """workspace(n): the buffers of the kernel printed next, for batches of up to n rows.
+
+    Plain Python: it runs once per fit, and compiling it cost 0.4 s of every cold start.
+    """
     news = [
         f"np.empty({scope.dims(shape)}, dtype=np.{scope.dtype}),  # {name}"
         for name, shape in scope.buffers.items()
     ]
     doc = '"""Buffers for one training step on up to n rows; the step overwrites them."""'
     body = [doc, "return (", *indent(news, 1), ")"]
-    return [JIT, "def workspace(n):", *indent(body, 1)]
+    return ["def workspace(n):", *indent(body, 1)]
 
 
 def _update_function(optimizer, dtype: str) -> list[str]:
@@ -206,8 +209,10 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     grads = tuple(f"grad_{p}" for p in sig.params)
     body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
     body += ["if not np.isfinite(loss):", "    return loss, -1"]
+    # all_finite and apply_update take flat views (free for these contiguous arrays): one
+    # compiled signature each instead of one per rank, 0.5 s less of a cold start.
     for k, g in enumerate(grads):
-        body += [f"if not all_finite({g}):", f"    return loss, {k + 1}"]
+        body += [f"if not all_finite({g}.ravel()):", f"    return loss, {k + 1}"]
     if optimizer.clip_norm is not None:
         sq = " + ".join(f"sum_squares({g})" for g in grads)
         body += [
@@ -219,8 +224,8 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     n_state = len(optimizer.state)
     for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
         state = sig.state[k * n_state : (k + 1) * n_state]
-        args = [p, g, *state, *optimizer.hyper, "t", "gscale"]
-        body.append(f"apply_update({', '.join(args)})")
+        flat = [f"{a}.ravel()" for a in (p, g, *state)]
+        body.append(f"apply_update({', '.join([*flat, *optimizer.hyper, 't', 'gscale'])})")
     body.append("return loss, 0")
     args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t", "ws"]
     step = [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
