@@ -20,7 +20,7 @@ from graphnn.graph import GraphIR
 from graphnn.shapes import show
 
 
-def _as_float(name: str, what: str, value, dtype) -> np.ndarray:
+def as_float(name: str, what: str, value, dtype) -> np.ndarray:
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{what} '{name}' must hold floats, got an array of dtype {arr.dtype}")
@@ -38,7 +38,7 @@ def check_data(ir: GraphIR, data: Mapping, dtype=np.float32, required=None) -> d
     out, batch = {}, None
     for name in names:
         node = ir.node(name)
-        arr = _as_float(name, "input", data[name], dtype)
+        arr = as_float(name, "input", data[name], dtype)
         if arr.shape[1:] != node.shape[1:] or arr.ndim != len(node.shape):
             raise DataError(
                 f"input '{name}' expects shape {show(node.shape)}, "
@@ -61,7 +61,7 @@ def check_params(ir: GraphIR, params: Mapping, dtype=np.float32) -> dict:
         raise DataError(f"no value for parameter(s) {missing}; parameters: {sorted(expected)}")
     out = {}
     for name, shape in expected.items():
-        arr = _as_float(name, "parameter", params[name], dtype)
+        arr = as_float(name, "parameter", params[name], dtype)
         if arr.shape != shape:
             raise DataError(f"parameter '{name}' has shape {show(shape)}, got {arr.shape}")
         out[name] = arr

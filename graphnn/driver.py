@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from graphnn import checkpoint as ckpt
-from graphnn.data import check_data
+from graphnn.data import as_float, check_data
 from graphnn.denormals import flush_denormals
 from graphnn.errors import CheckpointError, DataError
 from graphnn.history import History, ProgressBar, Watch
 from graphnn.metrics import accuracy, accuracy_kind, prediction_node
 from graphnn.nonfinite import broken_names, diagnose
 from graphnn.optim import SGD, Optimizer
+from graphnn.shapes import show
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -164,6 +165,7 @@ class Model:
             self._resume(checkpoint_dir, seed, early_stopping)
         else:
             self._new_run(checkpoint_dir, seed)
+        self._trainable_arrays()
         watch = Watch(tol, patience, early_stopping, monitor)
         reason = watch.replay(self.history) if resume else None
         self.history["stopped"] = reason
@@ -190,6 +192,38 @@ class Model:
             for name, value in self._best.items():
                 self.params[name][...] = value
         return self.history
+
+    def _trainable_arrays(self) -> None:
+        """Every parameter and optimizer buffer as a writable C-contiguous array of the model's
+        dtype and shape, replaced in its dict by such a copy if it is not one (before fit,
+        evaluate and predict).
+
+        The kernels update their arguments in place through flat views; a parameter the user
+        set to a transposed view or a Fortran-ordered array would be trained through a copy and
+        silently keep its values.  A wrong shape or a missing entry raises DataError.
+        """
+        params = self.graph.forward.params
+        expected = [(self.params, p.name, p.shape) for p in params]
+        expected += [
+            (self.state, f"{s}_{p.name}", p.shape) for p in params for s in self.optimizer.state
+        ]
+        for arrays, name, shape in expected:
+            value = arrays.get(name)
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype == self.dtype
+                and value.shape == shape
+                and value.flags.c_contiguous
+                and value.flags.writeable
+            ):
+                continue
+            what, where = ("parameter", "params") if arrays is self.params else ("buffer", "state")
+            if value is None:
+                raise DataError(f"model.{where} has no {what} '{name}'")
+            fresh = np.array(as_float(name, what, value, self.dtype), order="C")  # a copy we own
+            if fresh.shape != shape:
+                raise DataError(f"{what} '{name}' has shape {show(shape)}, got {fresh.shape}")
+            arrays[name] = fresh
 
     def _monitor(self, monitor, val) -> str:
         known = ["loss"]
@@ -294,6 +328,7 @@ class Model:
     def evaluate(self, data: Mapping) -> dict[str, float]:
         """Mean loss (and accuracy, for classifiers) on ``data``."""
         arrays = check_data(self.graph.forward, data, self.dtype)
+        self._trainable_arrays()
         out = self._forward(arrays)
         metrics = {"loss": out["loss"]}
         if self.accuracy_kind and self.target:
@@ -313,6 +348,7 @@ class Model:
                 self.graph, self.optimizer, self.dtype, (node,)
             )
         trainer = self._predictors[node]
+        self._trainable_arrays()
         needed = trainer.forward_inputs()
         arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
         if not needed:  # the node reads no data: one value, with no batch dimension

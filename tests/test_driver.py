@@ -296,6 +296,49 @@ def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype):
     assert broken_names(model) == ["a0", "a2", "a4"]
 
 
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize(
+    "make", [np.asfortranarray, lambda a: np.ascontiguousarray(a.T).T, "read-only", "float64"]
+)
+def test_a_parameter_set_to_any_array_is_trained(make, backend):
+    rng = np.random.default_rng(0)
+    data = {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "t": rng.normal(size=(16, 3)).astype(np.float32),
+    }
+    reference = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1, momentum=0.9))
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1, momentum=0.9), backend=backend)
+    start = reference.params["W"].copy()
+    if make == "read-only":
+        given = start.copy()
+        given.flags.writeable = False
+    elif make == "float64":
+        given = start.astype(np.float64)
+    else:
+        given = make(start)
+    model.params["W"] = given
+    model.state["v_W"] = np.asfortranarray(model.state["v_W"])
+    for m in (reference, model):
+        m.fit(data, epochs=3, batch_size=4, seed=1)
+    trained = model.params["W"]
+    assert trained.flags.c_contiguous and trained.dtype == np.float32
+    assert not np.array_equal(trained, start)
+    np.testing.assert_allclose(trained, reference.params["W"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.state["v_W"], reference.state["v_W"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_parameter_of_the_wrong_shape_or_missing_is_named():
+    data = {"x": np.zeros((4, 4), np.float32), "t": np.zeros((4, 3), np.float32)}
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1, momentum=0.9))
+    model.params["W"] = np.zeros((3, 4), np.float32)
+    with pytest.raises(gn.DataError, match=r"parameter 'W' has shape \(4, 3\), got \(3, 4\)"):
+        model.fit(data, epochs=1)
+    model.params["W"] = np.zeros((4, 3), np.float32)
+    del model.state["v_b"]
+    with pytest.raises(gn.DataError, match="model.state has no buffer 'v_b'"):
+        model.fit(data, epochs=1)
+
+
 # --- progress, history files -----------------------------------------------------------------
 
 
