@@ -71,6 +71,9 @@ class Trainer:
         self.module = build(graph, optimizer, dtype, self.outputs)
         self.sig = signature(graph, optimizer)
         self._ws = None  # (rows, buffers) of the last workspace
+        # The steps' NaN/Inf test, for the driver's check of parameters after an epoch: compiled
+        # for flat arrays of this dtype with train_step, so calling it compiles nothing.
+        self.all_finite = getattr(self.module, "all_finite", None)
 
     def _hyper(self, hyper: Mapping[str, float]) -> list:
         return [self.dtype.type(hyper[h]) for h in self.sig.hyper if h != "lr"]

@@ -5,22 +5,29 @@ evaluates candidates at 50 digits: 0.1-0.3 s per op in every new process, most o
 a sigmoid or tanh model (SymPy's ``simplify`` alone imports ``sympy.physics.units`` on first
 use).  The result is pickled to ``<cache dir>/derivatives/<sha256>.pickle``.  The key is the
 formula's ``srepr``, the argument, and a fingerprint of what chose the form: the text of
-``graphnn/formulas.py``, and the SymPy, mpmath and NumPy versions.  A change to any of them
-derives afresh.
+``graphnn/formulas.py`` as it was imported, and the SymPy, mpmath, NumPy and SciPy versions
+(SciPy's erf screens gelu).  A change to any of them derives afresh.
 
 A stored form must be the very tree that was chosen, or a warm process would print and run
-different arithmetic than a cold one (unpickling rebuilds ``1.0*(Y + 1)`` as ``1.0*Y + 1.0``
-unless SymPy's evaluation is off).  So files are read with evaluation off, and a value is used
-only if its ``srepr`` matches the one stored beside it, as well as its key.  Anything else is
-derived again and rewritten, atomically.  The files sit next to the kernel modules, which are
-imported from the same directory, and are trusted as far as those are.  An unwritable cache
-directory only means deriving in every process.
+different arithmetic than a cold one: unpickled the usual way, through each class's constructor,
+``1.0*(Y + 1)`` comes back evaluated as ``1.0*Y + 1.0``.  So every SymPy node is stored as its
+class and arguments and rebuilt with ``evaluate=False`` passed to that one call (switching SymPy's
+global evaluation off instead would leak unevaluated trees through its shared cache into other
+threads), and a value is used only if its ``srepr`` matches the one stored beside it, as well as
+its key.  Anything else is derived again and rewritten, atomically.
+
+The files sit next to the kernel modules and Numba's cache of them (itself pickled index files
+and machine code), and are trusted as far as those are: the cache directory must be writable by
+its user only, as the default ``~/.cache/graphnn`` is.  An unwritable cache directory only means
+deriving in every process.  Old entries are not pruned.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -35,19 +42,29 @@ PROTOCOL = 5
 
 
 @functools.cache
-def fingerprint(code_file: str = formulas.__file__) -> str:
-    """What a stored form depends on besides its key: the screening code and library versions."""
+def _versions() -> bytes:
     import mpmath
     import numpy
 
-    try:
-        code = Path(code_file).read_bytes()
-    except OSError:  # no source file (a frozen install): the package version stands in for it
-        from graphnn import __version__
-
-        code = __version__.encode()
     versions = f"sympy {sympy.__version__} mpmath {mpmath.__version__} numpy {numpy.__version__}"
-    return hashlib.sha256(code + versions.encode() + bytes([PROTOCOL])).hexdigest()
+    return versions.encode() + _scipy_version_file() + bytes([PROTOCOL])
+
+
+def _scipy_version_file() -> bytes:
+    """scipy/version.py as bytes: its version without importing scipy (0.1 s) or reading package
+    metadata (0.04 s)."""
+    spec = importlib.util.find_spec("scipy")
+    try:
+        return Path(spec.origin).with_name("version.py").read_bytes()
+    except (AttributeError, TypeError, OSError):
+        return b"scipy version unknown"
+
+
+def fingerprint() -> str | None:
+    """What a stored form depends on besides its key; None (store off) without formulas' text."""
+    if formulas.CODE_DIGEST is None:
+        return None
+    return hashlib.sha256(formulas.CODE_DIGEST.encode() + _versions()).hexdigest()
 
 
 def structure(d: Derivative) -> str:
@@ -58,26 +75,45 @@ def structure(d: Derivative) -> str:
 
 def load_or_derive(key: str, derive: Callable[[], Derivative]) -> Derivative:
     """The stored derivative for ``key``, or ``derive()``'s, stored for the next process."""
-    full_key = f"{fingerprint()} {key}"
+    code = fingerprint()
+    if code is None:
+        return derive()
+    full_key = f"{code} {key}"
     path = cache_dir() / "derivatives" / f"{hashlib.sha256(full_key.encode()).hexdigest()}.pickle"
-    stored = _load(path, full_key)
-    if stored is not None:
-        return stored
+    try:
+        stored_key, tree, value = pickle.loads(path.read_bytes())
+        # formulas.Derivative, not the name imported above: a reload of formulas makes a new class
+        fresh_type = isinstance(value, formulas.Derivative)
+        if stored_key == full_key and fresh_type and structure(value) == tree:
+            return value
+    except Exception:  # noqa: BLE001 - absent, truncated, or not ours: derive again
+        pass
     value = derive()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        publish(path, pickle.dumps((full_key, structure(value), value), protocol=PROTOCOL))
+        publish(path, dumps((full_key, structure(value), value)))
     except OSError:
         pass  # a read-only cache: the next process derives again
     return value
 
 
-def _load(path: Path, full_key: str) -> Derivative | None:
+def dumps(obj) -> bytes:
+    """Pickle ``obj`` with every SymPy node stored as (class, args), rebuilt unevaluated."""
+    out = io.BytesIO()
+    _TreePickler(out, protocol=PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
+class _TreePickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if isinstance(obj, sympy.Basic) and not obj.is_Atom:
+            return rebuild, (type(obj), obj.args)
+        return NotImplemented
+
+
+def rebuild(cls, args):
+    """``cls(*args)`` exactly as stored: no evaluation, where the class has any."""
     try:
-        with path.open("rb") as f, sympy.evaluate(False):
-            stored_key, tree, value = pickle.load(f)
-        if stored_key == full_key and isinstance(value, Derivative) and structure(value) == tree:
-            return value
-    except Exception:  # noqa: BLE001 - absent, truncated, or not ours: derive again
-        pass
-    return None
+        return cls(*args, evaluate=False)
+    except TypeError:  # a class without the option (ExprCondPair) does not rewrite its args
+        return cls(*args)

@@ -27,6 +27,7 @@ the shortest expression.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import mpmath
@@ -36,6 +37,17 @@ import sympy
 ARGS = sympy.symbols("a0:8", real=True)
 Y = sympy.Symbol("Y", real=True)  # the op's own output, for output-form derivatives
 BATCH = sympy.Symbol("n", positive=True, integer=True)  # batch size, known only at run time
+
+
+def _code_digest() -> str | None:
+    """This module's text as imported; the derivative store keys stored forms on it."""
+    try:
+        return hashlib.sha256(__loader__.get_data(__file__)).hexdigest()
+    except Exception:  # noqa: BLE001 - no loader or no file: the store stays off
+        return None
+
+
+CODE_DIGEST = _code_digest()
 
 # Where every candidate derivative is screened (float32 extremes, then ordinary values).
 SCREEN_POINTS = (-1e4, -88.0, -20.0, -3.0, -1.0, -1e-30, 0.0, 1e-30, 0.5, 1.0, 3.0, 20.0, 88.0, 1e4)

@@ -14,7 +14,6 @@ checkpoint can bring back good values.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -39,33 +38,14 @@ def first_nonfinite(values, order) -> str | None:
 def broken_names(model) -> list[str]:
     """Parameters, then optimizer buffers, of ``model`` holding NaN or Inf.
 
-    Runs after every epoch, so it is compiled: NumPy's isfinite-then-all costs 3-4 us per array
-    and a full pass that allocates, 30 us of every call of fit for an MLP with two layers.
+    Runs after every epoch: with the back end's compiled ``all_finite`` when it has one (NumPy's
+    isfinite-then-all costs 3-4 us per array, 30 us of every call of fit for a two-layer MLP).
     """
-    all_finite = _compiled_all_finite()
+    compiled = getattr(model.trainer, "all_finite", None)
     arrays = [*model.params.items(), *model.state.items()]
-    return [k for k, v in arrays if not all_finite(np.ascontiguousarray(v).reshape(-1))]
-
-
-@functools.cache
-def _compiled_all_finite():
-    """An njit ``all_finite(a)`` for 1-D arrays: sums ``x * 0`` (NaN for NaN and +-Inf).
-
-    The same test as the generated kernels' all_finite; without nnan in the fastmath flags LLVM
-    may not fold ``x * 0`` to 0, and without an early exit the loop vectorizes.
-    """
-    from numba import njit
-
-    from codegen.emit import FASTMATH_FLAGS
-
-    @njit(cache=True, fastmath=set(FASTMATH_FLAGS), error_model="numpy")
-    def all_finite(a):
-        acc = a.dtype.type(0.0)
-        for i in range(a.shape[0]):
-            acc += a[i] * a.dtype.type(0.0)
-        return np.isfinite(acc)
-
-    return all_finite
+    if compiled is None:
+        return [k for k, v in arrays if not finite(v)]
+    return [k for k, v in arrays if not compiled(v.reshape(-1))]
 
 
 def _ancestors(ir, name: str) -> set[str]:

@@ -1,8 +1,14 @@
-"""Shared test setup: one kernel cache for the whole session, so each kernel compiles once."""
+"""Shared test setup: one kernel cache for the whole session, so each kernel compiles once.
 
+The cache lives in the temp directory, one per user: its files are loaded as they are (Numba's
+index and machine code, the stored derivative forms), so no other user may write to it.
+"""
+
+import getpass
 import os
 import tempfile
 
+_user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
 os.environ.setdefault(
-    "GRAPHNN_CACHE_DIR", os.path.join(tempfile.gettempdir(), "graphnn-test-cache")
+    "GRAPHNN_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"graphnn-test-cache-{_user}")
 )

@@ -70,13 +70,39 @@ def test_a_change_of_the_screening_code_derives_afresh(store, monkeypatch):
     assert len(list(store.iterdir())) == 2
 
 
-def test_the_fingerprint_covers_the_code_that_screens(tmp_path):
-    code = tmp_path / "formulas.py"
-    code.write_text("SCREEN_POINTS = (0.0,)\n")
-    before = derivative_store.fingerprint(str(code))
-    code.write_text("SCREEN_POINTS = (1.0,)\n")
-    derivative_store.fingerprint.cache_clear()
-    assert derivative_store.fingerprint(str(code)) != before
+def test_the_fingerprint_is_the_code_that_runs(store, monkeypatch):
+    # formulas' text as imported (a later edit of the file does not change the running code)
+    digest = formulas._code_digest()
+    assert formulas.CODE_DIGEST == digest and digest is not None
+    before = derivative_store.fingerprint()
+    monkeypatch.setattr(formulas, "CODE_DIGEST", "edited")
+    assert derivative_store.fingerprint() not in (None, before)
+    monkeypatch.setattr(formulas, "CODE_DIGEST", None)  # no source to hash: the store is off
+    assert derivative_store.fingerprint() is None
+    assert formulas.derivative(SIGMOID, 0).form == "output"
+    assert not store.exists()
+
+
+def test_loading_leaves_sympy_evaluating(store, monkeypatch):
+    """Rebuilt trees are unevaluated only in themselves: SymPy's cache and flag are untouched."""
+    elu = formulas.derivative(*_elu_case())
+    formulas.derivative.cache_clear()
+    # Setting SymPy's (thread-local) evaluate flag clears its (shared) cache: record that it isn't
+    # set, since unevaluated trees made meanwhile would reach other threads through the cache.
+    flag_changes = []
+    monkeypatch.setattr(sympy.core.parameters, "clear_cache", lambda: flag_changes.append(1))
+    assert formulas.derivative(*_elu_case()) == elu  # from disk, with 1.0*(Y + 1) unexpanded
+    assert flag_changes == []
+    y = formulas.Y
+    assert sympy.Float(1.0) * (y + 1) == sympy.Add(sympy.Float(1.0) * y, sympy.Float(1.0))
+    assert sympy.core.parameters.global_parameters.evaluate
+
+
+def _elu_case():
+    from graphnn.ops import ELEMENTWISE
+
+    spec = ELEMENTWISE["elu"]
+    return spec.formula(*spec.params.values()), 0, 1
 
 
 def test_an_unwritable_cache_directory_only_costs_time(monkeypatch, tmp_path):
@@ -90,7 +116,7 @@ def test_an_unwritable_cache_directory_only_costs_time(monkeypatch, tmp_path):
         formulas.derivative.cache_clear()
 
 
-def test_every_ops_derivatives_come_back_from_disk_as_the_same_trees(monkeypatch):
+def test_every_ops_derivatives_come_back_from_disk_as_the_same_trees(store, monkeypatch):
     """Every op's forms (Piecewise, erf, the output symbol Y, elu's 1.0*(Y + 1)) come back as
     the very trees that were chosen, not re-evaluated ones."""
     from graphnn.ops import ELEMENTWISE
@@ -100,13 +126,10 @@ def test_every_ops_derivatives_come_back_from_disk_as_the_same_trees(monkeypatch
         for spec in ELEMENTWISE.values()
         for i in range(spec.arity)
     ]
-    derived = [formulas.derivative(*case) for case in cases]  # the session's store
+    derived = [formulas.derivative(*case) for case in cases]
     formulas.derivative.cache_clear()
     _no_derivation(monkeypatch)
-    try:
-        again = [formulas.derivative(*case) for case in cases]
-        assert [derivative_store.structure(d) for d in again] == [
-            derivative_store.structure(d) for d in derived
-        ]
-    finally:
-        formulas.derivative.cache_clear()
+    again = [formulas.derivative(*case) for case in cases]
+    assert [derivative_store.structure(d) for d in again] == [
+        derivative_store.structure(d) for d in derived
+    ]

@@ -278,12 +278,17 @@ def test_overflowing_update_is_caught_before_a_checkpoint(tmp_path, backend):
     assert list(tmp_path.iterdir()) == []  # nothing non-finite was saved
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype):
+@pytest.mark.parametrize(
+    "dtype, backend", [("float32", "cpu"), ("float64", "cpu"), ("float32", "numpy")]
+)
+def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend):
+    """With the CPU back end's compiled all_finite, and with NumPy (the reference back end)."""
     from types import SimpleNamespace
 
     from graphnn.nonfinite import broken_names
 
+    trainer = gn.compile(linear_graph(), backend=backend, dtype=dtype).trainer
+    assert (getattr(trainer, "all_finite", None) is not None) == (backend == "cpu")
     big = np.finfo(dtype).max
     good = np.array([[big, -big], [np.finfo(dtype).smallest_subnormal, 0.0]], dtype)
     arrays = {f"a{k}": np.ones((3, 11), dtype) for k in range(6)}
@@ -292,6 +297,7 @@ def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype):
     model = SimpleNamespace(
         params={"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)},
         state={k: v for k, v in arrays.items() if k not in ("a0", "a1")},
+        trainer=trainer,
     )
     assert broken_names(model) == ["a0", "a2", "a4"]
 
