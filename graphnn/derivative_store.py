@@ -90,10 +90,13 @@ def load_or_derive(key: str, derive: Callable[[], Derivative]) -> Derivative:
         pass
     value = derive()
     try:
+        data = dumps((full_key, structure(value), value))
         path.parent.mkdir(parents=True, exist_ok=True)
-        publish(path, dumps((full_key, structure(value), value)))
+        publish(path, data)
     except OSError:
         pass  # a read-only cache: the next process derives again
+    except (pickle.PicklingError, AttributeError, TypeError):
+        pass  # not storable (a formula with a Function class defined inside a function)
     return value
 
 

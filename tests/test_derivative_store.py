@@ -133,3 +133,12 @@ def test_every_ops_derivatives_come_back_from_disk_as_the_same_trees(store, monk
     assert [derivative_store.structure(d) for d in again] == [
         derivative_store.structure(d) for d in derived
     ]
+
+
+def test_a_form_that_cannot_be_pickled_is_derived_in_every_process(store, monkeypatch):
+    def unpicklable(obj):
+        raise pickle.PicklingError("Can't pickle <class 'local_function'>")
+
+    monkeypatch.setattr(derivative_store, "dumps", unpicklable)
+    assert formulas.derivative(SIGMOID, 0).form == "output"
+    assert not store.exists()
