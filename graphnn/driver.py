@@ -88,7 +88,12 @@ def _rows(arrays) -> int:
 
 
 class Model:
-    """Parameters, optimizer state and compiled kernels of one graph."""
+    """Parameters, optimizer state and compiled kernels of one graph.
+
+    ``params`` and ``state`` are dicts of arrays that training updates in place.  An entry may be
+    replaced by any float array of its shape (float64, a transposed view, nested lists): ``fit``,
+    ``evaluate`` and ``predict`` first put a C-contiguous copy in the model's dtype in its place.
+    """
 
     def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
         from codegen import get_backend
