@@ -248,6 +248,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "def_step": "\n".join(_wrapped("def step", [*xs, "params", "state", "t=1", *kw], ":")),
         "def_fit": def_fit_epoch(kw),
         "epoch_order": EPOCH_ORDER,
+        "helpers": HELPERS,
         "call_epoch": "\n".join(_wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
     return WRAPPERS.format(**fill).splitlines()
@@ -268,9 +269,20 @@ def def_fit_epoch(kw: list[str]) -> str:
     return "\n".join(_wrapped("def fit_epoch", args, ":"))
 
 
-WRAPPERS = '''\
+# Helpers of the wrappers in the CPU and the CUDA export alike (inserted by format: single braces).
+HELPERS = """\
 def _arrays(values, names):
     return tuple(values[k] for k in names)
+
+
+def _check(status, t):
+    if status != 0:
+        what = "the loss" if status < 0 else f"the gradient of {list(PARAMS)[status - 1]}"
+        raise FloatingPointError(f"step {t}: {what} is not finite (NaN or Inf)")"""
+
+
+WRAPPERS = '''\
+{helpers}
 
 
 def _data(*arrays):
@@ -280,12 +292,6 @@ def _data(*arrays):
 def _workspace(arrays):
     """Buffers for one step on this batch (the kernels allocate nothing themselves)."""
     return workspace(arrays[0].shape[0] if arrays else 1)
-
-
-def _check(status, t):
-    if status != 0:
-        what = "the loss" if status < 0 else f"the gradient of {{list(PARAMS)[status - 1]}}"
-        raise FloatingPointError(f"step {{t}}: {{what}} is not finite (NaN or Inf)")
 
 
 {def_loss}

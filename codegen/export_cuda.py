@@ -20,6 +20,7 @@ from codegen.emit import forward_inputs
 from codegen.export import (
     API,
     EPOCH_ORDER,
+    HELPERS,
     LOCALS,
     MAIN,
     _add_imports,
@@ -82,14 +83,14 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
         "def_fit": def_fit_epoch(kw),
         "epoch_order": EPOCH_ORDER,
+        "helpers": HELPERS,
         "call_epoch": "\n".join(_wrapped("launched = train_epoch", epoch, "", "    ")),
     }
     return WRAPPERS.format(**fill).splitlines()
 
 
 WRAPPERS = '''\
-def _arrays(values, names):
-    return tuple(values[k] for k in names)
+{helpers}
 
 
 def _device(*arrays, dtype=DTYPE):
@@ -106,12 +107,6 @@ def _device(*arrays, dtype=DTYPE):
         host = np.ascontiguousarray(a, dtype=dtype)
         out.append(cuda.to_device(host.reshape(host.shape or (1,))))
     return tuple(out)
-
-
-def _check(status, t):
-    if status != 0:
-        what = "the loss" if status < 0 else f"the gradient of {{list(PARAMS)[status - 1]}}"
-        raise FloatingPointError(f"step {{t}}: {{what}} is not finite (NaN or Inf)")
 
 
 {def_grads}
