@@ -27,6 +27,14 @@ def as_float(name: str, what: str, value, dtype) -> np.ndarray:
     return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d (ascontiguousarray would not)
 
 
+def as_shaped(name: str, what: str, value, shape, dtype) -> np.ndarray:
+    """``value`` as a C-contiguous ``dtype`` array of ``shape``; a DataError naming it otherwise."""
+    arr = as_float(name, what, value, dtype)
+    if arr.shape != shape:
+        raise DataError(f"{what} '{name}' has shape {show(shape)}, got {arr.shape}")
+    return arr
+
+
 def check_data(ir: GraphIR, data: Mapping, dtype=np.float32, required=None) -> dict:
     """Data arrays as contiguous ``dtype`` arrays, checked against the inputs' shapes."""
     if not isinstance(data, Mapping):
@@ -61,8 +69,5 @@ def check_params(ir: GraphIR, params: Mapping, dtype=np.float32) -> dict:
         raise DataError(f"no value for parameter(s) {missing}; parameters: {sorted(expected)}")
     out = {}
     for name, shape in expected.items():
-        arr = as_float(name, "parameter", params[name], dtype)
-        if arr.shape != shape:
-            raise DataError(f"parameter '{name}' has shape {show(shape)}, got {arr.shape}")
-        out[name] = arr
+        out[name] = as_shaped(name, "parameter", params[name], shape, dtype)
     return out

@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from graphnn import checkpoint as ckpt
-from graphnn.data import as_float, check_data
+from graphnn.data import as_shaped, check_data
 from graphnn.denormals import flush_denormals
 from graphnn.errors import CheckpointError, DataError
 from graphnn.history import History, ProgressBar, Watch
 from graphnn.metrics import accuracy, accuracy_kind, prediction_node
 from graphnn.nonfinite import broken_names, diagnose
 from graphnn.optim import SGD, Optimizer
-from graphnn.shapes import show
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -225,10 +224,8 @@ class Model:
             what, where = ("parameter", "params") if arrays is self.params else ("buffer", "state")
             if value is None:
                 raise DataError(f"model.{where} has no {what} '{name}'")
-            fresh = np.array(as_float(name, what, value, self.dtype), order="C")  # a copy we own
-            if fresh.shape != shape:
-                raise DataError(f"{what} '{name}' has shape {show(shape)}, got {fresh.shape}")
-            arrays[name] = fresh
+            fresh = as_shaped(name, what, value, shape, self.dtype)
+            arrays[name] = fresh if fresh.flags.writeable else fresh.copy()
 
     def _monitor(self, monitor, val) -> str:
         known = ["loss"]
