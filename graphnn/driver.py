@@ -91,7 +91,8 @@ class Model:
 
     ``params`` and ``state`` are dicts of arrays that training updates in place.  An entry may be
     replaced by any float array of its shape (float64, a transposed view, nested lists): ``fit``,
-    ``evaluate`` and ``predict`` first put a C-contiguous copy in the model's dtype in its place.
+    ``evaluate``, ``predict`` and ``load`` first put a C-contiguous copy in the model's dtype in
+    its place.
     """
 
     def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
@@ -200,7 +201,7 @@ class Model:
     def _trainable_arrays(self) -> None:
         """Every parameter and optimizer buffer as a writable C-contiguous array of the model's
         dtype and shape, replaced in its dict by such a copy if it is not one (before fit,
-        evaluate and predict).
+        evaluate, predict and load).
 
         The kernels update their arguments in place through flat views; a parameter the user
         set to a transposed view or a Fortran-ordered array would be trained through a copy and
@@ -383,6 +384,7 @@ class Model:
         the optimizer state, counters, history and shuffling RNG.  Raises CheckpointError naming
         ``path`` for a missing, corrupt or mismatched file; the model is unchanged then."""
         arrays, meta = ckpt.load_checkpoint(path)
+        self._trainable_arrays()  # the checkpoint is written into these arrays
         params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
         state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
         if not weights_only and meta.get("optimizer") != self.optimizer.name:

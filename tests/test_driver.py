@@ -333,6 +333,18 @@ def test_a_parameter_set_to_any_array_is_trained(make, backend):
     np.testing.assert_allclose(model.state["v_W"], reference.state["v_W"], rtol=1e-5, atol=1e-6)
 
 
+def test_a_checkpoint_loads_into_a_parameter_set_to_any_array(tmp_path):
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1, momentum=0.9))
+    saved = model.params["W"].copy()
+    model.save(tmp_path / "a.npz")
+    frozen = np.zeros((4, 3), np.float32)
+    frozen.flags.writeable = False
+    for given in (frozen, [[0.0] * 3] * 4):
+        model.params["W"] = given
+        model.load(tmp_path / "a.npz")
+        np.testing.assert_array_equal(model.params["W"], saved)
+
+
 def test_a_parameter_of_the_wrong_shape_or_missing_is_named():
     data = {"x": np.zeros((4, 4), np.float32), "t": np.zeros((4, 3), np.float32)}
     model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1, momentum=0.9))
