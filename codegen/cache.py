@@ -46,8 +46,9 @@ def load_module(source: str):
     if key in _LOADED:
         return _LOADED[key]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _read(path) != source:
-        publish(path, source.encode("utf-8"))
+    data = source.encode("utf-8")  # not the locale's: the text is not all ASCII
+    if _read_bytes(path) != data:
+        publish(path, data)
     name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -65,13 +66,6 @@ def _read_bytes(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError:
-        return None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")  # not the locale's: the text is not all ASCII
-    except (OSError, UnicodeDecodeError):
         return None
 
 

@@ -62,10 +62,13 @@ def test_file_published_meanwhile_by_another_process_is_kept(cache_dir, monkeypa
     path.write_text(text, encoding="utf-8")
     before = path.stat()
     looks = []
-    real_read_bytes = cache._read_bytes
-    # Our first look saw no file; publish's look, after its link failed, sees the other process's.
-    monkeypatch.setattr(cache, "_read", lambda p: looks.append(p))
-    monkeypatch.setattr(cache, "_read_bytes", lambda p: looks.append(p) or real_read_bytes(p))
+    real_read = cache._read_bytes
+
+    def read(p):  # our first look saw no file; publish's look, after its link failed, sees theirs
+        looks.append(p)
+        return None if len(looks) == 1 else real_read(p)
+
+    monkeypatch.setattr(cache, "_read_bytes", read)
     assert cache.load_module(text).X == 6
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
