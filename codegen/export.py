@@ -226,29 +226,39 @@ def _wrapped(head: str, args: list[str], tail: str, indent: str = "") -> list[st
     return [f"{indent}{head}(", *lines, f"{indent}){tail}"]
 
 
-def _wrappers(graph, sig, prediction) -> list[str]:
+def wrapper_fill(graph, sig, prediction, taken=frozenset()) -> tuple[dict, list, list]:
+    """What the CPU and the CUDA wrapper templates both fill in, with the input arguments and
+    the hyper-parameter keywords; ``taken``: more names an input argument must not have."""
     hyper = list(sig.hyper)
-    taken = API | LOCALS | set(hyper) | {h.upper() for h in hyper}
+    taken = API | LOCALS | set(taken) | set(hyper) | {h.upper() for h in hyper}
     xs = [_arg(i, taken) for i in sig.inputs]
     px = [_arg(sig.ident[i], taken) for i in forward_inputs(graph, [prediction])]
     kw = [f"{h}={h.upper()}" for h in hyper]
+    fill = {
+        "xs": ", ".join(xs),
+        "px": ", ".join(px),
+        "pred": _q(prediction),
+        "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
+        "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
+        "def_fit": def_fit_epoch(kw),
+        "epoch_order": EPOCH_ORDER,
+        "helpers": HELPERS,
+    }
+    return fill, xs, kw
+
+
+def _wrappers(graph, sig, prediction) -> list[str]:
+    fill, xs, kw = wrapper_fill(graph, sig, prediction)
+    hyper = list(sig.hyper)
     epoch = ["*arrays", "perm", "batch_size", "*_arrays(params, PARAMS)", "*_arrays(state, STATE)"]
     epoch += ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper] + [
         "t0",
         "workspace(batch_size)",
     ]
-    fill = {
-        "xs": ", ".join(xs),
-        "px": ", ".join(px),
-        "pred": _q(prediction),
+    fill |= {
         "hyper": ", ".join([*hyper, "t"]),
         "def_loss": "def loss(" + ", ".join([*xs, "params"]) + "):",
-        "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
-        "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
         "def_step": "\n".join(_wrapped("def step", [*xs, "params", "state", "t=1", *kw], ":")),
-        "def_fit": def_fit_epoch(kw),
-        "epoch_order": EPOCH_ORDER,
-        "helpers": HELPERS,
         "call_epoch": "\n".join(_wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
     return WRAPPERS.format(**fill).splitlines()

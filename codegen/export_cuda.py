@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import importlib
 
-from codegen.emit import forward_inputs
 from codegen.export import (
-    API,
-    EPOCH_ORDER,
-    HELPERS,
-    LOCALS,
     MAIN,
     _add_imports,
-    _arg,
     _constants,
     _init_functions,
-    _q,
     _retitle,
     _wrapped,
-    def_fit_epoch,
+    wrapper_fill,
 )
 from graphnn.errors import CodegenError
 from graphnn.metrics import prediction_node
@@ -66,26 +59,13 @@ def cuda_standalone_source(graph, optimizer, dtype="float32", title="model") -> 
 
 
 def _wrappers(graph, sig, prediction) -> list[str]:
+    fill, _, _ = wrapper_fill(graph, sig, prediction, TAKEN)
     hyper = list(sig.hyper)
-    taken = API | LOCALS | TAKEN | set(hyper) | {h.upper() for h in hyper}
-    xs = [_arg(i, taken) for i in sig.inputs]
-    px = [_arg(sig.ident[i], taken) for i in forward_inputs(graph, [prediction])]
-    kw = [f"{h}={h.upper()}" for h in hyper]
     epoch = ["Workspace(DTYPE)", "*arrays", "_device(perm, dtype=np.int64)[0]", "batch_size"]
     epoch += ["*weights"]
     epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
     epoch += ["t0", "losses", "status", "gscale"]
-    fill = {
-        "xs": ", ".join(xs),
-        "px": ", ".join(px),
-        "pred": _q(prediction),
-        "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
-        "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
-        "def_fit": def_fit_epoch(kw),
-        "epoch_order": EPOCH_ORDER,
-        "helpers": HELPERS,
-        "call_epoch": "\n".join(_wrapped("launched = train_epoch", epoch, "", "    ")),
-    }
+    fill["call_epoch"] = "\n".join(_wrapped("launched = train_epoch", epoch, "", "    "))
     return WRAPPERS.format(**fill).splitlines()
 
 
