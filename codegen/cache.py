@@ -34,6 +34,11 @@ def cache_dir() -> Path:
     return Path(base) / "graphnn"
 
 
+def derivatives_dir() -> Path:
+    """Where graphnn.derivative_store keeps the stable derivative forms it chose."""
+    return cache_dir() / "derivatives"
+
+
 def module_path(source: str) -> Path:
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     return cache_dir() / f"graphnn_{digest}.py"

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   graphnn grad examples/digits.toml --format latex
   graphnn check examples/xor.toml           finite-difference check of the gradients
   graphnn export examples/digits.toml -o digits_step.py
+  graphnn cache --older-than 30             remove compiled kernels unused for 30 days
 """
 
 
@@ -45,6 +46,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         raise _UsageError(message)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -102,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help="override the spec's 20 epochs")
     p.add_argument("--backend", choices=backends, help="default cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("cache", help="show the kernel cache's size; --clear or prune it")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--clear", action="store_true", help="remove everything graphnn cached")
+    what.add_argument(
+        "--older-than", type=_days, metavar="DAYS", help="remove entries unused for DAYS days"
+    )
     return parser
 
 
@@ -311,6 +329,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from codegen import cache_files
+
+    found = cache_files.entries()
+    print(f"cache directory: {cache_files.cache_dir()}")
+    labels = {"module": "kernel modules", "derivative": "derivative forms", "temp": "temp files"}
+    for kind, (count, size) in cache_files.summary(found).items():
+        print(f"  {labels[kind]:<17}{count:>6}  {_megabytes(size)}")
+    if args.clear or args.older_than is not None:
+        count, size = cache_files.remove(cache_files.stale(found, args.older_than))
+        when = "" if args.clear else f", unused for {args.older_than:g} days"
+        print(f"removed {count} entries ({_megabytes(size)}{when})")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
 COMMANDS = {
     "train": cmd_train,
     "grad": cmd_grad,
@@ -318,6 +355,7 @@ COMMANDS = {
     "check": cmd_check,
     "export": cmd_export,
     "demo": cmd_demo,
+    "cache": cmd_cache,
 }
 
 

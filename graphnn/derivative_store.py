@@ -19,7 +19,7 @@ its key.  Anything else is derived again and rewritten, atomically.
 The files sit next to the kernel modules and Numba's cache of them (itself pickled index files
 and machine code), and are trusted as far as those are: the cache directory must be writable by
 its user only, as the default ``~/.cache/graphnn`` is.  An unwritable cache directory only means
-deriving in every process.  Old entries are not pruned.
+deriving in every process.  ``graphnn cache`` lists and prunes them (``codegen.cache_files``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import sympy
 
-from codegen.cache import cache_dir, publish
+from codegen.cache import derivatives_dir, publish
 from graphnn import formulas
 from graphnn.formulas import Derivative
 
@@ -79,7 +79,7 @@ def load_or_derive(key: str, derive: Callable[[], Derivative]) -> Derivative:
     if code is None:
         return derive()
     full_key = f"{code} {key}"
-    path = cache_dir() / "derivatives" / f"{hashlib.sha256(full_key.encode()).hexdigest()}.pickle"
+    path = derivatives_dir() / f"{hashlib.sha256(full_key.encode()).hexdigest()}.pickle"
     try:
         stored_key, tree, value = pickle.loads(path.read_bytes())
         # formulas.Derivative, not the name imported above: a reload of formulas makes a new class

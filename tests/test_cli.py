@@ -14,7 +14,7 @@ from graphnn.cli import main
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SCRIPT = pathlib.Path(sys.executable).with_name("graphnn")
-COMMANDS = ["train", "grad", "graph", "check", "export", "demo"]
+COMMANDS = ["train", "grad", "graph", "check", "export", "demo", "cache"]
 
 BAD_SPEC = """
 [inputs]
@@ -97,6 +97,9 @@ def test_every_command_has_help(command, capsys):
         (["train", "x.toml", "--backend", "gpu"], "invalid choice: 'gpu'"),
         (["export", "x.toml"], "the following arguments are required: -o/--output"),
         (["grad", "x.toml", "--format", "pdf"], "invalid choice: 'pdf'"),
+        (["cache", "--older-than", "-1"], "expected a number of days >= 0, got '-1'"),
+        (["cache", "--older-than", "nan"], "expected a number of days >= 0, got 'nan'"),
+        (["cache", "--clear", "--older-than", "1"], "not allowed with argument --clear"),
     ],
 )
 def test_usage_errors_exit_2(argv, expected, capsys):
