@@ -22,6 +22,7 @@ from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.steps import EMITTERS, Scope, drop_unused_sizes, indent, loop_header
 from graphnn.graph import GraphIR
+from graphnn.optim import state_key
 
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
 JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
@@ -85,8 +86,8 @@ def signature(graph, optimizer) -> Signature:
         hyper += ("clip_norm",)
     buffers = tuple(optimizer.state) if optimizer else ()
     scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
-    state_names = {f"{b}_{p}" for p in graph.param_names for b in buffers}
-    ident = _identifiers(graph, RESERVED | set(hyper) | set(buffers) | set(scalars) | state_names)
+    state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
+    ident = _identifiers(graph, RESERVED | set(hyper) | set(buffers) | set(scalars) | set(state))
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
     }
@@ -94,7 +95,7 @@ def signature(graph, optimizer) -> Signature:
     return Signature(
         inputs=tuple(ident[n.name] for n in graph.forward.inputs),
         params=params,
-        state=tuple(f"{b}_{p}" for p in graph.param_names for b in buffers),
+        state=state,
         hyper=hyper,
         training=GraphIR(graph.training.outputs, rename),
         forward=GraphIR(graph.forward.outputs, rename),

@@ -23,6 +23,7 @@ import sympy
 from graphnn.errors import CodegenError
 from graphnn.formulas import ARGS, BATCH, erf
 from graphnn.graph import GraphIR, Node
+from graphnn.optim import state_key
 
 
 @functools.cache
@@ -162,7 +163,7 @@ class Trainer:
             norm = np.sqrt(sum(np.sum(np.square(grads[p], dtype=np.float64)) for p in names))
             gscale = min(1.0, self.optimizer.clip_norm / (norm + 1e-6))
         for p in names:
-            buffers = {s: state[f"{s}_{p}"] for s in self.optimizer.state}
+            buffers = {s: state[state_key(s, p)] for s in self.optimizer.state}
             self.apply_update(params[p], grads[p], buffers, {**hyper, "lr": lr}, t, gscale)
         return float(loss), 0
 

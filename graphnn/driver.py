@@ -34,7 +34,7 @@ from graphnn.errors import CheckpointError, DataError
 from graphnn.history import History, ProgressBar, Watch
 from graphnn.metrics import accuracy, accuracy_kind, prediction_node
 from graphnn.nonfinite import broken_names, diagnose
-from graphnn.optim import SGD, Optimizer
+from graphnn.optim import SGD, Optimizer, state_key
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -113,7 +113,7 @@ class Model:
         )
         self.params = graph.init_params(seed, self.dtype)
         self.state = {
-            f"{s}_{p}": np.zeros_like(self.params[p])
+            state_key(s, p): np.zeros_like(self.params[p])
             for p in graph.param_names
             for s in optimizer.state
         }
@@ -210,7 +210,9 @@ class Model:
         params = self.graph.forward.params
         expected = [(self.params, p.name, p.shape) for p in params]
         expected += [
-            (self.state, f"{s}_{p.name}", p.shape) for p in params for s in self.optimizer.state
+            (self.state, state_key(s, p.name), p.shape)
+            for p in params
+            for s in self.optimizer.state
         ]
         for arrays, name, shape in expected:
             value = arrays.get(name)

@@ -20,6 +20,7 @@ import numpy as np
 
 from graphnn.checkpoint import latest_checkpoint
 from graphnn.errors import NonFiniteError
+from graphnn.optim import state_key
 
 ADVICE = "Try a smaller learning rate or gradient clipping (clip_norm=...)."
 
@@ -115,7 +116,7 @@ def _broken_update(model, step, epoch, checkpoint_dir, found_by_step) -> NonFini
     param = next((p for p in graph.param_names if p in bad), None)
     if param is None:  # only optimizer state; name the parameter it belongs to
         buffers = model.optimizer.state
-        param = next(p for p in graph.param_names if {f"{s}_{p}" for s in buffers} & set(bad))
+        param = next(p for p in graph.param_names if {state_key(s, p) for s in buffers} & set(bad))
     # found by a step: the update of the step before it overflowed
     step = step - 1 if found_by_step else step
     names = ", ".join(repr(b) for b in bad)

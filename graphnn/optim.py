@@ -43,6 +43,11 @@ RESERVED |= {"all_finite", "sum_squares", "apply_update", "loss_and_grads", "tra
 RESERVED |= {"train_epoch", "forward"}
 
 
+def state_key(buffer: str, param: str) -> str:
+    """The name of ``param``'s optimizer buffer ``buffer`` in ``model.state`` and checkpoints."""
+    return f"{buffer}_{param}"
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
