@@ -26,7 +26,7 @@ from graphnn.checkpoint import atomic_write_text
 from graphnn.errors import CodegenError
 from graphnn.init import _fans
 from graphnn.metrics import prediction_node
-from graphnn.optim import SGD
+from graphnn.optim import SGD, state_key
 
 BACKENDS = ("cpu", "cuda")
 # The project's ruff rules pass, except line length: generated kernel lines are not wrapped.
@@ -153,10 +153,9 @@ def _constants(graph, optimizer, dtype, prediction, taken=frozenset()) -> list[s
         f"    {_q(n.name)}: ({n.shape!r}, {_q(n.attr('init'))})," for n in graph.forward.params
     ]
     lines.append("}")
-    buffers = [_q(b) for b in optimizer.state]
-    buffers = "(" + ", ".join(buffers) + ("," if len(buffers) == 1 else "") + ")"
     lines.append(f"# {optimizer.name} buffers, zero at the start: state name -> its parameter")
-    lines.append(f'STATE = {{f"{{b}}_{{p}}": p for p in PARAMS for b in {buffers}}}')
+    pairs = [(state_key(b, n.name), n.name) for n in graph.forward.params for b in optimizer.state]
+    lines.append("STATE = {" + ", ".join(f"{_q(k)}: {_q(p)}" for k, p in pairs) + "}")
     lines.append(f"PREDICTION = {_q(prediction)}  # the graph node predict() returns")
     if optimizer.schedule is not None:
         lines.append(f"# Not exported: schedule {optimizer.schedule!r}; pass lr=<one per step>.")
