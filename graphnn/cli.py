@@ -337,10 +337,15 @@ def cmd_cache(args) -> int:
     labels = {"module": "kernel modules", "derivative": "derivative forms", "temp": "temp files"}
     for kind, (count, size) in cache_files.summary(found).items():
         print(f"  {labels[kind]:<17}{count:>6}  {_megabytes(size)}")
-    if args.clear or args.older_than is not None:
-        count, size = cache_files.remove(cache_files.stale(found, args.older_than))
-        when = "" if args.clear else f", unused for {args.older_than:g} days"
-        print(f"removed {count} entries ({_megabytes(size)}{when})")
+    if not args.clear and args.older_than is None:
+        return 0
+    done = cache_files.remove(cache_files.stale(found, args.older_than))
+    when = "" if args.clear else f", unused for {args.older_than:g} days"
+    noun = "entry" if done.entries == 1 else "entries"
+    print(f"removed {done.entries} {noun} ({_megabytes(done.size)}{when})")
+    if done.failed:
+        more = f" and {len(done.failed) - 1} more" if len(done.failed) > 1 else ""
+        return _fail(f"could not remove {done.failed[0]}{more}", FAILURE)
     return 0
 
 
