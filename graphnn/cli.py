@@ -242,7 +242,7 @@ def cmd_grad(args) -> int:
         )
     if args.format in ("markdown", "html"):
         report = _inspect("report", f"grad --format {args.format}")
-        print(report(graph, args.format))
+        print(report(graph, args.format, None if args.param is None else [args.param]))
         return 0
     loss = graph.loss_name
     for name in [args.param] if args.param else graph.param_names:

@@ -19,6 +19,7 @@ x^T δ(matmul1)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from graphnn.audit import Audit, stability_audit
@@ -216,12 +217,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def report(graph, fmt: str = "markdown") -> str:
-    """Every parameter's gradient explained, as Markdown or self-contained HTML."""
+def report(graph, fmt: str = "markdown", params: Sequence[str] | None = None) -> str:
+    """Each parameter's gradient explained (``params``, default all), then the stability audit,
+    as Markdown or self-contained HTML."""
     from graphnn.report import html_report, markdown_report
 
+    for p in params or ():
+        graph._param(p)  # an unknown name fails before any work
     if fmt == "markdown":
-        return markdown_report(graph)
+        return markdown_report(graph, params)
     if fmt == "html":
-        return html_report(graph)
+        return html_report(graph, params)
     raise ValueError(f"unknown report format {fmt!r}; formats: markdown, html")

@@ -32,21 +32,22 @@ td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text
 """
 
 
-def explanations(graph) -> list:
+def explanations(graph, params=None) -> list:
+    """``explain`` of each parameter in ``params`` (default: all, in graph order)."""
     from codegen import numba_cpu
     from graphnn.inspect import explain
 
     source = numba_cpu.source(graph)
-    return [explain(graph, p, source) for p in graph.param_names]
+    return [explain(graph, p, source) for p in (graph.param_names if params is None else params)]
 
 
-def markdown_report(graph) -> str:
+def markdown_report(graph, params=None) -> str:
     """Summary table, one section per parameter, then the stability audit."""
     from graphnn.audit import stability_audit
 
     out = [f"# Gradients of loss '{graph.loss_name}'", ""]
     out += ["| parameter | shape | dL/dparameter |", "|---|---|---|"]
-    exps = explanations(graph)
+    exps = explanations(graph, params)
     for e in exps:
         out.append(f"| `{e.param}` | {show(e.shape)} | `{_cell(str(e.formula))}` |")
     out.append("")
@@ -124,13 +125,13 @@ def _section(e) -> list[str]:
     return out + [f"<pre>{h(code)}</pre>"]
 
 
-def html_report(graph) -> str:
+def html_report(graph, params=None) -> str:
     """One self-contained HTML page (no network, no script)."""
     from graphnn.audit import stability_audit
 
     h = html.escape
     title = f"Gradients of loss '{graph.loss_name}'"
-    exps = explanations(graph)
+    exps = explanations(graph, params)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">']
     out += [f"<title>{h(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{h(title)}</h1>"]
     out += ["<table><tr><th>parameter</th><th>shape</th><th>dL/dparameter</th></tr>"]

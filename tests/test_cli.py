@@ -232,7 +232,7 @@ def fake_inspect(monkeypatch):
     """A stand-in graphnn.inspect that records what the CLI passes to it."""
     calls = []
     module = types.ModuleType("graphnn.inspect")
-    module.report = lambda graph, fmt: calls.append(("report", fmt)) or f"REPORT {fmt}"
+    module.report = lambda graph, fmt, params: calls.append(("report", fmt, params)) or "REPORT"
     module.to_dot = lambda graph: calls.append(("to_dot",)) or "digraph g {}"
     module.render_png = lambda graph, path: calls.append(("render_png", str(path)))
     module.stability_audit = lambda graph: calls.append(("audit",)) or "AUDIT OK"
@@ -243,8 +243,13 @@ def fake_inspect(monkeypatch):
 def test_grad_markdown_and_html_call_the_inspect_report(fake_inspect, capsys):
     for fmt in ("markdown", "html"):
         assert main(["grad", str(EXAMPLES / "xor.toml"), "--format", fmt]) == 0
-        assert capsys.readouterr().out.strip() == f"REPORT {fmt}"
-    assert fake_inspect == [("report", "markdown"), ("report", "html")]
+        assert capsys.readouterr().out.strip() == "REPORT"
+    assert main(["grad", str(EXAMPLES / "xor.toml"), "--format", "html", "--param", "W2"]) == 0
+    assert fake_inspect == [
+        ("report", "markdown", None),
+        ("report", "html", None),
+        ("report", "html", ["W2"]),
+    ]
 
 
 def test_missing_inspect_feature_is_reported_cleanly(monkeypatch, capsys):

@@ -265,6 +265,18 @@ def test_markdown_report_covers_every_parameter():
     assert "## Stability audit" in md and "Result: OK" in md
 
 
+def test_reports_of_chosen_parameters_leave_the_others_out():
+    g = digits_mlp()
+    md = gi.report(g, "markdown", ["b2"])
+    assert "## dL/db2" in md and str(g.gradient("b2")) in md
+    assert [p for p in g.param_names if f"## dL/d{p}" in md] == ["b2"]
+    assert "## Stability audit" in md
+    page = gi.report(g, "html", ["W1", "b2"])
+    assert [p for p in g.param_names if f'id="{p}"' in page] == ["W1", "b2"]
+    with pytest.raises(KeyError, match="no parameter named 'W9'"):
+        gi.report(g, "markdown", ["W9"])
+
+
 class _Tags(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
