@@ -25,6 +25,7 @@ from sympy.printing.latex import LatexPrinter
 
 from codegen.numpy_ref import RULES as NUMPY_RULES
 from codegen.numpy_ref import _lambdified
+from graphnn.errors import DataError
 from graphnn.formulas import ARGS, BATCH, Y
 from graphnn.graph import GraphIR, Node, Tensor
 
@@ -52,10 +53,20 @@ class Formula:
         return f"${self.latex_text}$"
 
     def evaluate(self, values: Mapping[str, np.ndarray], n: int | None = None) -> np.ndarray:
-        """The formula's value, given the forward nodes' values (by node name)."""
+        """The formula's value, given the values of the graph's nodes by name, such as
+        ``g.evaluate_nodes(params, data)`` returns."""
         if n is None:
             n = next((len(v) for v in values.values() if np.ndim(v) > 1), 1)
-        return self.run(values, n)
+        try:
+            return self.run(values, n)
+        except KeyError as exc:
+            name = exc.args[0] if exc.args else None
+            if not isinstance(name, str) or name in values:
+                raise
+            raise DataError(
+                f"formula {self.text}: no value for node {name!r}; "
+                "g.evaluate_nodes(params, data) gives every node's value"
+            ) from None
 
     def count_ops(self) -> int:
         """Operations in the formula; independent of layer widths by construction."""

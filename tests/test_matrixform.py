@@ -12,6 +12,7 @@ import pytest
 from matplotlib.mathtext import MathTextParser
 
 import graphnn as gn
+from graphnn.errors import DataError
 from tests.finite_diff import numeric_gradients, relative_error
 
 TOL = 1e-6
@@ -67,6 +68,14 @@ def test_formula_evaluation_sees_changed_values():
     bad = dict(values)
     bad["x"] = values["x"] * 2
     assert relative_error(g.gradient("W1").evaluate(bad), grads["W1"]) > 1e-3
+
+
+def test_formula_evaluation_names_a_node_value_it_lacks():
+    g = mlp("tanh", "softmax_cross_entropy")
+    params = g.init_params(seed=2)
+    data = {"x": np.ones((4, 3)), "y": np.eye(2)[[0, 1, 0, 1]]}
+    with pytest.raises(DataError, match=r"^formula x\^T .*: no value for node '(add2|tanh1)'; g\."):
+        g.gradient("W1").evaluate(params | data)  # parameters and inputs, not the nodes' values
 
 
 def two_layer_relu_named():
