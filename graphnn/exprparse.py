@@ -131,7 +131,7 @@ def _problem(node: ast.AST, parent: ast.AST | None, names: Mapping, functions: M
             return None
         if ident in functions:
             return 1, f"{ident!r} is a function; call it as {ident}(...)", ""
-        return 1, f"unknown name {ident!r}", _suggest(ident, [*names, *functions])
+        return 1, f"unknown name {ident!r}", _suggest(ident, names)
     if isinstance(node, ast.Constant):
         value, shown = node.value, _short(repr(node.value))
         if type(value) not in (int, float):

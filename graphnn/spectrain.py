@@ -147,6 +147,12 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
     """Check the ``[train]`` table against the built ``nodes`` and make a TrainConfig."""
     check_keys(table, where, TRAIN_KEYS)
     optimizer = parse_optimizer(table, where)
+    if "loss" not in table and "loss" not in nodes and nodes:
+        last = list(nodes)[-1]
+        raise SpecError(
+            f"{where} loss: no node of [graph] is named 'loss', the default loss node; "
+            f'name it loss or set loss = "{last}" (or whichever node is the loss) in [train]'
+        )
     loss = _node(table.get("loss", "loss"), f"{where} loss", nodes, leaves)
     if nodes[loss] is not None and nodes[loss].shape != ():
         raise SpecError(

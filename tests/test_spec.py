@@ -502,10 +502,25 @@ def test_train_errors(train, expected):
     assert expected in spec_error(MLP + "[train]\n" + train + "\n")
 
 
+def test_a_loss_node_not_named_loss_needs_train_loss():
+    text = MLP.replace('loss = "softmax', 'objective = "softmax')
+    assert spec_error(text).endswith(
+        "[train] loss: no node of [graph] is named 'loss', the default loss node; "
+        'name it loss or set loss = "objective" (or whichever node is the loss) in [train]'
+    )
+    assert spec_error(text + '[train]\nloss = "objectiv"\n').endswith(
+        "[train] loss: 'objectiv' is not a node of [graph]; did you mean 'objective'?"
+    )
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [
         ('[functions]\nf = "z / (1 + exp(-q))"', "[functions] f: unknown name 'q'"),
+        (
+            '[functions]\nf = "x / (1 + exp(-x))"',
+            "[functions] f: unknown name 'x' (column 1); known: z",
+        ),
         ('[functions]\nf = "3"', "[functions] f: the formula does not depend on z"),
         ('[functions]\nrelu = "z"', "[functions] relu: name 'relu' shadows the built-in op"),
         ('[functions]\nf = "z.real"', "[functions] f: attribute access '.real' is not allowed"),
