@@ -1,7 +1,8 @@
 """The ``graphnn`` command: train, inspect, check and export networks declared in spec files.
 
 Exit codes: 0 success; 2 a usage or spec error; 1 a failure while running (training stopped on
-NaN/Inf, a gradient check failed, a back end or an inspection feature is not available).  Errors
+NaN/Inf, a spec's ``[expect]`` was not met, a gradient check failed, a back end or an inspection
+feature is not available).  Errors
 print one ``graphnn: error: ...`` line to stderr, never a traceback (set ``GRAPHNN_DEBUG=1`` to
 see one).
 
@@ -227,6 +228,10 @@ def _train(spec, out: Path, epochs, backend, quiet: bool) -> int:
     result = run_spec(spec, out, epochs=epochs, backend=backend, progress=progress)
     for line in result.report():
         print(line)
+    unmet = [(key, bound, value) for key, bound, value, met in result.expectations() if not met]
+    if unmet:  # [expect] is the spec's own test: a script or CI job sees it fail
+        shown = ", ".join(f"{k} {'>=' if k == 'accuracy' else '<='} {b:g}" for k, b, _ in unmet)
+        return _fail(f"[expect] not met: {shown} (the model is saved all the same)", FAILURE)
     return 0
 
 

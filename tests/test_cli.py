@@ -166,8 +166,10 @@ def test_train_in_a_subprocess_writes_the_run(tmp_path):
 
 
 def test_train_in_process_reports_held_out_accuracy(in_tmp, capsys):
-    assert main(["train", str(EXAMPLES / "iris.toml"), "--backend", "numpy", "--epochs", "3"]) == 0
-    out = capsys.readouterr().out
+    code = main(["train", str(EXAMPLES / "iris.toml"), "--backend", "numpy", "--epochs", "3"])
+    out, err = capsys.readouterr()
+    met = "expect     accuracy >= 0.9: met" in out
+    assert code == (0 if met else 1) and ("[expect] not met" in err) != met
     assert "3 epochs on numpy" in out
     assert "held-out   loss" in out and "(30 samples)" in out and "accuracy" in out
     assert "expect     accuracy >= 0.9" in out
@@ -187,10 +189,25 @@ def test_training_failure_exits_1(in_tmp, capsys):
     assert err.startswith("graphnn: error: training failed: ") and "NaN or Inf" in err
 
 
+def test_unmet_expectation_exits_1_and_keeps_the_model(in_tmp, capsys):
+    (in_tmp / "data").mkdir()
+    (in_tmp / "data" / "and.csv").write_text((EXAMPLES / "data" / "and.csv").read_text())
+    spec = (EXAMPLES / "neuron.toml").read_text().replace("accuracy = 1.0", "loss = 0.0")
+    (in_tmp / "strict.toml").write_text(spec)
+    assert main(["train", "strict.toml", "--epochs", "5", "--quiet", "--out", "run"]) == 1
+    out, err = capsys.readouterr()
+    assert "expect     loss <= 0: NOT met" in out
+    assert (
+        err.strip()
+        == "graphnn: error: [expect] not met: loss <= 0 (the model is saved all the same)"
+    )
+    assert (in_tmp / "run" / "model.npz").exists()
+
+
 def test_demo_trains_the_bundled_spec(in_tmp, capsys):
     code = main(["demo", "--out", "demo", "--epochs", "2", "--backend", "numpy", "--quiet"])
-    assert code == 0
     out = capsys.readouterr().out
+    assert code == (0 if "accuracy >= 0.95: met" in out else 1)
     assert "graphnn/specs/digits.toml" in out.replace(os.sep, "/")
     for name in ("history.json", "curves.png", "model.npz"):
         assert (in_tmp / "demo" / name).exists()
