@@ -29,3 +29,11 @@ def test_readme_example_runs_and_prints_its_comments():
     loss, val_accuracy = map(float, lines[2].split())
     assert loss < 0.05 and val_accuracy >= 0.95, lines[2]
     assert re.fullmatch(r"\[\d( \d){4}\]", lines[3]), lines[3]  # five predicted classes
+
+
+def test_readme_spec_listing_is_the_digits_example():
+    text = README.read_text()
+    match = re.search(r"This is `examples/digits.toml`.*?\n\n```toml\n(.*?)```", text, re.S)
+    assert match, "the README lost its spec listing"
+    example = (README.parent / "examples" / "digits.toml").read_text()
+    assert match.group(1) == example[example.index("[inputs]") :]
