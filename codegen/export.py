@@ -47,6 +47,7 @@ DRAWS = {
 
 # Names the wrappers define or use; an input named like one of them gets a trailing "_".
 API = {"DTYPE", "INPUTS", "PARAMS", "STATE", "PREDICTION", "init_params", "init_state"}
+API |= {"EPOCHS", "BATCH_SIZE", "_batch"}
 API |= {"loss", "grads", "step", "fit_epoch", "predict", "main", "forward_prediction"}
 API |= {"forward", "loss_and_grads", "train_step", "train_epoch", "workspace", "_workspace"}
 API |= {"np", "zlib"}
@@ -55,12 +56,20 @@ LOCALS = {"data", "params", "state", "t", "t0", "batch_size", "perm", "arrays", 
 LOCALS |= {"lrs", "total", "done", "status", "value", "out", "hyper", "ws"}
 
 
-def export_module(graph, path, optimizer=None, backend="cpu", dtype="float32") -> Path:
+def export_module(
+    graph, path, optimizer=None, backend="cpu", dtype="float32", epochs=10, batch_size=32
+) -> Path:
     """Write the standalone training module of ``graph`` to ``path`` (atomically); returns it.
 
     ``optimizer`` defaults to ``gn.SGD(lr=0.01)`` (as ``gn.compile`` does); its hyper-parameters
-    become the defaults of ``step`` and ``fit_epoch``.  ``python <path> data.npz`` trains.
+    become the defaults of ``step`` and ``fit_epoch``.  ``python <path> data.npz`` trains for
+    ``epochs`` epochs of mini-batches of ``batch_size`` rows (None: the whole data set).
     """
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise CodegenError(f"epochs must be a positive int, got {epochs!r}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise CodegenError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    run = {"epochs": epochs, "batch_size": batch_size}
     path = _check_path(path)
     if backend not in BACKENDS:
         raise CodegenError(f"cannot export for back end {backend!r}; exportable: cpu, cuda")
@@ -74,9 +83,9 @@ def export_module(graph, path, optimizer=None, backend="cpu", dtype="float32") -
     if backend == "cuda":
         from codegen.export_cuda import cuda_standalone_source
 
-        text = cuda_standalone_source(graph, optimizer, name, title=path.stem)
+        text = cuda_standalone_source(graph, optimizer, name, title=path.stem, **run)
     else:
-        text = standalone_source(graph, optimizer, name, title=path.stem)
+        text = standalone_source(graph, optimizer, name, title=path.stem, **run)
     atomic_write_text(path, text)
     return path
 
@@ -90,7 +99,9 @@ def _check_path(path) -> Path:
     return path
 
 
-def standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
+def standalone_source(
+    graph, optimizer, dtype="float32", title="model", epochs=10, batch_size=32
+) -> str:
     """The exported module's text: kernels, the prediction kernel, constants, wrappers, main."""
     sig = signature(graph, optimizer)
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
@@ -102,7 +113,7 @@ def standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
     kernel = [ln.replace("def forward(", "def forward_prediction(", 1) for ln in kernel]
     head = [f"# {prediction}: the prediction, for predict()"]
     parts = [text.rstrip("\n"), "", "", *head, *kernel, "", ""]
-    parts += _constants(graph, optimizer, dtype, prediction)
+    parts += _constants(graph, optimizer, dtype, prediction, epochs, batch_size)
     parts += _init_functions(graph)
     parts += _wrappers(graph, sig, prediction)
     parts += MAIN.splitlines()
@@ -130,7 +141,7 @@ def _retitle(text: str, title: str, loss: str, dtype: str, api: list[str] = CPU_
     lines = [
         f'"""{title}: a standalone training module exported by graphnn (loss {loss!r}, {dtype}).',
         "",
-        f"Train: python {title}.py data.npz --epochs 10 (the .npz keys are the input names).",
+        f"Train: python {title}.py data.npz (the .npz keys are the input names; --help).",
         *api,
         "",
     ]
@@ -139,7 +150,9 @@ def _retitle(text: str, title: str, loss: str, dtype: str, api: list[str] = CPU_
     return "\n".join(lines) + '"""\n\n' + text
 
 
-def _constants(graph, optimizer, dtype, prediction, taken=frozenset()) -> list[str]:
+def _constants(
+    graph, optimizer, dtype, prediction, epochs, batch_size, taken=frozenset()
+) -> list[str]:
     """Module constants; ``taken``: more names a hyper-parameter must not have."""
     hyper = _hyper_values(optimizer)
     bad = {h for h in hyper if h in LOCALS | API | taken or h.upper() in API | taken}
@@ -160,6 +173,8 @@ def _constants(graph, optimizer, dtype, prediction, taken=frozenset()) -> list[s
     if optimizer.schedule is not None:
         lines.append(f"# Not exported: schedule {optimizer.schedule!r}; pass lr=<one per step>.")
     lines += [f"{h.upper()} = {v!r}" for h, v in hyper.items()]
+    lines.append(f"EPOCHS = {epochs!r}  # main()'s defaults")
+    lines.append(f"BATCH_SIZE = {batch_size!r}  # None: the whole data set per step")
     return lines + ["", ""]
 
 
@@ -236,6 +251,7 @@ def wrapper_fill(graph, sig, prediction, taken=frozenset()) -> tuple[dict, list,
     fill = {
         "xs": ", ".join(xs),
         "px": ", ".join(px),
+        "pnames": "(" + "".join(f"{_q(n)}, " for n in forward_inputs(graph, [prediction])) + ")",
         "pred": _q(prediction),
         "def_grads": "def grads(" + ", ".join([*xs, "params"]) + "):",
         "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
@@ -284,6 +300,20 @@ def _arrays(values, names):
     return tuple(values[k] for k in names)
 
 
+def _batch(names, *arrays):
+    # the inputs ``names`` in order, checked against INPUTS: per-sample shapes, one batch size
+    first = None
+    for name, a in zip(names, arrays, strict=True):
+        shape = np.shape(a)
+        if len(shape) != len(INPUTS[name]) + 1 or tuple(shape[1:]) != INPUTS[name]:
+            want = ", ".join(["batch", *map(str, INPUTS[name])])
+            raise ValueError(f"input {name!r} has shape {shape}; expected ({want})")
+        if first is not None and shape[0] != first[1]:
+            raise ValueError(f"input {name!r} has {shape[0]} rows; {first[0]!r} has {first[1]}")
+        first = first or (name, shape[0])
+    return arrays
+
+
 def _check(status, t):
     if status != 0:
         what = "the loss" if status < 0 else f"the gradient of {list(PARAMS)[status - 1]}"
@@ -305,19 +335,19 @@ def _workspace(arrays):
 
 {def_loss}
     """The loss on one batch."""
-    return float(forward(*_data({xs}), *_arrays(params, PARAMS))[0])
+    return float(forward(*_data(*_batch(INPUTS, {xs})), *_arrays(params, PARAMS))[0])
 
 
 {def_grads}
     """The backward pass: the loss's gradient for every parameter on one batch, by name."""
-    arrays = _data({xs})
+    arrays = _data(*_batch(INPUTS, {xs}))
     out = loss_and_grads(*arrays, *_arrays(params, PARAMS), _workspace(arrays))
     return dict(zip(PARAMS, out[1:], strict=True))
 
 
 {def_step}
     """One optimizer step (step number t, from 1) on one batch, in place; returns the loss."""
-    arrays = _data({xs})
+    arrays = _data(*_batch(INPUTS, {xs}))
     hyper = [DTYPE(h) for h in ({hyper})]
     ws = _workspace(arrays)
     value, status = train_step(
@@ -331,7 +361,7 @@ def _workspace(arrays):
     """Mini-batch steps over ``data`` (arrays by input name) in the order of ``perm`` (default:
     data order), in place.  ``lr``: one value or one per step; ``t0``: steps done before.
     Returns (mean loss, t0 + steps done)."""
-    arrays = _data(*_arrays(data, INPUTS))
+    arrays = _data(*_batch(INPUTS, *_arrays(data, INPUTS)))
 {epoch_order}
 {call_epoch}
     _check(status, t0 + done + 1)
@@ -340,7 +370,7 @@ def _workspace(arrays):
 
 {def_predict}
     """The prediction node {pred} for a batch."""
-    return forward_prediction(*_data({px}), *_arrays(params, PARAMS))
+    return forward_prediction(*_data(*_batch({pnames}, {px})), *_arrays(params, PARAMS))
 
 
 '''
@@ -352,8 +382,8 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help=".npz file with the arrays " + ", ".join(INPUTS))
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--seed", type=int, default=0, help="initialization and shuffling")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the data order")
@@ -368,6 +398,10 @@ def main(argv=None):
         if missing:
             parser.error(f"{args.data} has no arrays named {', '.join(missing)}")
         data = {k: npz[k] for k in INPUTS}
+    try:
+        _batch(INPUTS, *_arrays(data, INPUTS))
+    except ValueError as e:
+        parser.error(f"{args.data}: {e}")
     params = init_params(args.seed)
     state = init_state(params)
     rng = np.random.default_rng(args.seed)  # the same shuffles as graphnn's fit(seed=...)

@@ -40,7 +40,9 @@ TITLE_API = [
 ]
 
 
-def cuda_standalone_source(graph, optimizer, dtype="float32", title="model") -> str:
+def cuda_standalone_source(
+    graph, optimizer, dtype="float32", title="model", epochs=10, batch_size=32
+) -> str:
     """The exported CUDA module's text: kernels, constants, host wrappers, main."""
     try:
         cuda = importlib.import_module("codegen.numba_cuda")
@@ -51,7 +53,7 @@ def cuda_standalone_source(graph, optimizer, dtype="float32", title="model") -> 
     text = cuda.source(graph, optimizer, dtype, (prediction,))
     text = _add_imports(_retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]
-    parts += _constants(graph, optimizer, dtype, prediction, TAKEN)
+    parts += _constants(graph, optimizer, dtype, prediction, epochs, batch_size, TAKEN)
     parts += _init_functions(graph)
     parts += _wrappers(graph, sig, prediction)
     parts += MAIN.splitlines()
@@ -92,7 +94,8 @@ def _device(*arrays, dtype=DTYPE):
 {def_grads}
     """The backward pass: the loss's gradient for every parameter on one batch, by name,
     computed on the GPU."""
-    out = loss_and_grads(Workspace(DTYPE), *_device({xs}), *_device(*_arrays(params, PARAMS)))
+    arrays = _device(*_batch(INPUTS, {xs}))
+    out = loss_and_grads(Workspace(DTYPE), *arrays, *_device(*_arrays(params, PARAMS)))
     pairs = zip(PARAMS, out[1:], strict=True)
     return {{k: g.copy_to_host().reshape(np.shape(params[k])) for k, g in pairs}}
 
@@ -101,7 +104,7 @@ def _device(*arrays, dtype=DTYPE):
     """Mini-batch steps over ``data`` (arrays by input name) in the order of ``perm`` (default:
     data order) on the GPU; ``params`` and ``state`` are updated in place.  ``lr``: one value or
     one per step; ``t0``: steps done before.  Returns (mean loss, t0 + steps done)."""
-    arrays = _device(*_arrays(data, INPUTS))
+    arrays = _device(*_batch(INPUTS, *_arrays(data, INPUTS)))
 {epoch_order}
     weights, buffers = _device(*_arrays(params, PARAMS)), _device(*_arrays(state, STATE))
     losses = cuda.device_array(max(steps, 1), dtype=DTYPE)
@@ -121,7 +124,8 @@ def _device(*arrays, dtype=DTYPE):
 
 {def_predict}
     """The prediction node {pred} for a batch, computed on the GPU."""
-    (out,) = forward(Workspace(DTYPE), *_device({px}), *_device(*_arrays(params, PARAMS)))
+    arrays = _device(*_batch({pnames}, {px}))
+    (out,) = forward(Workspace(DTYPE), *arrays, *_device(*_arrays(params, PARAMS)))
     return out.copy_to_host()
 
 

@@ -327,8 +327,9 @@ def cmd_export(args) -> int:
         from codegen.export import export_module  # noqa: F401 - only to see whether it exists
     except ImportError as exc:
         raise _Unavailable(f"export needs codegen.export ({exc})") from None
+    train = spec.train
     path = spec.graph.export(
-        args.output, optimizer=spec.train.optimizer, backend=args.backend, dtype=spec.train.dtype
+        args.output, train.optimizer, args.backend, train.dtype, train.epochs, train.batch_size
     )
     print(f"wrote {path or args.output}")
     return 0

@@ -74,11 +74,14 @@ class Graph:
 
         return get_backend(backend).source(self, optimizer, dtype)
 
-    def export(self, path, optimizer=None, backend: str = "cpu", dtype="float32"):
-        """Write a standalone training module (numpy + numba only) to ``path``."""
+    def export(
+        self, path, optimizer=None, backend: str = "cpu", dtype="float32", epochs=10, batch_size=32
+    ):
+        """Write a standalone training module (numpy + numba only) to ``path``; ``epochs`` and
+        ``batch_size`` are the defaults of its command line."""
         from codegen.export import export_module
 
-        return export_module(self, path, optimizer=optimizer, backend=backend, dtype=dtype)
+        return export_module(self, path, optimizer, backend, dtype, epochs, batch_size)
 
     @property
     def inputs(self) -> dict[str, tuple]:

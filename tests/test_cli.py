@@ -316,6 +316,11 @@ def test_export_writes_a_standalone_module(in_tmp, capsys):
     assert capsys.readouterr().out.strip() == "wrote xor_step.py"
     text = (in_tmp / "xor_step.py").read_text()
     assert "def init_params(" in text and "import graphnn" not in text
+    # its command line trains as the spec says: full batches, 300 epochs, the spec's lr
+    lines = text.splitlines()
+    assert "EPOCHS = 300  # main()'s defaults" in lines
+    assert "BATCH_SIZE = None  # None: the whole data set per step" in lines
+    assert "LR = 0.05" in lines
 
 
 def test_export_to_a_missing_directory_fails_cleanly(in_tmp, capsys):

@@ -136,8 +136,9 @@ def test_exported_module_lints_compiles_and_is_short(digits):
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([sys.executable, "-m", "py_compile", str(digits.path)], capture_output=True)
     assert r.returncode == 0, r.stderr
-    # 427 lines when written: kernels, the workspace's buffer list (one line per buffer), the API.
-    assert len(digits.path.read_text().splitlines()) < 450
+    # 461 lines when written: kernels, the workspace's buffer list (one line per buffer), the API
+    # with its input checks.
+    assert len(digits.path.read_text().splitlines()) < 480
 
 
 def test_main_trains_on_npz_like_fit(digits):
@@ -214,6 +215,32 @@ def test_names_that_clash_with_the_api(tmp_path):
         module.step(data["params"] * np.nan, data["step"], params, state, t=3)
 
 
+def test_wrong_input_shapes_are_named_before_any_kernel_runs(tmp_path):
+    graph = digits_graph()
+    module = _load(graph.export(tmp_path / "shapes.py"))
+    params, x, y = module.init_params(0), np.zeros((6, 64)), np.zeros((6, 10))
+    wrong = "input 'x' has shape (6, 63); expected (batch, 64)"
+    calls = {
+        "loss": lambda: module.loss(x[:, :63], y, params),
+        "grads": lambda: module.grads(x[:, :63], y, params),
+        "step": lambda: module.step(x[:, :63], y, params, module.init_state(params)),
+        "fit_epoch": lambda: module.fit_epoch(
+            {"x": x[:, :63], "y": y}, params, module.init_state(params)
+        ),
+        "predict": lambda: module.predict(x[:, :63], params),
+    }
+    before = {k: v.copy() for k, v in params.items()}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=re.escape(wrong)):
+            call()
+            pytest.fail(f"{name} took the wrong shape")
+    assert all(np.array_equal(before[k], params[k]) for k in params)  # nothing was trained
+    with pytest.raises(ValueError, match="input 'y' has 5 rows; 'x' has 6"):
+        module.loss(x, y[:5], params)
+    with pytest.raises(ValueError, match=re.escape("input 'x' has shape (64,); expected")):
+        module.predict(x[0], params)
+
+
 def test_export_errors(tmp_path, monkeypatch):
     graph = digits_graph()
     with pytest.raises(gn.CodegenError, match="back end 'tpu'"):
@@ -230,6 +257,10 @@ def test_export_errors(tmp_path, monkeypatch):
     with pytest.raises(gn.CodegenError, match="the CUDA exporter needs numba-cuda"):
         graph.export(tmp_path / "m.py", backend="cuda")
     monkeypatch.undo()
+    with pytest.raises(gn.CodegenError, match="epochs must be a positive int, got 0"):
+        graph.export(tmp_path / "m.py", epochs=0)
+    with pytest.raises(gn.CodegenError, match="batch_size must be a positive int or None"):
+        graph.export(tmp_path / "m.py", batch_size="full")
     path = graph.export(tmp_path / "m.py", dtype="float64")
     assert "DTYPE = np.float64" in path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py"]  # no temp files left behind

@@ -162,6 +162,13 @@ mean, t = m.fit_epoch(data, params, state, batch_size=4)
 pred = m.predict(data["x"], params)
 out = {**params, **state, "mean": mean, "t": t, "pred": pred}
 out |= {"grad_" + k: g for k, g in before.items()}
+for call in (lambda: m.grads(data["x"][:, :3], data["y"], params),
+             lambda: m.predict(data["x"][:, :3], params),
+             lambda: m.fit_epoch({"x": data["x"], "y": data["y"][:9]}, params, state)):
+    try:
+        call()
+    except ValueError as e:
+        print("ValueError:", e)
 np.savez(sys.argv[3], **out)
 print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 """
@@ -185,7 +192,12 @@ def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
     np.savez(tmp_path / "data.npz", **data)
     proc = run_blocked(tmp_path, API_SCRIPT, path, tmp_path / "data.npz")
     assert proc.returncode == 0, proc.stderr[-5000:]
-    assert proc.stdout.split() == ["[]"], proc.stdout  # graphnn, sympy, networkx never imported
+    assert proc.stdout.splitlines() == [  # input shapes checked; graphnn etc. never imported
+        "ValueError: input 'x' has shape (10, 3); expected (batch, 4)",
+        "ValueError: input 'x' has shape (10, 3); expected (batch, 4)",
+        "ValueError: input 'y' has 9 rows; 'x' has 10",
+        "[]",
+    ], proc.stdout
     with np.load(tmp_path / "out.npz") as f:
         out = {k: f[k] for k in f.files}
 
