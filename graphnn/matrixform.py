@@ -15,7 +15,7 @@ x^T ((softmax(matmul1) - t)/n)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -118,13 +118,16 @@ def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> F
     return Formula(kind, text, tex, tuple(operands.values()), run)
 
 
-def call(fn: str, arg: Formula, expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]):
-    """``fn(arg)``: a named function of a formula, computed by ``expr`` over ``operands``."""
+def call(
+    fn: str, args: Sequence[Formula], expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]
+):
+    """``fn(*args)``: a named function of formulas, computed by ``expr`` over ``operands``."""
     inner = elementwise(expr, operands)
-    text = f"{fn}({arg.text})"
+    text = f"{fn}({', '.join(a.text for a in args)})"
     name = fn.rstrip("'")
-    tex = rf"\operatorname{{{name}}}{fn[len(name) :]}\left({arg.latex_text}\right)"
-    return Formula("call", text, tex, (arg,), inner.run)
+    tex_args = ", ".join(a.latex_text for a in args)
+    tex = rf"\operatorname{{{name}}}{fn[len(name) :]}\left({tex_args}\right)"
+    return Formula("call", text, tex, tuple(args), inner.run)
 
 
 def hadamard(a: Formula, b: Formula) -> Formula:
@@ -232,8 +235,12 @@ class _Assembler:
         if Y in local.free_symbols:
             used[Y] = self.of_tensor(of)
         fn = of.attrs["fn"]
-        if fn not in _ARITHMETIC and len(of.inputs) == 1:
-            term = call(fn + "'", fwd_ins[ARGS[0]], local, used)
+        if fn not in _ARITHMETIC:  # relu'(add1); bce_with_logits'(logit, y) for its first input
+            k = node.attr("wrt")
+            mark = "'" if len(of.inputs) == 1 or k == 0 else f"'_{k}"
+            term = call(fn + mark, list(fwd_ins.values()), local, used)
+            if cot.op == "const":  # a mean's 1/n: bce_with_logits'(logit, y)/n
+                return elementwise(sympy.sympify(cot.attrs["value"]) * ARGS[0], {ARGS[0]: term})
         elif cot.op == "const":  # a scalar cotangent (a mean's 1/n) folds into the formula
             return elementwise(sympy.sympify(cot.attrs["value"]) * local, used)
         else:

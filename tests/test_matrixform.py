@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import sympy
 from matplotlib.mathtext import MathTextParser
 
 import graphnn as gn
@@ -145,3 +146,25 @@ def test_piecewise_latex_parses():
     tex = g.gradient("W").latex()
     assert "cases" not in tex
     parse_mathtext(tex)
+
+
+def test_ops_of_several_inputs_show_their_derivative_by_name_and_argument():
+    x, y = gn.input("x", (3,)), gn.input("y", (1,))
+    W, V = gn.param("W", (3, 1)), gn.param("V", (3, 1))
+    logit = (x @ W).named("logit")
+    g = gn.Graph(gn.binary_cross_entropy_with_logits(logit, y))
+    assert str(g.gradient("W")) == "x^T (bce_with_logits'(logit, y)/n)"
+    a, b = sympy.symbols("a b")
+    scaled = gn.elementwise("scaled", a * sympy.exp(b), [a, b])
+    u, v = (x @ W).named("u"), (x @ V).named("v")
+    g = gn.Graph(gn.mse(scaled(u, v), y))
+    assert "scaled'(u, v)" in str(g.gradient("W"))
+    assert "scaled'_1(u, v)" in str(g.gradient("V"))  # with respect to its second argument
+    rng = np.random.default_rng(3)
+    data = {"x": rng.normal(size=(5, 3)), "y": rng.normal(size=(5, 1))}
+    params = {k: v.astype(np.float64) for k, v in g.init_params(seed=4).items()}
+    values = g.evaluate_nodes(params, data, dtype=np.float64)
+    numeric = numeric_gradients(g, params, data)
+    for p in ("W", "V"):
+        assert relative_error(g.gradient(p).evaluate(values), numeric[p]) < TOL, p
+        parse_mathtext(g.gradient(p).latex())
