@@ -311,14 +311,15 @@ def cmd_check(args) -> int:
             f"  {name.ljust(width)}  max rel error   {r.error:.2e}  "
             f"({r.checked} of {r.size} entries)"
         )
+    failed = result.worst > tol
+    if failed:
+        print(f"FAILED: largest error {result.worst:.2e} > tolerance {tol:.0e}")
+    else:
+        print(f"ok: every error <= {tol:.0e}")
     if args.stability:
         audit = _inspect("stability_audit", "check --stability")
         print(audit(spec.graph))
-    if result.worst > tol:
-        print(f"FAILED: largest error {result.worst:.2e} > tolerance {tol:.0e}")
-        return FAILURE
-    print(f"ok: every error <= {tol:.0e}")
-    return 0
+    return FAILURE if failed else 0
 
 
 def cmd_export(args) -> int:

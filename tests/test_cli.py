@@ -297,7 +297,8 @@ def test_check_passes_and_prints_each_param(fake_inspect, capsys):
     out = capsys.readouterr().out
     for name in ("W1", "b1", "W2", "b2"):
         assert any(line.split()[:2] == [name, "max"] for line in out.splitlines())
-    assert "AUDIT OK" in out and out.rstrip().endswith("ok: every error <= 1e-04")
+    lines = out.rstrip().splitlines()
+    assert lines[-2:] == ["ok: every error <= 1e-04", "AUDIT OK"]  # the verdict, then the audit
 
 
 def test_check_fails_with_exit_1_above_the_tolerance(capsys):
