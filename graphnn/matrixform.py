@@ -41,6 +41,7 @@ class Formula:
     latex_text: str
     operands: tuple[Formula, ...] = ()
     run: Callable[[Mapping[str, np.ndarray], int], np.ndarray] = field(repr=False, default=None)
+    batched: bool = field(repr=False, default=False)  # a node whose first axis is the batch
 
     def __str__(self) -> str:
         return self.text
@@ -54,8 +55,11 @@ class Formula:
 
     def evaluate(self, values: Mapping[str, np.ndarray], n: int | None = None) -> np.ndarray:
         """The formula's value, given the values of the graph's nodes by name, such as
-        ``g.evaluate_nodes(params, data)`` returns."""
+        ``g.evaluate_nodes(params, data)`` returns.  ``n``, the batch size, defaults to the
+        rows of the first node it reads that has a batch axis."""
         if n is None:
+            n = next((len(values[s.text]) for s in self._batched() if s.text in values), None)
+        if n is None:  # no such node among the values (explain's δ(v) stand-ins)
             n = next((len(v) for v in values.values() if np.ndim(v) > 1), 1)
         try:
             return self.run(values, n)
@@ -67,6 +71,13 @@ class Formula:
                 f"formula {self.text}: no value for node {name!r}; "
                 "g.evaluate_nodes(params, data) gives every node's value"
             ) from None
+
+    def _batched(self):
+        """The symbols with a batch axis, depth first."""
+        if self.batched:
+            yield self
+        for o in self.operands:
+            yield from o._batched()
 
     def count_ops(self) -> int:
         """Operations in the formula; independent of layer widths by construction."""
@@ -91,9 +102,9 @@ def _wrap(f: Formula) -> tuple[str, str]:
     return f"({f.text})", rf"\left({f.latex_text}\right)"
 
 
-def symbol(name: str) -> Formula:
+def symbol(name: str, batched: bool = False) -> Formula:
     tex = sympy.latex(sympy.Symbol(name))
-    return Formula("sym", name, tex, run=lambda v, n: v[name])
+    return Formula("sym", name, tex, run=lambda v, n: v[name], batched=batched)
 
 
 def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> Formula:
@@ -119,14 +130,24 @@ def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> F
 
 
 def call(
-    fn: str, args: Sequence[Formula], expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]
+    fn: str,
+    args: Sequence[Formula],
+    expr: sympy.Expr,
+    operands: Mapping[sympy.Symbol, Formula],
+    wrt: int | None = None,
 ):
-    """``fn(*args)``: a named function of formulas, computed by ``expr`` over ``operands``."""
+    """``fn(*args)``, or with ``wrt`` the derivative of ``fn`` by its argument ``wrt``
+    (``fn'(a)``; ``fn'_1(a, b)`` for a second argument): a named function of formulas,
+    computed by ``expr`` over ``operands``."""
     inner = elementwise(expr, operands)
-    text = f"{fn}({', '.join(a.text for a in args)})"
-    name = fn.rstrip("'")
+    mark = tex_mark = ""
+    if wrt is not None:
+        mark = tex_mark = "'" if wrt == 0 else f"'_{wrt}"
+        tex_mark = "'" if wrt == 0 else f"'_{{{wrt}}}"
+    text = f"{fn}{mark}({', '.join(a.text for a in args)})"
     tex_args = ", ".join(a.latex_text for a in args)
-    tex = rf"\operatorname{{{name}}}{fn[len(name) :]}\left({tex_args}\right)"
+    name = fn.replace("_", r"\_")
+    tex = rf"\operatorname{{{name}}}{tex_mark}\left({tex_args}\right)"
     return Formula("call", text, tex, tuple(args), inner.run)
 
 
@@ -182,7 +203,7 @@ class _Assembler:
 
     def _build(self, node: Node) -> Formula:
         if node.name in self.forward or node.op in ("input", "param"):
-            return symbol(node.name)
+            return symbol(node.name, batched=bool(node.shape) and node.shape[0] is None)
         ins = [self.of(i) for i in node.inputs]
         if node.op == "const":
             return elementwise(sympy.sympify(node.attr("value")), {})
@@ -235,12 +256,13 @@ class _Assembler:
         if Y in local.free_symbols:
             used[Y] = self.of_tensor(of)
         fn = of.attrs["fn"]
-        if fn not in _ARITHMETIC:  # relu'(add1); bce_with_logits'(logit, y) for its first input
-            k = node.attr("wrt")
-            mark = "'" if len(of.inputs) == 1 or k == 0 else f"'_{k}"
-            term = call(fn + mark, list(fwd_ins.values()), local, used)
-            if cot.op == "const":  # a mean's 1/n: bce_with_logits'(logit, y)/n
-                return elementwise(sympy.sympify(cot.attrs["value"]) * ARGS[0], {ARGS[0]: term})
+        # relu'(add1), bce_with_logits'(logit, y): named, unless constant or repeated arguments
+        # were merged away and the inputs are no longer the function's arguments in order
+        if fn not in _ARITHMETIC and len(of.inputs) == of.attrs.get("arity", len(of.inputs)):
+            term = call(fn, list(fwd_ins.values()), local, used, wrt=node.attr("wrt"))
+            value = sympy.sympify(cot.attrs["value"]) if cot.op == "const" else None
+            if value is not None and value != 1:  # a mean's 1/n: bce_with_logits'(logit, y)/n
+                return elementwise(value * ARGS[0], {ARGS[0]: term})
         elif cot.op == "const":  # a scalar cotangent (a mean's 1/n) folds into the formula
             return elementwise(sympy.sympify(cot.attrs["value"]) * local, used)
         else:

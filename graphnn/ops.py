@@ -174,7 +174,8 @@ def ewise(fn: str, expr: sympy.Expr, inputs: Sequence, *, out_shape=None, label=
     if expr == ARGS[0] and kept[0].shape == shape:
         return kept[0]
     label = label or _label(fn + "(" + ", ".join("{}" for _ in kept) + ")", *kept)
-    attrs = {"fn": fn, "expr": expr, **attrs}
+    # arity: the function's own argument count, more than the inputs kept when some were merged
+    attrs = {"fn": fn, "expr": expr, "arity": len(inputs), **attrs}
     return Tensor("ewise", tuple(kept), shape, attrs, None, label)
 
 

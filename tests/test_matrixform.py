@@ -168,3 +168,41 @@ def test_ops_of_several_inputs_show_their_derivative_by_name_and_argument():
     for p in ("W", "V"):
         assert relative_error(g.gradient(p).evaluate(values), numeric[p]) < TOL, p
         parse_mathtext(g.gradient(p).latex())
+    assert r"\operatorname{scaled}'_{1}\left(u, v\right)" in g.gradient("V").latex()
+
+
+def test_derivative_names_in_latex_are_escaped_and_parse():
+    x, y, W = gn.input("x", (3,)), gn.input("y", (1,)), gn.param("W", (3, 1))
+    g = gn.Graph(gn.binary_cross_entropy_with_logits((x @ W).named("logit"), y))
+    tex = g.gradient("W").latex()
+    assert r"\operatorname{bce\_with\_logits}'\left(logit, y\right)" in tex
+    parse_mathtext(tex)
+
+
+def test_a_function_with_a_constant_argument_shows_its_formula():
+    # f3(u, 0.5, v) keeps two inputs: a name with a prime would point at the wrong argument
+    x, y = gn.input("x", (3,)), gn.input("y", (1,))
+    W, V = gn.param("W", (3, 1)), gn.param("V", (3, 1))
+    a, b, c = sympy.symbols("a b c")
+    f3 = gn.elementwise("f3", a * sympy.exp(c) + b, [a, b, c])
+    g = gn.Graph(gn.mse(f3((x @ W).named("u"), 0.5, (x @ V).named("v")), y))
+    assert str(g.gradient("V")) == "x^T ((2*sub1/n) ∘ (u*exp(v)))"
+    assert "f3'" not in str(g.gradient("W"))
+
+
+def test_a_sum_loss_shows_the_bare_derivative():
+    x, W = gn.input("x", (3,)), gn.param("W", (3, 1))
+    assert str(gn.Graph(gn.sum(gn.relu(x @ W))).gradient("W")) == "x^T relu'(matmul1)"
+
+
+def test_the_batch_size_comes_from_a_batched_node_even_after_parameters():
+    # evaluate_nodes lists W before x here; W's 3 rows are not the batch size 5
+    x, y, W = gn.input("x", (3,)), gn.input("y", (1,)), gn.param("W", (3, 1))
+    g = gn.Graph(0.1 * gn.sum(W * W) + gn.mse(x @ W, y))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(5, 3)), "y": rng.normal(size=(5, 1))}
+    params = {"W": rng.normal(size=(3, 1))}
+    values = g.evaluate_nodes(params, data, dtype=np.float64)
+    assert next(iter(values)) == "W"
+    _, grads = g.value_and_grad(params, data, dtype=np.float64)
+    assert relative_error(g.gradient("W").evaluate(values), grads["W"]) < TOL
