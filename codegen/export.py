@@ -290,7 +290,7 @@ EPOCH_ORDER = """\
 
 def def_fit_epoch(kw: list[str]) -> str:
     """``def fit_epoch(...):`` with the optimizer's hyper-parameters as keyword defaults."""
-    args = ["data", "params", "state", "batch_size=32", "perm=None", "t0=0", *kw]
+    args = ["data", "params", "state", "batch_size=BATCH_SIZE", "perm=None", "t0=0", *kw]
     return "\n".join(_wrapped("def fit_epoch", args, ":"))
 
 
@@ -383,7 +383,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help=".npz file with the arrays " + ", ".join(INPUTS))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="0: all the data")
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--seed", type=int, default=0, help="initialization and shuffling")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the data order")
