@@ -311,6 +311,8 @@ def _batch(names, *arrays):
         if first is not None and shape[0] != first[1]:
             raise ValueError(f"input {name!r} has {shape[0]} rows; {first[0]!r} has {first[1]}")
         first = first or (name, shape[0])
+    if first is not None and first[1] == 0:
+        raise ValueError("the inputs hold no samples (batch of size 0)")
     return arrays
 
 

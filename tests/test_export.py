@@ -239,6 +239,8 @@ def test_wrong_input_shapes_are_named_before_any_kernel_runs(tmp_path):
         module.loss(x, y[:5], params)
     with pytest.raises(ValueError, match=re.escape("input 'x' has shape (64,); expected")):
         module.predict(x[0], params)
+    with pytest.raises(ValueError, match=re.escape("no samples (batch of size 0)")):
+        module.fit_epoch({"x": x[:0], "y": y[:0]}, params, module.init_state(params))
 
 
 def test_export_errors(tmp_path, monkeypatch):
