@@ -2,9 +2,8 @@
 
 Exit codes: 0 success; 2 a usage or spec error; 1 a failure while running (training stopped on
 NaN/Inf, a spec's ``[expect]`` was not met, a gradient check failed, a back end or an inspection
-feature is not available).  Errors
-print one ``graphnn: error: ...`` line to stderr, never a traceback (set ``GRAPHNN_DEBUG=1`` to
-see one).
+feature is not available).  Errors print one ``graphnn: error: ...`` line to stderr, never a
+traceback (set ``GRAPHNN_DEBUG=1`` to see one).
 
 >>> main(["graph", "--help"])  # doctest: +ELLIPSIS
 usage: graphnn graph ...
@@ -228,9 +227,9 @@ def _train(spec, out: Path, epochs, backend, quiet: bool) -> int:
     result = run_spec(spec, out, epochs=epochs, backend=backend, progress=progress)
     for line in result.report():
         print(line)
-    unmet = [(key, bound, value) for key, bound, value, met in result.expectations() if not met]
+    unmet = [(key, bound) for key, bound, _, met in result.expectations() if not met]
     if unmet:  # [expect] is the spec's own test: a script or CI job sees it fail
-        shown = ", ".join(f"{k} {'>=' if k == 'accuracy' else '<='} {b:g}" for k, b, _ in unmet)
+        shown = ", ".join(f"{k} {'>=' if k == 'accuracy' else '<='} {b:g}" for k, b in unmet)
         return _fail(f"[expect] not met: {shown} (the model is saved all the same)", FAILURE)
     return 0
 
@@ -343,20 +342,20 @@ def cmd_cache(args) -> int:
     print(f"cache directory: {cache_files.cache_dir()}")
     labels = {"module": "kernel modules", "derivative": "derivative forms", "temp": "temp files"}
     for kind, (count, size) in cache_files.summary(found).items():
-        print(f"  {labels[kind]:<17}{count:>6}  {_megabytes(size)}")
+        print(f"  {labels[kind]:<17}{count:>6}  {_size(size)}")
     if not args.clear and args.older_than is None:
         return 0
     done = cache_files.remove(cache_files.stale(found, args.older_than))
     when = "" if args.clear else f", unused for {args.older_than:g} days"
     noun = "entry" if done.entries == 1 else "entries"
-    print(f"removed {done.entries} {noun} ({_megabytes(done.size)}{when})")
+    print(f"removed {done.entries} {noun} ({_size(done.size)}{when})")
     if done.failed:
         more = f" and {len(done.failed) - 1} more" if len(done.failed) > 1 else ""
         return _fail(f"could not remove {done.failed[0]}{more}", FAILURE)
     return 0
 
 
-def _megabytes(size: int) -> str:
+def _size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
