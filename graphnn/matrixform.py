@@ -142,13 +142,16 @@ def call(
     inner = elementwise(expr, operands)
     mark = tex_mark = ""
     if wrt is not None:
-        mark = tex_mark = "'" if wrt == 0 else f"'_{wrt}"
+        mark = "'" if wrt == 0 else f"'_{wrt}"
         tex_mark = "'" if wrt == 0 else f"'_{{{wrt}}}"
     text = f"{fn}{mark}({', '.join(a.text for a in args)})"
-    tex_args = ", ".join(a.latex_text for a in args)
+    return Formula("call", text, _call_tex(fn, tex_mark, args), tuple(args), inner.run)
+
+
+def _call_tex(fn: str, mark: str, args: Sequence[Formula]) -> str:
+    """LaTeX of ``fn<mark>(args)``, the name set upright with its underscores escaped."""
     name = fn.replace("_", r"\_")
-    tex = rf"\operatorname{{{name}}}{tex_mark}\left({tex_args}\right)"
-    return Formula("call", text, tex, tuple(args), inner.run)
+    return rf"\operatorname{{{name}}}{mark}\left({', '.join(a.latex_text for a in args)}\right)"
 
 
 def hadamard(a: Formula, b: Formula) -> Formula:
@@ -245,11 +248,8 @@ class _Assembler:
         """cotangent ∘ local derivative; the local derivative is named if it is an activation."""
         of: Tensor = node.attr("of")
         cot = node.attr("cot")
-        g = (
-            self.of_tensor(cot)
-            if cot.op != "const"
-            else elementwise(sympy.sympify(cot.attrs["value"]), {})
-        )
+        scale = sympy.sympify(cot.attrs["value"]) if cot.op == "const" else None
+        g = self.of_tensor(cot) if scale is None else elementwise(scale, {})
         fwd_ins = {ARGS[j]: self.of_tensor(x) for j, x in enumerate(of.inputs)}
         local: sympy.Expr = node.attr("local")
         used = {s: f for s, f in fwd_ins.items() if s in local.free_symbols}
@@ -260,11 +260,10 @@ class _Assembler:
         # were merged away and the inputs are no longer the function's arguments in order
         if fn not in _ARITHMETIC and len(of.inputs) == of.attrs.get("arity", len(of.inputs)):
             term = call(fn, list(fwd_ins.values()), local, used, wrt=node.attr("wrt"))
-            value = sympy.sympify(cot.attrs["value"]) if cot.op == "const" else None
-            if value is not None and value != 1:  # a mean's 1/n: bce_with_logits'(logit, y)/n
-                return elementwise(value * ARGS[0], {ARGS[0]: term})
-        elif cot.op == "const":  # a scalar cotangent (a mean's 1/n) folds into the formula
-            return elementwise(sympy.sympify(cot.attrs["value"]) * local, used)
+            if scale is not None and scale != 1:  # a mean's 1/n: bce_with_logits'(logit, y)/n
+                return elementwise(scale * ARGS[0], {ARGS[0]: term})
+        elif scale is not None:  # a scalar cotangent (a mean's 1/n) folds into the formula
+            return elementwise(scale * local, used)
         else:
             term = elementwise(local, used)
         if g.kind == "const" and g.text == "1":
@@ -279,11 +278,10 @@ class _Assembler:
 def _forward_call(fn: str, node: Node, *ins: Formula) -> Formula:
     rule = NUMPY_RULES[node.op] if node.op != "softmax_ce_grad" else NUMPY_RULES["softmax"]
     args = ", ".join(f.text for f in ins)
-    tex = rf"\operatorname{{{fn}}}\left({', '.join(f.latex_text for f in ins)}\right)"
     return Formula(
         "call",
         f"{fn}({args})",
-        tex,
+        _call_tex(fn, "", ins),
         ins,
         lambda v, n: rule(node, [f.run(v, n) for f in ins], n, None),
     )
