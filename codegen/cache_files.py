@@ -37,7 +37,8 @@ TEMP_GRACE_S = 3600.0  # a live process's temp file exists for milliseconds; an 
 
 _MODULE = r"graphnn_[0-9a-f]{20}"
 _FORM = r"[0-9a-f]{64}\.pickle"
-# (folder, pattern, group) for every file that is graphnn's; a module's files share group 1
+# folder -> (pattern, kind) of every file name that is graphnn's; group 1 of a module pattern
+# is the module's name, which its .py and its compiled files share
 _NAMES = {
     "root": [
         (re.compile(rf"({_MODULE})\.py"), "module"),
@@ -107,13 +108,13 @@ def _entry(kind: str, files: list[tuple[Path, os.stat_result]]) -> Entry:
     return Entry(kind, tuple(p for p, _ in files), size, last_use)
 
 
-def stale(found: Iterable[Entry], older_than_days: float | None, now: float | None = None):
+def stale(found: Iterable[Entry], older_than_days: float | None):
     """The entries to remove: all (``None``), or those unused for ``older_than_days`` days.
 
     A temp file is litter once it is an hour old, and never taken before, whatever
     ``older_than_days`` says.
     """
-    now = time.time() if now is None else now
+    now = time.time()
     cutoff = math.inf if older_than_days is None else now - older_than_days * 86400.0
     return [
         e
