@@ -16,8 +16,8 @@ from graphnn.errors import CodegenError
 
 BACKENDS = {
     "numpy": "codegen.numpy_ref",
-    "cpu": "codegen.numba_cpu",
-    "cuda": "codegen.numba_cuda",
+    "cpu": "codegen.cpu.backend",
+    "cuda": "codegen.cuda.backend",
 }
 
 

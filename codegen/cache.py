@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 
 
 def derivatives_dir() -> Path:
-    """Where graphnn.derivative_store keeps the stable derivative forms it chose."""
+    """Where graphnn.derive.store keeps the stable derivative forms it chose."""
     return cache_dir() / "derivatives"
 
 

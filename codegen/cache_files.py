@@ -6,7 +6,7 @@ full name, so that nothing else in a directory ``$GRAPHNN_CACHE_DIR`` points at 
 - a **kernel module** ``graphnn_<20 hex>.py``, with the files Python and Numba keep for it in
   ``__pycache__/graphnn_<20 hex>.*.pyc|.nbi|.nbc`` (bytecode, Numba's index and machine code);
   compiled files whose module is gone are an entry of their own;
-- a **derivative form** ``derivatives/<64 hex>.pickle`` (``graphnn.derivative_store``);
+- a **derivative form** ``derivatives/<64 hex>.pickle`` (``graphnn.derive.store``);
 - a **temp file**: one that ``codegen.cache.publish`` (``.<name>.<random>.tmp``) or Numba
   (``<name>.tmp.<uuid>``) is writing, or left behind when its process was killed.
 

@@ -6,7 +6,7 @@ the finite-difference tests run it in float64.
 
 >>> import numpy as np, graphnn as gn
 >>> x = gn.input("x", (2,)); w = gn.param("w", (2, 1))
->>> from graphnn.graph import GraphIR
+>>> from graphnn.ir.graph import GraphIR
 >>> ir = GraphIR([x @ w])
 >>> evaluate(ir, {"x": np.ones((3, 2)), "w": np.ones((2, 1))})["matmul1"].ravel()
 array([2., 2., 2.])
@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import sympy
 
+from graphnn.derive.screen import ARGS, BATCH, erf
 from graphnn.errors import CodegenError
-from graphnn.formulas import ARGS, BATCH, erf
-from graphnn.graph import GraphIR, Node
-from graphnn.optim import state_key
+from graphnn.ir.graph import GraphIR, Node
+from graphnn.optim.optimizers import state_key
 
 
 @functools.cache

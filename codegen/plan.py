@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from graphnn.graph import GraphIR, Node
+from graphnn.ir.graph import GraphIR, Node
 
 LEAVES = ("input", "param")
 

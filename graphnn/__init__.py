@@ -9,7 +9,7 @@ generated Numba kernels train it.
 ['W', 'b']
 """
 
-from graphnn.driver import Model, compile
+from graphnn.api import Graph
 from graphnn.errors import (
     CheckpointError,
     CodegenError,
@@ -20,9 +20,8 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
-from graphnn.graph import Tensor
-from graphnn.network import Graph
-from graphnn.ops import (
+from graphnn.ir.graph import Tensor
+from graphnn.ir.ops import (
     ACTIVATIONS,
     apply,
     binary_cross_entropy_with_logits,
@@ -46,9 +45,10 @@ from graphnn.ops import (
     sum,
     tanh,
 )
-from graphnn.ops import exp_ as exp
-from graphnn.ops import log_ as log
-from graphnn.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp
+from graphnn.ir.ops import exp_ as exp
+from graphnn.ir.ops import log_ as log
+from graphnn.optim.optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp
+from graphnn.train.driver import Model, compile
 
 __version__ = "0.1.0"
 

@@ -177,7 +177,7 @@ def _silence_stdout() -> None:
 
 def _load(path):
     """The built spec; any graphnn error while building it is a spec error (exit code 2)."""
-    from graphnn.spec import load_spec
+    from graphnn.spec.build import load_spec
 
     try:
         return load_spec(path)
@@ -188,17 +188,17 @@ def _load(path):
 
 
 def _inspect(function: str, what: str):
-    """``graphnn.inspect.<function>``, or _Unavailable naming what needed it."""
+    """``graphnn.inspect.explain.<function>``, or _Unavailable naming what needed it."""
     try:
-        module = importlib.import_module("graphnn.inspect")
+        module = importlib.import_module("graphnn.inspect.explain")
     except ModuleNotFoundError as exc:
-        if exc.name != "graphnn.inspect":
+        if exc.name != "graphnn.inspect.explain":
             raise
         module = None
     fn = getattr(module, function, None)
     if fn is None:
         raise _Unavailable(
-            f"{what} needs graphnn.inspect.{function}, which this version of graphnn "
+            f"{what} needs graphnn.inspect.explain.{function}, which this version of graphnn "
             "does not have yet"
         )
     return fn
@@ -215,13 +215,13 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     with ExitStack() as stack:
-        ref = resources.files("graphnn") / "specs" / "digits.toml"
+        ref = resources.files("graphnn.spec") / "bundled" / "digits.toml"
         spec = _load(stack.enter_context(resources.as_file(ref)))
         return _train(spec, args.out, args.epochs, args.backend, args.quiet)
 
 
 def _train(spec, out: Path, epochs, backend, quiet: bool) -> int:
-    from graphnn.runner import run_spec
+    from graphnn.spec.runner import run_spec
 
     progress = not quiet and sys.stderr.isatty()  # a bar in a log file is noise
     result = run_spec(spec, out, epochs=epochs, backend=backend, progress=progress)
@@ -262,7 +262,7 @@ def cmd_grad(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from graphnn.shapes import show
+    from graphnn.ir.shapes import show
 
     spec = _load(args.spec)
     graph = spec.graph
@@ -288,7 +288,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from graphnn.gradcheck import TOLERANCE, check_gradients, random_data
+    from graphnn.inspect.gradcheck import TOLERANCE, check_gradients, random_data
 
     spec = _load(args.spec)
     backend, dtype = args.backend or spec.train.backend, spec.train.dtype
@@ -324,9 +324,9 @@ def cmd_check(args) -> int:
 def cmd_export(args) -> int:
     spec = _load(args.spec)
     try:
-        from codegen.export import export_module  # noqa: F401 - only to see whether it exists
+        from codegen.export.cpu import export_module  # noqa: F401 - only to see whether it exists
     except ImportError as exc:
-        raise _Unavailable(f"export needs codegen.export ({exc})") from None
+        raise _Unavailable(f"export needs codegen.export.cpu ({exc})") from None
     train = spec.train
     path = spec.graph.export(
         args.output, train.optimizer, args.backend, train.dtype, train.epochs, train.batch_size

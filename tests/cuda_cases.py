@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 import graphnn as gn
-from codegen.emit import forward_inputs
-from graphnn import ops
-from graphnn.ops import ELEMENTWISE
+from codegen.cpu.module import forward_inputs
+from graphnn.ir import ops
+from graphnn.ir.ops import ELEMENTWISE
 
 BATCH = 5
 
@@ -164,14 +164,14 @@ def nonfinite_report(graph, data, optimizer, backend: str) -> dict:
 
 
 def _run_grad(name, arrays):
-    from codegen import numba_cuda
-    from codegen.cuda_library import GPU
+    from codegen.cuda import backend as cuda_backend
+    from codegen.cuda.library import GPU
 
     build, dtype, launch = GRAD_CASES[name]
     g, params, data = build()
     if launch == "gpu":
         values = {k: np.asarray(v, np.float32) for k, v in {**params, **data}.items()}
-        loss, grads = numba_cuda.value_and_grad(g, values, np.float32, launch=GPU)
+        loss, grads = cuda_backend.value_and_grad(g, values, np.float32, launch=GPU)
     else:
         loss, grads = g.value_and_grad(params, data, backend="cuda", dtype=dtype)
     arrays[f"grad/{name}/loss"] = np.asarray(loss)

@@ -123,13 +123,13 @@ def test_failed_import_is_not_left_in_sys_modules(cache_dir):
 
 SCRIPT = """
 import json, numpy as np, graphnn as gn
-from codegen import numba_cpu
+from codegen.cpu import backend as cpu_backend
 x, y = gn.input("x", (3,)), gn.input("y", (2,))
 g = gn.Graph(gn.mse(gn.tanh(x @ gn.param("W", (3, 2)) + gn.param("b", (2,))), y))
 data = {"x": np.ones((4, 3), np.float32), "y": np.zeros((4, 2), np.float32)}
 loss, _ = g.value_and_grad(g.init_params(0), data, backend="cpu")
-f = numba_cpu.build(g).loss_and_grads
-print(json.dumps({"file": numba_cpu.build(g).__file__, "loss": loss,
+f = cpu_backend.build(g).loss_and_grads
+print(json.dumps({"file": cpu_backend.build(g).__file__, "loss": loss,
                   "hits": sum(f.stats.cache_hits.values()),
                   "misses": sum(f.stats.cache_misses.values())}))
 """

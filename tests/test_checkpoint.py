@@ -1,4 +1,4 @@
-"""Tests for graphnn.checkpoint: round trips, corruption detection and atomic writes."""
+"""Tests for graphnn.train.checkpoint: round trips, corruption detection and atomic writes."""
 
 import io
 import os
@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from graphnn import checkpoint as ck
 from graphnn.errors import CheckpointError
+from graphnn.train import checkpoint as ck
 
 
 def _arrays():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn import checkpoint as ck
-from graphnn.schedules import Cosine, Warmup
+from graphnn.optim.schedules import Cosine, Warmup
+from graphnn.train import checkpoint as ck
 
 EPOCHS = 6
 

@@ -213,16 +213,16 @@ def test_demo_trains_the_bundled_spec(in_tmp, capsys):
     code = main(["demo", "--out", "demo", "--epochs", "2", "--backend", "numpy", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1 and "accuracy >= 0.95: NOT met" in out  # 2 of its 20 epochs
-    assert "graphnn/specs/digits.toml" in out.replace(os.sep, "/")
+    assert "graphnn/spec/bundled/digits.toml" in out.replace(os.sep, "/")
     for name in ("history.json", "curves.png", "model.npz"):
         assert (in_tmp / "demo" / name).exists()
 
 
 def test_demo_spec_ships_in_the_package_and_matches_the_example():
-    packaged = ROOT / "graphnn" / "specs" / "digits.toml"
+    packaged = ROOT / "graphnn" / "spec" / "bundled" / "digits.toml"
     assert packaged.read_bytes() == (EXAMPLES / "digits.toml").read_bytes()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '[tool.setuptools.package-data]\ngraphnn = ["specs/*.toml"]' in pyproject
+    assert '[tool.setuptools.package-data]\ngraphnn = ["spec/bundled/*.toml"]' in pyproject
 
 
 # --- grad, graph, check, export ----------------------------------------------------------------
@@ -251,14 +251,14 @@ def test_grad_unknown_param_suggests(capsys):
 
 @pytest.fixture
 def fake_inspect(monkeypatch):
-    """A stand-in graphnn.inspect that records what the CLI passes to it."""
+    """A stand-in graphnn.inspect.explain that records what the CLI passes to it."""
     calls = []
-    module = types.ModuleType("graphnn.inspect")
+    module = types.ModuleType("graphnn.inspect.explain")
     module.report = lambda graph, fmt, params: calls.append(("report", fmt, params)) or "REPORT"
     module.to_dot = lambda graph: calls.append(("to_dot",)) or "digraph g {}"
     module.render_png = lambda graph, path: calls.append(("render_png", str(path)))
     module.stability_audit = lambda graph: calls.append(("audit",)) or "AUDIT OK"
-    monkeypatch.setitem(sys.modules, "graphnn.inspect", module)
+    monkeypatch.setitem(sys.modules, "graphnn.inspect.explain", module)
     return calls
 
 
@@ -275,12 +275,12 @@ def test_grad_markdown_and_html_call_the_inspect_report(fake_inspect, capsys):
 
 
 def test_missing_inspect_feature_is_reported_cleanly(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "graphnn.inspect", None)
+    monkeypatch.setitem(sys.modules, "graphnn.inspect.explain", None)
     assert main(["grad", str(EXAMPLES / "xor.toml"), "--format", "html"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == (
-        "graphnn: error: grad --format html needs graphnn.inspect.report, which this version "
-        "of graphnn does not have yet"
+        "graphnn: error: grad --format html needs graphnn.inspect.explain.report, which this "
+        "version of graphnn does not have yet"
     )
 
 
@@ -327,7 +327,7 @@ def test_export_writes_a_standalone_module(in_tmp, capsys):
     assert "EPOCHS = 300  # main()'s defaults" in lines
     assert "BATCH_SIZE = None  # None: the whole data set per step" in lines
     assert "LR = 0.05" in lines
-    from graphnn.spec import load_spec
+    from graphnn.spec.build import load_spec
 
     train, _ = load_spec(EXAMPLES / "xor.toml").load_data()
     np.savez(in_tmp / "xor.npz", **train)

@@ -18,10 +18,11 @@ import sympy
 from sklearn.datasets import load_digits
 
 import graphnn as gn
-from codegen import cache, numba_cpu
-from codegen.emit import signature
+from codegen import cache
+from codegen.cpu import backend as cpu_backend
+from codegen.cpu.module import signature
 from codegen.plan import make_plan
-from graphnn.ops import ELEMENTWISE
+from graphnn.ir.ops import ELEMENTWISE
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -202,7 +203,7 @@ def test_epoch_gathers_inputs_of_any_rank(shape):
 
 def test_workspace_too_small_is_refused_and_kept_across_fits():
     g, data = _mlp("tanh"), _mlp_data()
-    module = numba_cpu.build(g)
+    module = cpu_backend.build(g)
     params = g.init_params(0)
     args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
     with pytest.raises(ValueError, match="fewer rows than the batch"):
@@ -274,7 +275,7 @@ def test_kernels_are_float32_end_to_end():
 def test_kernel_ir_has_no_double(fresh_cache):
     g, data = _mlp("gelu"), _mlp_data()
     opt = gn.Adam(lr=0.01)
-    module = numba_cpu.build(g, opt, outputs=[g.loss_name])
+    module = cpu_backend.build(g, opt, outputs=[g.loss_name])
     params = g.init_params(0)
     args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
     module.loss_and_grads(*args, module.workspace(len(data["x"])))
@@ -292,7 +293,7 @@ def test_kernel_ir_has_no_double(fresh_cache):
 def test_ir_scan_finds_a_float64_leak(fresh_cache):
     # The scan above can fail: one untyped literal in the generated source promotes to double.
     g = _mlp("sigmoid")
-    text = numba_cpu.source(g)
+    text = cpu_backend.source(g)
     assert "np.float32(1.0) + np.exp(" in text
     module = cache.load_module(text.replace("np.float32(1.0) + np.exp(", "1.0 + np.exp(", 1))
     data, params = _mlp_data(), g.init_params(0)
@@ -306,12 +307,12 @@ def test_float64_dtype():
     params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
     data = {k: v.astype(np.float64) for k, v in _mlp_data().items()}
     assert_backends_agree(g, params, data, np.float64, rtol=1e-10, atol=1e-12)
-    assert "float32" not in numba_cpu.source(g, gn.SGD(lr=0.1), dtype="float64")
+    assert "float32" not in cpu_backend.source(g, gn.SGD(lr=0.1), dtype="float64")
     ref, cpu = train_both(g, data, epochs=2, batch_size=4, dtype="float64")
     for p in g.param_names:
         assert cpu.params[p].dtype == np.float64
         assert_close(cpu.params[p], ref.params[p], p, rtol=1e-9, atol=1e-12)
-    (sig,) = numba_cpu.build(g, None, "float64").loss_and_grads.nopython_signatures
+    (sig,) = cpu_backend.build(g, None, "float64").loss_and_grads.nopython_signatures
     *arrays, ws = sig.args  # the data and parameters, then the workspace's buffers
     assert all(a.dtype == numba.float64 for a in [*arrays, *ws.types])
 
@@ -320,7 +321,7 @@ def test_float64_dtype():
 def test_all_finite_finds_every_nan_and_inf(dtype):
     # The guard is a vectorized sum of x * 0 (no early exit): it must still see one bad value
     # anywhere, and must not mistake huge or subnormal finite values for bad ones.
-    module = numba_cpu.build(_mlp("tanh"), gn.SGD(lr=0.1), dtype)
+    module = cpu_backend.build(_mlp("tanh"), gn.SGD(lr=0.1), dtype)
     info = np.finfo(dtype)
     a = np.random.default_rng(0).normal(size=(37, 11)).astype(dtype)
     a.flat[:4] = [info.max, -info.max, info.tiny / 4, 0.0]
@@ -347,7 +348,7 @@ def test_names_that_collide_with_generated_identifiers():
     out = (h * np_ + v * lr - start + s_1_v).named("j") + h @ q
     g = gn.Graph(gn.mse(gn.softmax(out), n))
     opt = gn.SGD(lr=0.1, momentum=0.9)
-    text, sig = numba_cpu.source(g, opt), signature(g, opt)
+    text, sig = cpu_backend.source(g, opt), signature(g, opt)
     for name in ("t", "n", "m", "loss", "np", "v", "lr", "start", "s", "j", "i0"):
         assert sig.ident[name] != name, name
         assert re.search(rf"\b{sig.ident[name]}\b", text), name
@@ -446,7 +447,7 @@ def test_elementwise_chain_is_one_loop_without_temporaries():
     # whole elementwise forward and backward, the loss sum and the bias gradient share one loop;
     # only the matmul operand d_sigmoid is an array.
     g = _mse_graph()
-    text = numba_cpu.source(g)
+    text = cpu_backend.source(g)
     body = text[text.index("def loss_and_grads(") : text.index("def forward(")]
     assert body.count("for i0 in range(n):") == 1, body
     assert "np.full(" not in body
@@ -498,14 +499,14 @@ def test_debug_env_prints_source(monkeypatch, capsys, level, shown):
     out = capsys.readouterr().out
     assert ("def loss_and_grads(" in out) == shown
     if shown:
-        assert numba_cpu.source(g) in out
+        assert cpu_backend.source(g) in out
 
 
 def test_value_and_grad_builds_once_per_graph_and_dtype(monkeypatch):
     g, data = _mlp("tanh"), _mlp_data()
     rendered = []
-    real = numba_cpu.source
-    monkeypatch.setattr(numba_cpu, "source", lambda *a, **k: rendered.append(a) or real(*a, **k))
+    real = cpu_backend.source
+    monkeypatch.setattr(cpu_backend, "source", lambda *a, **k: rendered.append(a) or real(*a, **k))
     params = g.init_params(0)
     first = g.value_and_grad(params, data, backend="cpu")
     params["W1"] = params["W1"] + 0.5

@@ -19,24 +19,24 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from codegen import numba_cuda
 from codegen.cache import load_module, module_path
-from codegen.cuda_library import SIMULATOR
-from codegen.cuda_steps import EMITTERS
+from codegen.cuda import backend as cuda_backend
+from codegen.cuda.library import SIMULATOR
+from codegen.cuda.steps import EMITTERS
 from codegen.plan import make_plan
 from graphnn.errors import CudaUnavailableError
 from tests import cuda_cases as cases
 from tests.finite_diff import relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM_VAR = numba_cuda.SIMULATOR_VAR
+SIM_VAR = cuda_backend.SIMULATOR_VAR
 PARENT_SIM_VAR = os.environ.get(SIM_VAR)
 TOL = {"float32": 2e-5, "float64": 1e-10}
 TRAIN_REFERENCE = {"adam_tanh_softmax_ce": "cpu"}  # others: the NumPy reference trainer
 
 
 def _real_gpu() -> bool:
-    if numba_cuda.simulator_enabled():
+    if cuda_backend.simulator_enabled():
         return False
     from numba import cuda
 
@@ -111,7 +111,7 @@ def test_the_cases_cover_every_kernel_kind(sim):
         kinds |= {
             s.kind for s in make_plan(g.training, [g.loss_name, *g.grad_names.values()]).steps
         }
-        sources += numba_cuda.source(g, launch=SIMULATOR)
+        sources += cuda_backend.source(g, launch=SIMULATOR)
     assert kinds >= set(EMITTERS) - {"softmax_ce_grad"}  # always planned with its softmax_ce
     for variant in ("nn", "nt", "tn", "tt"):
         assert f"matmul_{variant}[tiles(" in sources
@@ -119,7 +119,7 @@ def test_the_cases_cover_every_kernel_kind(sim):
 
 def test_generated_modules_go_through_the_kernel_cache(sim):
     g = cases.GRAD_CASES["mse"][0]()[0]
-    path = module_path(numba_cuda.source(g, None, "float32", (), SIMULATOR))
+    path = module_path(cuda_backend.source(g, None, "float32", (), SIMULATOR))
     assert path.exists()  # the subprocess imported exactly this text from its hashed file
 
 
@@ -189,11 +189,11 @@ def test_source_names_the_node_above_every_kernel_and_launch():
 
 def test_clashing_node_names_are_renamed():
     g = cases.GRAD_CASES["renamed_leaves"][0]()[0]
-    text = numba_cuda.source(g, launch=SIMULATOR)
+    text = cuda_backend.source(g, launch=SIMULATOR)
     assert "def loss_and_grads(ws, ws_1, rows_1, k_1, blocks_1, cuda_1, i_1):" in text
 
 
-@pytest.mark.skipif(GPU or numba_cuda.simulator_enabled(), reason="a CUDA device is available")
+@pytest.mark.skipif(GPU or cuda_backend.simulator_enabled(), reason="a CUDA device is available")
 def test_without_gpu_the_error_says_how_to_use_the_simulator(monkeypatch):
     g = _mlp_graph()
     with pytest.raises(gn.CodegenError, match=f"{SIM_VAR}=1") as info:
@@ -210,7 +210,7 @@ F64 = re.compile(r"\.f64\b")  # a double-precision type suffix: .reg .f64, cvt.f
 
 def _compile_ptx():
     """numba.cuda.compile_ptx, or a skip naming why PTX cannot be produced here."""
-    if numba_cuda.simulator_enabled():
+    if cuda_backend.simulator_enabled():
         pytest.skip(f"{SIM_VAR} is set in this process: compile_ptx needs the real CUDA target")
     from numba import cuda
 
@@ -243,7 +243,7 @@ def test_every_kernel_compiles_to_float32_only_ptx():
     z = x @ W + gn.sum(gn.matmul(W, V, ta=True, tb=True), axis=1)
     loss = gn.softmax_cross_entropy(z, y) + gn.sum(gn.mean(gn.softmax(z), axis=1))
     g = gn.Graph(loss + gn.sum(sum(acts[1:], acts[0]) * u))  # one fused group of every op
-    module = load_module(numba_cuda.source(g, gn.Adam(clip_norm=1.0)))
+    module = load_module(cuda_backend.source(g, gn.Adam(clip_norm=1.0)))
     for name, signature in module.SIGNATURES.items():
         if name.startswith("fwd_"):  # the same emitters on the same nodes, storing less: skip
             continue  # (0.2-2 s per kernel)

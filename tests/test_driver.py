@@ -9,8 +9,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 import graphnn as gn
-from graphnn.history import History
-from graphnn.schedules import Step
+from graphnn.optim.schedules import Step
+from graphnn.train.history import History
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -285,7 +285,7 @@ def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend)
     """With the CPU back end's compiled all_finite, and with NumPy (the reference back end)."""
     from types import SimpleNamespace
 
-    from graphnn.nonfinite import broken_names
+    from graphnn.train.nonfinite import broken_names
 
     trainer = gn.compile(linear_graph(), backend=backend, dtype=dtype).trainer
     assert (getattr(trainer, "all_finite", None) is not None) == (backend == "cpu")

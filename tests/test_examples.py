@@ -11,8 +11,8 @@ import pathlib
 
 import pytest
 
-from graphnn.runner import run_spec
-from graphnn.spec import load_spec
+from graphnn.spec.build import load_spec
+from graphnn.spec.runner import run_spec
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.toml"))

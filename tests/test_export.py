@@ -13,9 +13,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 import graphnn as gn
-from codegen.numba_cpu import source as cpu_source
-from graphnn.metrics import prediction_node
-from graphnn.ops import INITIALIZERS
+from codegen.cpu.backend import source as cpu_source
+from graphnn.ir.ops import INITIALIZERS
+from graphnn.train.metrics import prediction_node
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("graphnn", "sympy", "networkx")
@@ -255,7 +255,7 @@ def test_export_errors(tmp_path, monkeypatch):
         graph.export(tmp_path / "nowhere" / "m.py")
     with pytest.raises(IsADirectoryError, match="is a directory"):
         graph.export(tmp_path)
-    monkeypatch.setitem(sys.modules, "codegen.numba_cuda", None)  # the module cannot be imported
+    monkeypatch.setitem(sys.modules, "codegen.cuda.backend", None)  # the module cannot be imported
     with pytest.raises(gn.CodegenError, match="the CUDA exporter needs numba-cuda"):
         graph.export(tmp_path / "m.py", backend="cuda")
     monkeypatch.undo()

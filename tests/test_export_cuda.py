@@ -2,7 +2,7 @@
 
 Numba picks the simulator when it is first imported, so the exported file runs in a subprocess
 (NUMBA_ENABLE_CUDASIM=1) where graphnn, SymPy and networkx cannot be imported.  The script calls
-the module's host function ``train_epoch`` as ``codegen.numba_cuda.Trainer.epoch`` does, building
+the module's host function ``train_epoch`` as ``codegen.cuda.backend.Trainer.epoch`` does, building
 its arguments from the function's own parameter names (``x_all`` is input ``x``'s data; the other
 array names are parameters and optimizer buffers), so it needs nothing but the exported file.
 """
@@ -20,7 +20,7 @@ import graphnn as gn
 
 BLOCKED = ("graphnn", "sympy", "networkx")
 
-# Both scripts start here: argv = exported module, input .npz, output .npz, codegen/cudasim.py.
+# Both scripts start here: argv = exported module, input .npz, output .npz, codegen/cuda/cudasim.py.
 PREAMBLE = """
 import importlib.util
 import inspect
@@ -30,7 +30,7 @@ import numpy as np
 from numba import cuda
 
 assert cuda.is_available() and cuda.simulator  # the simulator, not a GPU
-# The simulator's shared-array race (see codegen/cudasim.py), fixed by loading that file by path:
+# The simulator's shared-array race (codegen/cuda/cudasim.py), fixed by loading that file by path:
 fix = importlib.util.spec_from_file_location("cudasim", sys.argv[4])
 cudasim = importlib.util.module_from_spec(fix)
 fix.loader.exec_module(cudasim)

@@ -11,8 +11,8 @@ import scipy.special
 import sympy
 
 import graphnn as gn
-from graphnn.formulas import ARGS, Y, derivative
-from graphnn.ops import ELEMENTWISE
+from graphnn.derive.screen import ARGS, Y, derivative
+from graphnn.ir.ops import ELEMENTWISE
 
 z, t = ARGS[0], ARGS[1]
 

@@ -20,12 +20,12 @@ import pytest
 import sympy
 
 import graphnn as gn
-from codegen import numba_cpu
-from codegen.emit import signature
-from graphnn import inspect as gi
-from graphnn.audit import kernel32
-from graphnn.chain import backward_nodes
-from graphnn.formulas import ARGS, derivative
+from codegen.cpu import backend as cpu_backend
+from codegen.cpu.module import signature
+from graphnn.derive.screen import ARGS, derivative
+from graphnn.inspect import explain as gi
+from graphnn.inspect.audit import kernel32
+from graphnn.inspect.chain import backward_nodes
 
 # --- graphs ---------------------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ def test_a_wrong_delta_would_be_caught():
 @pytest.mark.parametrize("name", sorted(GRAPHS))
 def test_chain_nodes_are_graph_nodes_and_kernel_lines_are_generated(name):
     g = GRAPHS[name]()
-    source = numba_cpu.source(g)
+    source = cpu_backend.source(g)
     ident = signature(g, None).ident
     for p in g.param_names:
         e = gi.explain(g, p)
@@ -318,7 +318,7 @@ def test_html_report_is_self_contained():
 
 
 def test_html_formula_falls_back_to_text():
-    from graphnn.report import mathtext_svg
+    from graphnn.inspect.report import mathtext_svg
 
     assert mathtext_svg(r"\begin{cases} a \end{cases}") is None
     assert mathtext_svg("x^{T}").startswith("data:image/svg+xml;base64,")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn.schedules import Constant, Cosine, Exponential, Step, Warmup
+from graphnn.optim.schedules import Constant, Cosine, Exponential, Step, Warmup
 
 STEPS = 5
 RTOL, ATOL = 2e-5, 2e-6  # float32 kernels vs a float64 loop, after 5 steps

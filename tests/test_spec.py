@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn import spec as spec_module
-from graphnn.datasets import load_sklearn, split
 from graphnn.errors import SpecError
-from graphnn.spec import load_spec, loads_spec
+from graphnn.spec import build as spec_module
+from graphnn.spec.build import load_spec, loads_spec
+from graphnn.spec.data_table import load_sklearn, split
 from tests.finite_diff import numeric_gradients, relative_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -1,0 +1,1 @@
+"""The Numba CPU back end: step emitters, module assembly, the compiled trainer."""

@@ -1,0 +1,103 @@
+"""The Numba CPU back end: the generated module, compiled with ``numba.njit`` and cached on disk.
+
+>>> import numpy as np, graphnn as gn
+>>> x = gn.input("x", (2,)); t = gn.input("t", (1,)); w = gn.param("w", (2, 1))
+>>> g = gn.Graph(gn.mse(x @ w, t))
+>>> loss, grads = value_and_grad(g, {"x": np.ones((3, 2), np.float32),
+...     "t": np.zeros((3, 1), np.float32), "w": np.ones((2, 1), np.float32)}, np.float32)
+>>> float(loss)
+4.0
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from codegen.cache import load_module
+from codegen.cpu.module import forward_inputs, module_source, signature
+
+
+def source(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()) -> str:
+    """The generated module's text (what ``g.source(backend="cpu")`` shows)."""
+    return module_source(graph, optimizer, np.dtype(dtype).name, tuple(outputs))
+
+
+def build(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()):
+    """The imported kernel module; GRAPHNN_DEBUG=2 prints its source first."""
+    text = source(graph, optimizer, dtype, outputs)
+    if debug_level() >= 2:
+        print(text)
+    return load_module(text)
+
+
+def debug_level() -> int:
+    """GRAPHNN_DEBUG as an int (unset or not a number: 0)."""
+    try:
+        return int(os.environ.get("GRAPHNN_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
+# graph -> {dtype name: module}: value_and_grad in a finite-difference loop builds once.
+_GRAD_MODULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
+    modules = _GRAD_MODULES.setdefault(graph, {})
+    key = np.dtype(dtype).name
+    if key not in modules:
+        modules[key] = build(graph, None, dtype)
+    module = modules[key]
+    args = [values[n.name] for n in graph.forward.inputs]
+    # A parameter the loss does not depend on (it feeds only an extra output) has a zero
+    # gradient and no value among the training graph's; the kernel takes it but never reads it.
+    shapes = graph.shapes
+    args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
+    batch = args[0].shape[0] if graph.forward.inputs else 1
+    loss, *grads = module.loss_and_grads(*args, module.workspace(batch))
+    return loss, dict(zip(graph.param_names, grads, strict=True))
+
+
+class Trainer:
+    """Runs the generated step and epoch functions on dicts of arrays (updated in place)."""
+
+    def __init__(self, graph, optimizer, dtype="float32", outputs: Sequence[str] = ()):
+        self.graph, self.optimizer, self.dtype = graph, optimizer, np.dtype(dtype)
+        self.outputs = tuple(outputs) or (graph.loss_name,)
+        self.module = build(graph, optimizer, dtype, self.outputs)
+        self.sig = signature(graph, optimizer)
+        self._ws = None  # (rows, buffers) of the last workspace
+        # The steps' NaN/Inf test, for the driver's check of parameters after an epoch: compiled
+        # for flat arrays of this dtype with train_step, so calling it compiles nothing.
+        self.all_finite = getattr(self.module, "all_finite", None)
+
+    def _hyper(self, hyper: Mapping[str, float]) -> list:
+        return [self.dtype.type(hyper[h]) for h in self.sig.hyper if h != "lr"]
+
+    def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
+        """One epoch inside one compiled function; returns (loss sum, steps done, status)."""
+        args = [data[n.name] for n in self.graph.forward.inputs] + [perm, batch_size]
+        args += [params[p] for p in self.graph.param_names] + [state[s] for s in self.sig.state]
+        args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
+        return self.module.train_epoch(*args, self._workspace(min(batch_size, len(perm))))
+
+    def _workspace(self, rows: int):
+        """The step buffers, kept across epochs and fit calls (remade for a larger batch)."""
+        if self._ws is None or self._ws[0] < rows:
+            self._ws = (rows, self.module.workspace(rows))
+        return self._ws[1]
+
+    def forward(self, params, data) -> dict[str, np.ndarray]:
+        names = forward_inputs(self.graph, self.outputs)
+        out = self.module.forward(
+            *(data[i] for i in names), *(params[p] for p in self.graph.param_names)
+        )
+        out = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.outputs, out, strict=True))
+
+    def forward_inputs(self) -> tuple[str, ...]:
+        return forward_inputs(self.graph, self.outputs)

@@ -1,0 +1,358 @@
+"""CUDA source for each kind of plan step: the CPU's kernel plan, printed as ``@cuda.jit`` kernels.
+
+An emitter returns a :class:`Piece`: the kernels it defines at module level and the host lines
+(inside ``loss_and_grads`` / ``forward``) that take its output buffer from the workspace and
+launch them.  Values of shape ``()`` live in 1-element device arrays and are read as ``x[0]``.
+Elementwise formulas are printed by :mod:`codegen.printer` (``math.*`` calls), loops and
+indexing here.
+
+>>> launch_lines("k_y", ["x", "y", "n"], "n * 3")
+['k_y[blocks(n * 3), THREADS](x, y, n)']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy
+
+from codegen.cpu.steps import Scope, describe, indent
+from codegen.cuda.library import array_type, block_sum
+from codegen.plan import Plan, Step
+from codegen.printer import print_expr
+from graphnn.derive.screen import ARGS, BATCH
+from graphnn.errors import CodegenError
+from graphnn.ir.graph import GraphIR, Node
+
+
+@dataclass
+class Kernel:
+    """One ``@cuda.jit`` kernel: argument names with their Numba types, and its body lines."""
+
+    name: str
+    args: list[tuple[str, str]]
+    body: list[str]
+    comment: list[str] = field(default_factory=list)
+
+    @property
+    def signature(self) -> str:
+        return "void(" + ", ".join(t for _, t in self.args) + ")"
+
+    def lines(self) -> list[str]:
+        head = f"def {self.name}({', '.join(a for a, _ in self.args)}):"
+        return [*self.comment, "@cuda.jit(cache=True)", head, *indent(self.body, 1)]
+
+
+@dataclass
+class Piece:
+    kernels: list[Kernel]
+    host: list[str]
+
+
+class CudaScope(Scope):
+    """Names, types and printing shared by the kernels of one host function."""
+
+    def __init__(self, dtype: str, ir: GraphIR, plan: Plan, taken: set[str], prefix: str):
+        super().__init__(dtype, ir, plan)
+        self.taken, self.prefix = taken, prefix  # taken: every global name of the module
+        self.matmuls: set[tuple[bool, bool]] = set()
+
+    def expr(self, e: sympy.Expr) -> str:
+        e = e.xreplace({BATCH: sympy.Symbol("nf")})
+        return print_expr(e, dtype=self.dtype, fn_module="math", backend="cuda")
+
+    def value(self, name: str, shape, index: list[str]) -> sympy.Expr:
+        node = self.ir.node(name)
+        if node.shape == () and node.op != "const":
+            return sympy.Symbol(f"{name}[0]")
+        return super().value(name, shape, index)
+
+    def inline(self, name: str) -> bool:
+        """Scalar constants are printed as literals, never passed."""
+        node = self.ir.node(name)
+        return node.op == "const" and node.shape == ()
+
+    def array_arg(self, name: str) -> tuple[str, str]:
+        return name, array_type(self.dtype, max(1, len(self.ir.node(name).shape)))
+
+    def alloc(self, name: str, shape, key: str | None = None) -> str:
+        return f'{name} = ws.array("{key or name}", {dims_text(shape)})'
+
+    def kernel_name(self, node: Node) -> str:
+        name, k = f"{self.prefix}_{node.name}", 0
+        while name in self.taken:
+            k += 1
+            name = f"{self.prefix}_{node.name}_{k}"
+        self.taken.add(name)
+        return name
+
+    def sizes(self, body: list[str]) -> list[tuple[str, str]]:
+        """The batch-size arguments a kernel body uses: n (int64) and/or nf (float)."""
+        text = "\n".join(body)
+        out = [("n", "int64")] if re.search(r"\bn\b", text) else []
+        return out + ([("nf", self.dtype)] if re.search(r"\bnf\b", text) else [])
+
+
+def comment(node: Node) -> str:
+    return f"# {node.name} = {describe(node)}"
+
+
+def dims_text(shape) -> str:
+    """A shape as a tuple expression; () is stored as (1,), the batch dimension is n."""
+    inner = ", ".join("n" if d is None else str(d) for d in shape) or "1"
+    return f"({inner},)" if len(shape) <= 1 else f"({inner})"
+
+
+def count(dims) -> str:
+    """The number of elements of dims as an expression (the batch dimension is n)."""
+    known = 1
+    for d in dims:
+        known *= d or 1
+    if None in dims:
+        return "n" if known == 1 else f"n * {known}"
+    return str(known)
+
+
+def unravel(flat: str, names: list[str], dims) -> list[str]:
+    """Lines splitting the row-major flat index into one index per dim (only dims[0] may be n)."""
+    lines = []
+    for j, name in enumerate(names):
+        stride = 1
+        for d in dims[j + 1 :]:
+            stride *= d
+        value = flat if stride == 1 else f"{flat} // {stride}"
+        lines.append(f"{name} = {value}" if j == 0 else f"{name} = {value} % {dims[j]}")
+    return lines
+
+
+def launch_lines(kernel: str, args: list[str], total: str | None) -> list[str]:
+    config = f"blocks({total}), THREADS" if total else "1, 1"
+    return [f"{kernel}[{config}]({', '.join(args)})"]
+
+
+def grid_stride(shape, body: list[str]) -> list[str]:
+    """body once per element of shape, spread over every thread of the grid."""
+    if not shape:
+        return body
+    index = [f"i{k}" for k in range(len(shape))]
+    head = f"for k in range(cuda.grid(1), {count(shape)}, cuda.gridsize(1)):"
+    return [head, *indent(unravel("k", index, shape) + body, 1)]
+
+
+def _kernel(step: Step, scope: CudaScope, reads, writes, body, total_shape) -> Piece:
+    args = [scope.array_arg(x) for x in [*reads, *writes]] + scope.sizes(body)
+    name = scope.kernel_name(step.nodes[-1])
+    comments = [comment(n) for n in step.nodes]
+    kernel = Kernel(name, args, body, comments)
+    host = comments + [scope.alloc(w, scope.ir.node(w).shape) for w in writes]
+    total = count(total_shape) if total_shape else None
+    return Piece([kernel], host + launch_lines(name, [a for a, _ in args], total))
+
+
+def emit_group(step: Step, scope: CudaScope) -> Piece:
+    """One thread per element computes the whole fused chain; stored members go to arrays."""
+    shape = step.shape
+    index = [f"i{k}" for k in range(len(shape))]
+    at = f"[{', '.join(index)}]" if shape else "[0]"
+    members = {n.name for n in step.nodes}
+    stored = [n.name for n in step.nodes if n.name in scope.plan.stored]
+    read_in_group = {i for n in step.nodes for i in n.inputs if i in members}
+    local = {n.name: f"{n.name}_v" if n.name in stored else n.name for n in step.nodes}
+    reads: dict[str, None] = {}
+    body: list[str] = []
+    for node in step.nodes:
+        subs = {}
+        for k, i in enumerate(node.inputs):
+            if i in members:
+                subs[ARGS[k]] = sympy.Symbol(local[i])
+            else:
+                subs[ARGS[k]] = scope.value(i, shape, index)
+                if not scope.inline(i):
+                    reads[i] = None
+        text = scope.expr(node.attr("expr").xreplace(subs))
+        if node.name not in stored:
+            body.append(f"{node.name} = {text}")
+        elif node.name in read_in_group:
+            body += [f"{local[node.name]} = {text}", f"{node.name}{at} = {local[node.name]}"]
+        else:
+            body.append(f"{node.name}{at} = {text}")
+    return _kernel(step, scope, list(reads), stored, grid_stride(shape, body), shape)
+
+
+def emit_const(step: Step, scope: CudaScope) -> Piece:
+    node = step.node
+    index = [f"i{k}" for k in range(len(node.shape))]
+    at = f"[{', '.join(index)}]" if node.shape else "[0]"
+    value = scope.expr(sympy.sympify(node.attr("value")))
+    body = grid_stride(node.shape, [f"{node.name}{at} = {value}"])
+    return _kernel(step, scope, [], [node.name], body, node.shape)
+
+
+def emit_matmul(step: Step, scope: CudaScope) -> Piece:
+    node = step.node
+    ta, tb = bool(node.attr("ta")), bool(node.attr("tb"))
+    scope.matmuls.add((ta, tb))
+    rows, cols = (count([d]) for d in node.shape)
+    kernel = "matmul_" + ("t" if ta else "n") + ("t" if tb else "n")
+    a, b = node.inputs
+    host = [comment(node), scope.alloc(node.name, node.shape)]
+    host.append(f"{kernel}[tiles({rows}, {cols}), (TILE, TILE)]({a}, {b}, {node.name})")
+    return Piece([], host)
+
+
+def emit_reduce_sum(step: Step, scope: CudaScope) -> Piece:
+    """One block per output element (grid-stride over outputs); its threads stride over the
+    summed elements and combine their partial sums in a shared-memory tree."""
+    node = step.node
+    (x,) = node.inputs
+    src = scope.ir.node(x).shape
+    axes, keep = node.attr("axes"), node.attr("keepdims")
+    index = [f"i{k}" for k in range(len(src))]
+    kept = [k for k in range(len(src)) if k not in axes]
+    out = [("0" if keep else None) if k in axes else i for k, i in enumerate(index)]
+    out = [i for i in out if i is not None] or ["0"]
+    summed = [src[k] for k in axes]
+    loop = [f"for r in range(tid, {count(summed)}, REDUCE_THREADS):"]
+    loop += indent(unravel("r", [index[k] for k in axes], summed), 1)
+    loop += [f"    acc += {x}[{', '.join(index)}]"]
+    per_output = unravel("o", [index[k] for k in kept], [src[k] for k in kept])
+    per_output += [f"acc = {scope.literal(0)}", *loop, *block_sum("acc", "total")]
+    per_output += ["if tid == 0:", f"    {node.name}[{', '.join(out)}] = total"]
+    n_out = count([src[k] for k in kept])
+    body = [
+        f"part = cuda.shared.array(REDUCE_THREADS, np.{scope.dtype})",
+        "tid = cuda.threadIdx.x",
+        f"for {'o' if kept else '_'} in range(cuda.blockIdx.x, {n_out}, cuda.gridDim.x):"
+        "  # one block per output",
+        *indent(per_output, 1),
+    ]
+    args = [scope.array_arg(x), scope.array_arg(node.name), *scope.sizes(body)]
+    name = scope.kernel_name(node)
+    config = f"min({n_out}, MAX_BLOCKS), REDUCE_THREADS"
+    host = [comment(node), scope.alloc(node.name, node.shape)]
+    host.append(f"{name}[{config}]({', '.join(a for a, _ in args)})")
+    return Piece([Kernel(name, args, body, [comment(node)])], host)
+
+
+def emit_reshape(step: Step, scope: CudaScope) -> Piece:
+    node = step.node
+    reshape = f"{node.name} = {node.inputs[0]}.reshape({dims_text(node.shape)})"
+    return Piece([], [comment(node), reshape])
+
+
+def _row_stats(z: str, k: int, scope: CudaScope) -> list[str]:
+    """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z."""
+    return [
+        f"m = {z}[i0, 0]",
+        f"for j in range(1, {k}):",
+        f"    m = max(m, {z}[i0, j])",
+        f"s = {scope.literal(0)}",
+        f"for j in range({k}):",
+        f"    s += math.exp({z}[i0, j] - m)",
+    ]
+
+
+def emit_softmax(step: Step, scope: CudaScope) -> Piece:
+    node = step.node
+    (z,), k = node.inputs, node.shape[-1]
+    body = _row_stats(z, k, scope) + [
+        f"for j in range({k}):",
+        f"    {node.name}[i0, j] = math.exp({z}[i0, j] - m) / s",
+    ]
+    return _rows_kernel(step, scope, [z], [node.name], body, node.shape[0])
+
+
+def emit_softmax_grad(step: Step, scope: CudaScope) -> Piece:
+    node = step.node
+    (y, g), k = node.inputs, node.shape[-1]
+    body = [
+        f"d = {scope.literal(0)}",
+        f"for j in range({k}):",
+        f"    d += {g}[i0, j] * {y}[i0, j]",
+        f"for j in range({k}):",
+        f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
+    ]
+    return _rows_kernel(step, scope, [y, g], [node.name], body, node.shape[0])
+
+
+def _rows_kernel(step, scope, reads, writes, body, rows_dim, extra=()) -> Piece:
+    rows = count([rows_dim])
+    loop = [f"for i0 in range(cuda.grid(1), {rows}, cuda.gridsize(1)):  # one thread per row"]
+    body = loop + indent(body, 1)
+    args = [scope.array_arg(x) for x in [*reads, *writes]] + list(extra) + scope.sizes(body)
+    name = scope.kernel_name(step.nodes[-1])
+    comments = [comment(n) for n in step.nodes]
+    host = comments + [scope.alloc(w, scope.ir.node(w).shape) for w in writes]
+    host += launch_lines(name, [a for a, _ in args], rows)
+    return Piece([Kernel(name, args, body, comments)], host)
+
+
+def _partner(step: Step, scope: CudaScope, op: str) -> Node | None:
+    for other in scope.plan.steps:
+        if other.kind == op and other.node.inputs == step.node.inputs:
+            return other.node
+    return None
+
+
+def emit_softmax_ce(step: Step, scope: CudaScope) -> Piece:
+    """Per-row losses (and the gradient rows, when the plan needs them) in one pass, then the
+    mean of the row losses in one block."""
+    node = step.node
+    if node.name in scope.done:
+        return Piece([], [])
+    loss, grad = node, _partner(step, scope, "softmax_ce_grad")
+    if node.op == "softmax_ce_grad":
+        loss, grad = _partner(step, scope, "softmax_ce"), node
+    z, t = node.inputs
+    rows_dim, k = scope.ir.node(z).shape
+    body = _row_stats(z, k, scope)
+    extra = []
+    if loss is not None:
+        extra = [("rows", array_type(scope.dtype, 1))]
+        body += [
+            f"d = {scope.literal(0)}",
+            f"for j in range({k}):",
+            f"    d += {t}[i0, j] * {z}[i0, j]",
+        ]
+        body += ["rows[i0] = m + math.log(s) - d"]
+    if grad is not None:
+        body += [
+            f"for j in range({k}):",
+            f"    {grad.name}[i0, j] = (math.exp({z}[i0, j] - m) / s - {t}[i0, j]) / nf",
+        ]
+    scope.done.update(n.name for n in (loss, grad) if n is not None)
+    parts = Step(step.kind, [n for n in (loss, grad) if n is not None])
+    writes = [grad.name] if grad is not None else []
+    piece = _rows_kernel(parts, scope, [z, t], writes, body, rows_dim, extra)
+    if loss is None:
+        return piece
+    rows = count([rows_dim])
+    denominator = "nf" if rows_dim is None else scope.literal(rows_dim)
+    head = [scope.alloc("rows", (rows_dim,), f"{loss.name}/rows")]
+    launch = f"batch_mean[1, REDUCE_THREADS](rows, {loss.name}, {rows}, {denominator})"
+    host = piece.host[:-1] + head + [piece.host[-1], scope.alloc(loss.name, ()), launch]
+    return Piece(piece.kernels, host)
+
+
+EMITTERS: dict[str, Callable[[Step, CudaScope], Piece]] = {
+    "group": emit_group,
+    "matmul": emit_matmul,
+    "reduce_sum": emit_reduce_sum,
+    "reshape": emit_reshape,
+    "const": emit_const,
+    "softmax": emit_softmax,
+    "softmax_grad": emit_softmax_grad,
+    "softmax_ce": emit_softmax_ce,
+    "softmax_ce_grad": emit_softmax_ce,
+}
+
+
+def emit_step(step: Step, scope: CudaScope) -> Piece:
+    emitter = EMITTERS.get(step.kind)
+    if emitter is None:
+        raise CodegenError(
+            f"the cuda back end has no kernel for op '{step.kind}' ({step.node.name})"
+        )
+    return emitter(step, scope)

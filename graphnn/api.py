@@ -1,0 +1,134 @@
+"""``gn.Graph``: a loss and everything it depends on, differentiated once, ready to run.
+
+>>> import numpy as np, graphnn as gn
+>>> x = gn.input("x", (3,)); t = gn.input("t", (1,)); w = gn.param("w", (3, 1))
+>>> g = gn.Graph(gn.mse(gn.sigmoid(x @ w), t))
+>>> params = g.init_params(seed=0)
+>>> value, grads = g.value_and_grad(params, {"x": np.ones((4, 3)), "t": np.ones((4, 1))})
+>>> grads["w"].shape
+(3, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from graphnn.derive import autodiff
+from graphnn.errors import GraphError
+from graphnn.ir.graph import GraphIR, Tensor
+from graphnn.ir.init import init_array
+from graphnn.train.data import check_data, check_params
+
+
+class Graph:
+    """The forward graph of ``loss`` and the training graph (forward + every gradient)."""
+
+    def __init__(self, loss: Tensor, outputs: Sequence[Tensor] = ()):
+        if not isinstance(loss, Tensor):
+            raise GraphError(f"Graph needs the loss tensor, got {type(loss).__name__}")
+        self.loss = loss
+        self.forward = GraphIR([loss, *outputs])
+        self.param_names = [n.name for n in self.forward.params]
+        if not self.param_names:
+            raise GraphError(f"the loss '{loss.label}' depends on no parameter")
+        wrt = [self.forward.tensor_by_name[p] for p in self.param_names]
+        grads = autodiff.gradients(loss, wrt)
+        self.training = GraphIR([loss, *grads.values()], names=self.forward.names)
+        self.loss_name = self.forward.name_of(loss)
+        self.grad_names = {
+            p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt, strict=True)
+        }
+        self._formulas: dict = {}
+
+    # --- inspection -----------------------------------------------------------------------------
+
+    def _param(self, name: str) -> str:
+        if name not in self.param_names:
+            raise KeyError(
+                f"no parameter named {name!r}; parameters: {', '.join(self.param_names)}"
+            )
+        return name
+
+    def gradient(self, name: str):
+        """dLoss/d(name) as a matrix-form formula assembled from the local rules."""
+        from graphnn.derive.matrixform import gradient_formula
+
+        name = self._param(name)
+        if name not in self._formulas:
+            self._formulas[name] = gradient_formula(
+                self.training, self.grad_names[name], set(self.forward.by_name)
+            )
+        return self._formulas[name]
+
+    def explain(self, name: str):
+        """dLoss/d(name) explained: formula, chain of deltas, derivative forms, kernel lines."""
+        from graphnn.inspect.explain import explain
+
+        return explain(self, self._param(name))
+
+    def source(self, backend: str = "cpu", optimizer=None, dtype="float32") -> str:
+        """The generated kernel module of a back end, as Python source text."""
+        from codegen import get_backend
+
+        return get_backend(backend).source(self, optimizer, dtype)
+
+    def export(
+        self, path, optimizer=None, backend: str = "cpu", dtype="float32", epochs=10, batch_size=32
+    ):
+        """Write a standalone training module (numpy + numba only) to ``path``; ``epochs`` and
+        ``batch_size`` are the defaults of its command line."""
+        from codegen.export.cpu import export_module
+
+        return export_module(self, path, optimizer, backend, dtype, epochs, batch_size)
+
+    @property
+    def inputs(self) -> dict[str, tuple]:
+        return {n.name: n.shape for n in self.forward.inputs}
+
+    @property
+    def shapes(self) -> dict[str, tuple]:
+        return {n.name: n.shape for n in self.forward.params}
+
+    # --- running -------------------------------------------------------------------------------
+
+    def init_params(self, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+        """Fresh parameter arrays from each parameter's initializer."""
+        return {
+            n.name: init_array(n.name, n.shape, n.attr("init"), seed, dtype)
+            for n in self.forward.params
+        }
+
+    def value_and_grad(
+        self, params: Mapping, data: Mapping, backend: str = "numpy", dtype=None
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss and the gradient of every parameter on one batch of data."""
+        from codegen import get_backend
+
+        dtype = np.dtype(dtype or _dtype_of(params))
+        values = {
+            **check_params(self.training, params, dtype),
+            **check_data(self.forward, data, dtype),
+        }
+        loss, grads = get_backend(backend).value_and_grad(self, values, dtype)
+        return float(loss), grads
+
+    def evaluate_nodes(self, params: Mapping, data: Mapping, dtype=None) -> dict[str, np.ndarray]:
+        """Every node's value (forward and backward) on the NumPy reference."""
+        from codegen.numpy_ref import evaluate
+
+        dtype = np.dtype(dtype or _dtype_of(params))
+        values = {
+            **check_params(self.training, params, dtype),
+            **check_data(self.forward, data, dtype),
+        }
+        return evaluate(self.training, values, dtype)
+
+    def __repr__(self) -> str:
+        return f"Graph(loss={self.loss_name!r}, params={self.param_names})"
+
+
+def _dtype_of(params: Mapping) -> np.dtype:
+    kinds = {np.asarray(v).dtype for v in params.values()}
+    return np.dtype(np.float64) if np.dtype(np.float64) in kinds else np.dtype(np.float32)

@@ -1,0 +1,157 @@
+"""Reports of every parameter's gradient: Markdown, and HTML that renders offline.
+
+The HTML page is one self-contained file: inline CSS, no script, no network.  Formulas are
+pre-rendered by matplotlib's mathtext (the LaTeX the tests already parse) to SVG and inlined as
+``data:`` images - vector, so they stay sharp at any zoom - with the LaTeX source and the plain
+text formula beside them; a formula mathtext cannot parse is shown as text only.  This avoids
+MathJax/KaTeX, which would need either the network or a megabyte of bundled JavaScript.
+
+>>> import graphnn as gn
+>>> x = gn.input("x", (3,)); t = gn.input("t", (2,)); W = gn.param("W", (3, 2))
+>>> markdown_report(gn.Graph(gn.softmax_cross_entropy(x @ W, t))).splitlines()[0]
+"# Gradients of loss 'softmax_ce1'"
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from graphnn.ir.shapes import show
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; color: #222; }
+code, pre { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.9em; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text-align: left; }
+.formula img { max-width: 100%; }
+.chosen { font-weight: bold; }
+.ok { color: #1a7f37; } .bad { color: #cf222e; }
+"""
+
+
+def explanations(graph, params=None) -> list:
+    """``explain`` of each parameter in ``params`` (default: all, in graph order)."""
+    from codegen.cpu import backend as cpu_backend
+    from graphnn.inspect.explain import explain
+
+    source = cpu_backend.source(graph)
+    return [explain(graph, p, source) for p in (graph.param_names if params is None else params)]
+
+
+def markdown_report(graph, params=None) -> str:
+    """Summary table, one section per parameter, then the stability audit."""
+    from graphnn.inspect.audit import stability_audit
+
+    out = [f"# Gradients of loss '{graph.loss_name}'", ""]
+    out += ["| parameter | shape | dL/dparameter |", "|---|---|---|"]
+    exps = explanations(graph, params)
+    for e in exps:
+        out.append(f"| `{e.param}` | {show(e.shape)} | `{_cell(str(e.formula))}` |")
+    out.append("")
+    out += [e.markdown(level=2) for e in exps]
+    out += ["## Stability audit", "", "```text", str(stability_audit(graph)).rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def mathtext_svg(tex: str) -> str | None:
+    """``tex`` rendered by matplotlib's mathtext as an SVG data URI; None if it cannot parse.
+
+    As ``matplotlib.mathtext.math_to_image``, but without the SVG's date and with fixed element
+    ids, so the same graph always gives the same report.
+    """
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.mathtext import MathTextParser
+
+    text = f"${tex}$"
+    try:
+        width, height, depth, _, _ = MathTextParser("path").parse(text, 72, FontProperties())
+    except (ValueError, RuntimeError):
+        return None
+    fig = Figure(figsize=(width / 72, height / 72))
+    fig.text(0, depth / height, text)
+    buf = io.BytesIO()
+    with rc_context({"svg.hashsalt": "graphnn", "svg.fonttype": "path"}):
+        fig.savefig(buf, dpi=100, format="svg", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _formula_html(formula) -> str:
+    uri = mathtext_svg(formula.latex())
+    img = f'<img src="{uri}" alt="{html.escape(str(formula))}">' if uri else ""
+    return (
+        f'<div class="formula">{img}</div>'
+        f"<p><code>{html.escape(str(formula))}</code></p>"
+        f"<details><summary>LaTeX</summary><pre>{html.escape(formula.latex())}</pre></details>"
+    )
+
+
+def _section(e) -> list[str]:
+    from graphnn.inspect.explain import why
+
+    h = html.escape
+    out = [f'<h2 id="{h(e.param)}">dL/d{h(e.param)} <small>{h(show(e.shape))}</small></h2>']
+    out += [_formula_html(e.formula), "<h3>Chain rule (δ(v) = dL/dv), from the loss down</h3>"]
+    out += ["<table><tr><th>node</th><th>δ</th><th>held in</th><th>local rule</th></tr>"]
+    for s in e.steps:
+        rules = "<br>".join(f"<code>{h(loc.equation)}</code>: {h(loc.rule)}" for loc in s.locals)
+        held = f"<code>{h(s.delta)}</code>" if s.delta else s.holder()
+        out.append(
+            f"<tr><td><code>{h(s.node)}</code></td><td><code>{h(str(s.formula))}</code></td>"
+            f"<td>{held}</td><td>{rules}</td></tr>"
+        )
+    out += ["</table>", "<h3>Elementwise derivative forms</h3>"]
+    for loc in e.forms:
+        d = loc.derivative
+        out.append(f"<p><b>∂{h(loc.node)}/∂{h(loc.wrt)}</b> (<code>{h(loc.equation)}</code>)</p>")
+        out.append("<table><tr><th>form</th><th>expression</th><th>NaN/Inf at</th>")
+        out.append("<th>precision lost at</th></tr>")
+        for c in d.candidates:
+            cls = ' class="chosen"' if c.form == d.form else ""
+            bad = "bad" if c.nonfinite or c.inaccurate else "ok"
+            out.append(
+                f"<tr{cls}><td>{h(c.form)}{' (chosen)' if cls else ''}</td>"
+                f"<td><code>{h(str(loc.named(c.expr)))}</code></td>"
+                f'<td class="{bad}">{_pts(c.nonfinite)}</td>'
+                f'<td class="{bad}">{_pts(c.inaccurate)}</td></tr>'
+            )
+        out += ["</table><ul>"] + [f"<li>{h(line)}</li>" for line in why(d)] + ["</ul>"]
+    code = "\n\n".join(b.text() for b in e.blocks)
+    out += ["<h3>Generated kernel lines (<code>loss_and_grads</code>)</h3>"]
+    return out + [f"<pre>{h(code)}</pre>"]
+
+
+def html_report(graph, params=None) -> str:
+    """One self-contained HTML page (no network, no script)."""
+    from graphnn.inspect.audit import stability_audit
+
+    h = html.escape
+    title = f"Gradients of loss '{graph.loss_name}'"
+    exps = explanations(graph, params)
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">']
+    out += [f"<title>{h(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{h(title)}</h1>"]
+    out += ["<table><tr><th>parameter</th><th>shape</th><th>dL/dparameter</th></tr>"]
+    out += [
+        f'<tr><td><a href="#{h(e.param)}">{h(e.param)}</a></td><td>{h(show(e.shape))}</td>'
+        f"<td><code>{h(str(e.formula))}</code></td></tr>"
+        for e in exps
+    ]
+    out.append("</table>")
+    for e in exps:
+        out += _section(e)
+    audit = stability_audit(graph)
+    verdict = '<span class="ok">OK</span>' if audit.ok else '<span class="bad">FAILED</span>'
+    out += [f"<h2>Stability audit: {verdict}</h2>", f"<pre>{h(str(audit))}</pre>"]
+    return "\n".join(out + ["</body></html>"]) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _pts(points) -> str:
+    return ", ".join(f"{p:g}" for p in points) if points else "-"

@@ -1,0 +1,245 @@
+"""The graph IR: tensors the user builds, and the immutable graph of named nodes they form.
+
+A :class:`Tensor` is what user code holds (``x @ W1 + b1``); it records its op, its input tensors,
+its attributes and its shape.  :class:`GraphIR` freezes the tensors reachable from some outputs
+into :class:`Node` records in a networkx DiGraph, names every node (user names first, then
+``{op}{k}`` in topological order) and orders them without recursion, so deep graphs work.
+
+>>> import graphnn as gn
+>>> x = gn.input("x", (3,)); w = gn.param("w", (3, 1))
+>>> ir = GraphIR([gn.sigmoid(x @ w)])
+>>> [n.name for n in ir.nodes]
+['x', 'w', 'matmul1', 'sigmoid1']
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from graphnn.errors import GraphError
+from graphnn.ir.shapes import Shape, show
+
+LEAF_OPS = ("input", "param", "const")
+
+
+@dataclass(frozen=True, eq=False)
+class Tensor:
+    """A symbolic value: the result of ``op`` applied to ``inputs``. Compared by identity."""
+
+    op: str
+    inputs: tuple[Tensor, ...]
+    shape: Shape
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    label: str = ""  # how error messages and displays refer to an unnamed tensor
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name or self.op)
+
+    def named(self, name: str) -> Tensor:
+        """The same value under a user-chosen node name."""
+        return Tensor(self.op, self.inputs, self.shape, self.attrs, name, name)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.label!r}, op={self.op}, shape={show(self.shape)})"
+
+    # Operators build op nodes; the op table is graphnn.ir.ops (imported lazily: ops imports us).
+    def __matmul__(self, other):
+        from graphnn.ir import ops
+
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        from graphnn.ir import ops
+
+        return ops.matmul(other, self)
+
+    def __add__(self, other):
+        from graphnn.ir import ops
+
+        return ops.add(self, other)
+
+    def __radd__(self, other):
+        from graphnn.ir import ops
+
+        return ops.add(other, self)
+
+    def __sub__(self, other):
+        from graphnn.ir import ops
+
+        return ops.sub(self, other)
+
+    def __rsub__(self, other):
+        from graphnn.ir import ops
+
+        return ops.sub(other, self)
+
+    def __mul__(self, other):
+        from graphnn.ir import ops
+
+        return ops.mul(self, other)
+
+    def __rmul__(self, other):
+        from graphnn.ir import ops
+
+        return ops.mul(other, self)
+
+    def __truediv__(self, other):
+        from graphnn.ir import ops
+
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        from graphnn.ir import ops
+
+        return ops.div(other, self)
+
+    def __neg__(self):
+        from graphnn.ir import ops
+
+        return ops.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __pow__(self, exponent):
+        from graphnn.ir import ops
+
+        return ops.power(self, exponent)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One frozen node of a GraphIR: inputs are node names; attrs a sorted tuple of pairs."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    shape: Shape
+    attrs: tuple[tuple[str, Any], ...] = ()
+    label: str = ""
+
+    def attr(self, key: str, default=None):
+        return dict(self.attrs).get(key, default)
+
+
+def topological_tensors(outputs: Sequence[Tensor]) -> list[Tensor]:
+    """Every tensor reachable from outputs, inputs before users; iterative (no recursion limit)."""
+    order: list[Tensor] = []
+    done: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(t, False) for t in reversed(outputs)]
+    while stack:
+        t, expanded = stack.pop()
+        if id(t) in done:
+            continue
+        if expanded:
+            done.add(id(t))
+            order.append(t)
+            continue
+        stack.append((t, True))
+        stack.extend((i, False) for i in reversed(t.inputs) if id(i) not in done)
+    return order
+
+
+class GraphIR:
+    """Immutable graph of the tensors reachable from ``outputs``, with stable node names."""
+
+    def __init__(self, outputs: Sequence[Tensor], names: Mapping[int, str] | None = None):
+        self.outputs = tuple(outputs)
+        self.tensors = topological_tensors(self.outputs)
+        self._names = self._assign_names(names or {})
+        self.dag = nx.DiGraph()
+        for t in self.tensors:
+            node = self._freeze(t)
+            self.dag.add_node(node.name, node=node)
+            self.dag.add_edges_from((i, node.name) for i in node.inputs)
+        self.nodes = [self.dag.nodes[n]["node"] for n in self._topological_names()]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.tensor_by_name = {self._names[id(t)]: t for t in self.tensors}
+
+    def _assign_names(self, base: Mapping[int, str]) -> dict[int, str]:
+        names = dict(base)
+        taken = {}
+        for t in self.tensors:
+            if id(t) in names or t.name is None:
+                continue
+            if t.name in taken and taken[t.name] is not t:
+                raise GraphError(f"two different nodes are both named '{t.name}'")
+            names[id(t)] = t.name
+            taken[t.name] = t
+        used = set(names.values())
+        counters: dict[str, itertools.count] = {}
+        for t in self.tensors:
+            if id(t) in names:
+                continue
+            stem = str(t.attrs.get("fn", t.op))
+            counter = counters.setdefault(stem, itertools.count(1))
+            name = f"{stem}{next(counter)}"
+            while name in used:
+                name = f"{stem}{next(counter)}"
+            names[id(t)] = name
+            used.add(name)
+        return names
+
+    def _freeze(self, t: Tensor) -> Node:
+        attrs = tuple(sorted(t.attrs.items()))
+        inputs = tuple(self._names[id(i)] for i in t.inputs)
+        return Node(self._names[id(t)], t.op, inputs, t.shape, attrs, t.label)
+
+    def _topological_names(self) -> list[str]:
+        # lexicographical_topological_sort is iterative and, keyed on creation order, stable.
+        position = {self._names[id(t)]: k for k, t in enumerate(self.tensors)}
+        return list(nx.lexicographical_topological_sort(self.dag, key=position.__getitem__))
+
+    def name_of(self, t: Tensor) -> str:
+        return self._names[id(t)]
+
+    @property
+    def names(self) -> dict[int, str]:
+        return dict(self._names)
+
+    def node(self, name: str) -> Node:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise GraphError(f"no node named '{name}'; nodes: {', '.join(self.by_name)}") from None
+
+    def of_op(self, op: str) -> list[Node]:
+        return [n for n in self.nodes if n.op == op]
+
+    @property
+    def params(self) -> list[Node]:
+        return self.of_op("param")
+
+    @property
+    def inputs(self) -> list[Node]:
+        return self.of_op("input")
+
+    def ancestors(self, outputs: Iterable[str]) -> set[str]:
+        """The named nodes and every node they depend on (iterative)."""
+        needed, stack = set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack.extend(self.node(name).inputs)
+        return needed
+
+    def consumers(self, name: str) -> list[str]:
+        return list(self.dag.successors(name))
+
+    def __iter__(self) -> Iterable[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)

@@ -1,0 +1,343 @@
+"""The op table and the functions that build graph tensors from it.
+
+An elementwise op is one row of :data:`ELEMENTWISE`: its SymPy formula in the argument symbols
+``a0, a1`` (:data:`graphnn.derive.screen.ARGS`), default parameters, and the input domain the tests
+draw from.  Its derivative is derived, never written here.  Adding an activation is adding a row
+(and a row in ``tests/test_gradients.py``).  Structural ops (matmul, reductions, softmax and the
+fused softmax cross-entropy) are built by the functions below; their adjoints are in
+``graphnn.derive.autodiff``.
+
+>>> import graphnn as gn
+>>> h = gn.relu(gn.input("x", (4,)) @ gn.param("W", (4, 3)))
+>>> h.shape
+(None, 3)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+from sympy import Piecewise, exp, log
+
+from graphnn.derive.screen import ARGS, BATCH
+from graphnn.errors import GraphError, ShapeError
+from graphnn.ir.graph import Tensor
+from graphnn.ir.shapes import (
+    Shape,
+    broadcast_shapes,
+    matmul_shape,
+    normalize_axes,
+    reduced_shape,
+    show,
+)
+
+z, t = ARGS[0], ARGS[1]
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """One elementwise op: formula(*args, **params) -> SymPy expression in ARGS."""
+
+    formula: Callable[..., sympy.Expr]
+    arity: int = 1
+    params: Mapping[str, float] = field(default_factory=dict)
+    domain: tuple[float, float] = (-3.0, 3.0)  # where tests draw inputs (first argument)
+
+
+def _relu_like(negative: sympy.Expr) -> sympy.Expr:
+    # Piecewise with a strict z > 0 makes relu'(0) = 0 (PyTorch's convention), not Heaviside's 1/2.
+    return Piecewise((z, z > 0), (negative, True))
+
+
+ELEMENTWISE: dict[str, Elementwise] = {
+    "add": Elementwise(lambda: ARGS[0] + ARGS[1], arity=2),
+    "sub": Elementwise(lambda: ARGS[0] - ARGS[1], arity=2),
+    "mul": Elementwise(lambda: ARGS[0] * ARGS[1], arity=2),
+    "div": Elementwise(lambda: ARGS[0] / ARGS[1], arity=2, domain=(0.5, 3.0)),
+    "neg": Elementwise(lambda: -z),
+    "exp": Elementwise(lambda: exp(z)),
+    "log": Elementwise(lambda: log(z), domain=(0.1, 3.0)),
+    "sigmoid": Elementwise(lambda: 1 / (1 + exp(-z))),
+    "tanh": Elementwise(lambda: sympy.tanh(z)),
+    "relu": Elementwise(lambda: _relu_like(sympy.Integer(0))),
+    "leaky_relu": Elementwise(lambda slope: _relu_like(slope * z), params={"slope": 0.01}),
+    "softplus": Elementwise(
+        lambda: Piecewise((z + log(1 + exp(-z)), z > 0), (log(1 + exp(z)), True))
+    ),
+    "elu": Elementwise(lambda alpha: _relu_like(alpha * (exp(z) - 1)), params={"alpha": 1.0}),
+    "gelu": Elementwise(lambda: z * (1 + sympy.erf(z / sympy.sqrt(2))) / 2),
+    "silu": Elementwise(lambda: z / (1 + exp(-z))),
+    # Loss terms: binary cross-entropy on logits z against targets t, in its stable form.
+    "bce_with_logits": Elementwise(
+        lambda: Piecewise((z - z * t + log(1 + exp(-z)), z > 0), (-z * t + log(1 + exp(z)), True)),
+        arity=2,
+    ),
+}
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "elu", "gelu", "silu")
+INITIALIZERS = ("zeros", "ones", "normal", "uniform", "he_normal", "he_uniform")
+INITIALIZERS += ("glorot_normal", "glorot_uniform")
+
+
+def _label(fmt: str, *parts: Tensor) -> str:
+    text = fmt.format(*(p.label for p in parts))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_tensor(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x):
+        return constant(x)
+    raise GraphError(f"cannot use {x!r} ({type(x).__name__}) as a graph value")
+
+
+# --- leaves -----------------------------------------------------------------------------------
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+        raise GraphError(f"{what} name {name!r} must be an identifier not starting with '_'")
+
+
+def _check_dims(shape, name: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ShapeError(f"'{name}': shape {shape!r} is not a tuple of ints") from None
+    if any(d <= 0 for d in dims) or dims != tuple(shape):
+        raise ShapeError(f"'{name}': shape {tuple(shape)!r} must hold positive ints")
+    return dims
+
+
+def input(name: str, shape: Sequence[int]) -> Tensor:  # noqa: A001 - the public name
+    """A data input with per-sample ``shape``; the batch dimension is implicit and leads."""
+    _check_name(name, "input")
+    return Tensor("input", (), (None, *_check_dims(shape, name)), {}, name)
+
+
+def param(name: str, shape: Sequence[int], init: str = "glorot_uniform") -> Tensor:
+    """A trainable parameter with a fixed shape and an initializer from :data:`INITIALIZERS`."""
+    _check_name(name, "parameter")
+    if init not in INITIALIZERS:
+        raise GraphError(f"parameter '{name}': unknown init {init!r}; known: {INITIALIZERS}")
+    dims = _check_dims(shape, name)
+    if not dims:
+        # Gradients of shape () are scalars in the kernels, not arrays an update can write.
+        raise ShapeError(f"parameter '{name}': shape () is not supported; use shape (1,)")
+    return Tensor("param", (), dims, {"init": init}, name)
+
+
+def constant(value, shape: Shape = ()) -> Tensor:
+    """A constant filling ``shape``; value is a number or a SymPy expression in the batch size n."""
+    label = f"{value:g}" if isinstance(value, int | float) else str(value)
+    value = sympy.sympify(value) if isinstance(value, numbers.Number) else value
+    return Tensor("const", (), tuple(shape), {"value": value}, None, label)
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+def ewise(fn: str, expr: sympy.Expr, inputs: Sequence, *, out_shape=None, label=None, **attrs):
+    """A node applying ``expr`` (in ARGS[:len(inputs)]) elementwise with NumPy broadcasting.
+
+    Numbers and scalar constants are substituted into the formula, repeated inputs merged and an
+    identity (``a0`` of an input that already has the result's shape) returns that input.
+    """
+    inputs = [_as_tensor(x) for x in inputs]
+    shape = broadcast_shapes(
+        [i.shape for i in inputs] + ([tuple(out_shape)] if out_shape is not None else []),
+        [i.label for i in inputs] + (["target"] if out_shape is not None else []),
+        fn,
+    )
+    kept: list[Tensor] = []
+    subs = {}
+    for k, x in enumerate(inputs):
+        if x.op == "const" and x.shape == ():
+            subs[ARGS[k]] = x.attrs["value"]
+        elif any(x is y for y in kept):
+            subs[ARGS[k]] = ARGS[next(j for j, y in enumerate(kept) if x is y)]
+        else:
+            subs[ARGS[k]] = ARGS[len(kept)]
+            kept.append(x)
+    expr = sympy.sympify(expr).xreplace(subs)
+    used = [k for k in range(len(kept)) if ARGS[k] in expr.free_symbols]
+    expr = expr.xreplace({ARGS[k]: ARGS[j] for j, k in enumerate(used)})
+    kept = [kept[k] for k in used]
+    if not expr.free_symbols - {BATCH}:
+        return constant(expr, shape)
+    if expr == ARGS[0] and kept[0].shape == shape:
+        return kept[0]
+    label = label or _label(fn + "(" + ", ".join("{}" for _ in kept) + ")", *kept)
+    # arity: the function's own argument count, more than the inputs kept when some were merged
+    attrs = {"fn": fn, "expr": expr, "arity": len(inputs), **attrs}
+    return Tensor("ewise", tuple(kept), shape, attrs, None, label)
+
+
+def apply(name: str, *args, **params) -> Tensor:
+    """Apply the elementwise op ``name`` of :data:`ELEMENTWISE` to tensors or numbers."""
+    row = ELEMENTWISE[name]
+    if len(args) != row.arity:
+        raise GraphError(f"{name} takes {row.arity} argument(s), got {len(args)}")
+    unknown = set(params) - set(row.params)
+    if unknown:
+        raise GraphError(f"{name} has no parameter {sorted(unknown)}; it has {list(row.params)}")
+    values = {**row.params, **params}
+    formula = row.formula(**{k: sympy.Float(v) for k, v in values.items()})
+    return ewise(name, formula, args)
+
+
+def _infix(op: str, fmt: str):
+    def build(a, b) -> Tensor:
+        a, b = _as_tensor(a), _as_tensor(b)
+        return ewise(op, ELEMENTWISE[op].formula(), [a, b], label=_label(fmt, a, b))
+
+    build.__name__ = op
+    build.__doc__ = f"Elementwise {op} with NumPy broadcasting."
+    return build
+
+
+add, sub = _infix("add", "{} + {}"), _infix("sub", "{} - {}")
+mul, div = _infix("mul", "{} * {}"), _infix("div", "{} / {}")
+
+
+def neg(x: Tensor) -> Tensor:
+    return apply("neg", x)
+
+
+def power(x: Tensor, exponent: float) -> Tensor:
+    """x ** exponent for a constant exponent."""
+    if not isinstance(exponent, numbers.Real) or isinstance(exponent, bool):
+        raise GraphError(f"power of '{x.label}': exponent must be a number, got {exponent!r}")
+    c = sympy.Integer(exponent) if float(exponent).is_integer() else sympy.Float(exponent)
+    return ewise("power", ARGS[0] ** c, [x], label=_label("{}**" + str(exponent), x))
+
+
+def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
+    """A user-defined elementwise function from a SymPy formula; its derivative is derived.
+
+    >>> import sympy, graphnn as gn
+    >>> s = sympy.Symbol("z")
+    >>> swish = gn.elementwise("swish", s / (1 + sympy.exp(-s)), [s])
+    >>> swish(gn.input("x", (2,))).shape
+    (None, 2)
+    """
+    symbols = list(symbols)
+    extra = sympy.sympify(expr).free_symbols - set(symbols)
+    if extra:
+        raise GraphError(
+            f"function '{name}': formula uses unknown symbols {sorted(map(str, extra))}"
+        )
+    formula = sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False)))
+
+    def build(*args) -> Tensor:
+        if len(args) != len(symbols):
+            raise GraphError(f"{name} takes {len(symbols)} argument(s), got {len(args)}")
+        return ewise(name, formula, args)
+
+    build.__name__ = name
+    return build
+
+
+# --- structural ---------------------------------------------------------------------------------
+
+
+def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
+    """op(a) @ op(b) for 2-D tensors; ``ta``/``tb`` transpose an operand (used by backward)."""
+    a, b = _as_tensor(a), _as_tensor(b)
+    shape = matmul_shape(a.shape, b.shape, (a.label, b.label), ta, tb)
+    label = _label("{}" + ("^T" if ta else "") + " @ {}" + ("^T" if tb else ""), a, b)
+    return Tensor("matmul", (a, b), shape, {"ta": ta, "tb": tb}, None, label)
+
+
+def reduce_sum(x: Tensor, axes: tuple[int, ...], keepdims: bool = False) -> Tensor:
+    shape = reduced_shape(x.shape, axes, keepdims)
+    attrs = {"axes": axes, "keepdims": keepdims}
+    return Tensor("reduce_sum", (x,), shape, attrs, None, _label("sum({})", x))
+
+
+def count(shape: Shape, axes: tuple[int, ...]) -> sympy.Expr:
+    """How many elements the axes of shape hold; the batch dimension counts as n."""
+    return sympy.Mul(*[BATCH if shape[a] is None else sympy.Integer(shape[a]) for a in axes])
+
+
+def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over ``axis`` (an int, a tuple, or None for every axis)."""
+    return reduce_sum(x, normalize_axes(axis, x.ndim, x.label), keepdims)
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis``; over the batch axis it divides by the run-time batch size."""
+    axes = normalize_axes(axis, x.ndim, x.label)
+    total = reduce_sum(x, axes, keepdims)
+    return ewise("mean", ARGS[0] / count(x.shape, axes), [total], label=_label("mean({})", x))
+
+
+def reshape(x: Tensor, shape: Shape) -> Tensor:
+    if np.prod([d or 1 for d in shape]) != np.prod([d or 1 for d in x.shape]):
+        raise ShapeError(f"cannot reshape '{x.label}' {show(x.shape)} to {show(shape)}")
+    return Tensor("reshape", (x,), tuple(shape), {"shape": tuple(shape)}, None, x.label)
+
+
+def broadcast_to(g: Tensor, shape: Shape, axes: tuple[int, ...], keepdims: bool) -> Tensor:
+    """g, the reduction of a tensor of ``shape`` over ``axes``, repeated back to ``shape``."""
+    if not keepdims and axes != tuple(range(len(axes))):
+        # Reduced axes that are not leading come back as size 1, so broadcasting aligns them.
+        g = reshape(g, reduced_shape(shape, axes, True))
+    return ewise("broadcast", ARGS[0], [g], out_shape=shape, label=g.label)
+
+
+def _check_rows(name: str, logits: Tensor, target: Tensor) -> None:
+    if logits.ndim != 2 or target.shape != logits.shape:
+        raise ShapeError(
+            f"{name}: logits '{logits.label}' {show(logits.shape)} and target "
+            f"'{target.label}' {show(target.shape)} must be 2-D and of the same shape"
+        )
+
+
+def softmax(x: Tensor) -> Tensor:
+    """Softmax over the last axis, computed stably (max subtracted)."""
+    if x.ndim != 2:
+        raise ShapeError(f"softmax: '{x.label}' {show(x.shape)} must be 2-D (batch, classes)")
+    return Tensor("softmax", (x,), x.shape, {}, None, _label("softmax({})", x))
+
+
+def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of -sum(target * log_softmax(logits)); fused and stable (log-sum-exp).
+
+    Target rows are probability distributions (one-hot or soft labels), as in PyTorch: the loss
+    is computed as ``logsumexp(z) - sum(t * z)`` per row and its gradient is ``(softmax(z) - t)/n``.
+    """
+    _check_rows("softmax_cross_entropy", logits, target)
+    label = _label("softmax_cross_entropy({}, {})", logits, target)
+    return Tensor("softmax_ce", (logits, target), (), {}, None, label)
+
+
+def mse(pred: Tensor, target) -> Tensor:
+    """Mean squared error, the mean over all elements (PyTorch's default)."""
+    return mean(power(sub(pred, target), 2))
+
+
+def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
+    """Mean over all elements of the stable binary cross-entropy on logits."""
+    return mean(apply("bce_with_logits", logits, target))
+
+
+def _activation(name: str):
+    def build(x, **params) -> Tensor:
+        return apply(name, x, **params)
+
+    build.__name__ = name
+    build.__doc__ = f"Elementwise {name}; derivative derived by SymPy and screened for stability."
+    return build
+
+
+sigmoid, tanh, relu = _activation("sigmoid"), _activation("tanh"), _activation("relu")
+leaky_relu, softplus = _activation("leaky_relu"), _activation("softplus")
+elu, gelu, silu = _activation("elu"), _activation("gelu"), _activation("silu")
+exp_, log_ = _activation("exp"), _activation("log")

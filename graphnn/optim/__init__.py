@@ -1,0 +1,1 @@
+"""Optimizers as update formulas, and learning-rate schedules."""

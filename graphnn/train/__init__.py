@@ -1,0 +1,1 @@
+"""The training driver: compile, fit, predict; checkpoints, history, metrics, NaN diagnosis."""

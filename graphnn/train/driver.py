@@ -1,0 +1,429 @@
+"""The training driver: ``gn.compile`` and ``Model.fit``.
+
+The driver owns parameters, optimizer state, the step count and the shuffling RNG.  Each epoch is
+one call into the back end (on the CPU: one compiled function that shuffles, slices batches and
+steps); the driver records metrics, checks convergence, writes checkpoints atomically and stops
+with :class:`~graphnn.errors.NonFiniteError` on NaN/Inf.
+
+A *run* is one ``fit`` call, or a run resumed from a checkpoint: ``epochs`` counts the run's
+epochs in total, so an interrupted ``fit(epochs=10, checkpoint_dir=d)`` is finished by
+``fit(epochs=10, checkpoint_dir=d, resume=True)``, with the same result as if it had never
+stopped.  A new run (``resume=False``) starts from the current parameters and optimizer state.
+
+>>> import numpy as np, graphnn as gn
+>>> x = gn.input("x", (2,)); t = gn.input("t", (1,)); w = gn.param("w", (2, 1))
+>>> model = gn.compile(gn.Graph(gn.mse(x @ w, t)), optimizer=gn.SGD(lr=0.1), backend="numpy")
+>>> X = np.ones((8, 2), np.float32); T = np.ones((8, 1), np.float32)
+>>> model.fit({"x": X, "t": T}, epochs=30, batch_size=None)["loss"][-1] < 1e-3
+True
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from graphnn.errors import CheckpointError, DataError
+from graphnn.optim.optimizers import SGD, Optimizer, state_key
+from graphnn.train import checkpoint as ckpt
+from graphnn.train.data import as_shaped, check_data
+from graphnn.train.denormals import flush_denormals
+from graphnn.train.history import History, ProgressBar, Watch
+from graphnn.train.metrics import accuracy, accuracy_kind, prediction_node
+from graphnn.train.nonfinite import broken_names, diagnose
+
+EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
+BEST = "best.npz"
+
+
+def compile(
+    graph,
+    optimizer: Optimizer | None = None,
+    backend: str = "cpu",
+    dtype="float32",
+    predict: str | None = None,
+    seed: int = 0,
+    flush_denormals: bool = True,
+) -> Model:  # noqa: A001
+    """Generate and compile the training kernels of ``graph``; returns a :class:`Model`.
+
+    ``flush_denormals``: treat denormal floats as zero while ``fit`` runs (x86-64; up to 3x
+    faster for Adam, whose buffers drift into denormals; see :mod:`graphnn.train.denormals`).
+    """
+    return Model(graph, optimizer or SGD(lr=0.01), backend, dtype, predict, seed, flush_denormals)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, keep, callbacks) -> None:
+    checks = [
+        (_is_int(epochs) and epochs >= 0, "epochs must be an int >= 0", epochs),
+        (batch_size is None or (_is_int(batch_size) and batch_size >= 1),
+         "batch_size must be an int >= 1, or None for the whole data set", batch_size),
+        (_is_int(patience) and patience >= 1, "patience must be an int >= 1", patience),
+        (tol is None or (isinstance(tol, numbers.Real) and tol >= 0), "tol must be >= 0", tol),
+        (_is_int(checkpoint_every) and checkpoint_every >= 1,
+         "checkpoint_every must be an int >= 1", checkpoint_every),
+        (keep is None or (_is_int(keep) and keep >= 1),
+         "checkpoint_keep must be an int >= 1, or None to keep every checkpoint", keep),
+    ]  # fmt: skip
+    for ok, what, value in checks:
+        if not ok:
+            raise DataError(f"{what}, got {value!r}")
+    for callback in callbacks:
+        if not callable(callback):
+            raise DataError(f"callbacks must be callables f(model, epoch, logs), got {callback!r}")
+
+
+def _rows(arrays) -> int:
+    """Rows of the data; 1 when nothing is read from data (parameters and constants only)."""
+    return len(next(iter(arrays.values()))) if arrays else 1
+
+
+class Model:
+    """Parameters, optimizer state and compiled kernels of one graph.
+
+    ``params`` and ``state`` are dicts of arrays that training updates in place.  An entry may be
+    replaced by any float array of its shape (float64, a transposed view, nested lists): ``fit``,
+    ``evaluate``, ``predict`` and ``load`` first put a C-contiguous copy in the model's dtype in
+    its place.
+    """
+
+    def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
+        from codegen import get_backend
+
+        self.graph, self.optimizer, self.backend = graph, optimizer, backend
+        self.flush_denormals = bool(flush)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise DataError(f"dtype must be float32 or float64, got {self.dtype}")
+        fwd = graph.forward
+        guess, self.target = prediction_node(fwd, graph.loss_name)
+        self.prediction = predict or guess
+        fwd.node(self.prediction)  # a clear error for an unknown node name
+        self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
+        self.trainer = get_backend(backend).Trainer(
+            graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
+        )
+        self.params = graph.init_params(seed, self.dtype)
+        self.state = {
+            state_key(s, p): np.zeros_like(self.params[p])
+            for p in graph.param_names
+            for s in optimizer.state
+        }
+        self.step, self.epoch = 0, 0  # optimizer steps ever taken; epochs of the current run
+        self.history = History()
+        self._rng = None
+        self._best = None  # early stopping: the best parameters of the current run
+        self._predictors: dict = {}
+
+    # --- training ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        data: Mapping,
+        epochs: int = 20,
+        batch_size: int | None = 32,
+        shuffle=True,
+        seed: int = 0,
+        validation_data: Mapping | None = None,
+        validation_split: float = 0.0,
+        tol: float | None = None,
+        patience: int = 5,
+        early_stopping: bool = False,
+        monitor: str | None = None,
+        checkpoint_dir=None,
+        checkpoint_every: int = 1,
+        checkpoint_keep: int | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callable] = (),
+        progress: bool = False,
+    ) -> History:
+        """Train until the run has ``epochs`` epochs; ``batch_size=None`` is batch gradient descent.
+
+        Stops early when the training loss changes by less than ``tol`` for ``patience`` epochs
+        ("converged"), or (``early_stopping``) when ``monitor`` (default ``val_loss`` with
+        validation data, else ``loss``) has not improved for ``patience`` epochs
+        ("early_stopping"; the best parameters are restored).  ``history["stopped"]`` says why.
+        ``checkpoint_dir``: save every ``checkpoint_every`` epochs, at the end, and ``best.npz``
+        whenever ``monitor`` improves; ``checkpoint_keep``: keep only the newest this many
+        ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).
+        ``resume``: continue the run of the latest checkpoint in ``checkpoint_dir`` (or the
+        model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
+        ``progress``: a tqdm bar on stderr.
+        """
+        _check_fit_args(
+            epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
+        )
+        arrays = check_data(self.graph.forward, data, self.dtype)
+        train, val = self._split(arrays, validation_data, validation_split, seed)
+        n = _rows(train)
+        bs = n if batch_size is None else min(int(batch_size), n)
+        monitor = self._monitor(monitor, val)
+        if resume:
+            self._resume(checkpoint_dir, seed, early_stopping)
+        else:
+            self._new_run(checkpoint_dir, seed)
+        self._trainable_arrays()
+        watch = Watch(tol, patience, early_stopping, monitor)
+        reason = watch.replay(self.history) if resume else None
+        self.history["stopped"] = reason
+        with (
+            flush_denormals(self.flush_denormals),
+            ProgressBar(progress, self.epoch, epochs) as bar,
+        ):
+            while reason is None and self.epoch < epochs:
+                perm = self._rng.permutation(n) if shuffle else np.arange(n)
+                logs = self._train_epoch(train, val, perm, bs, checkpoint_dir)
+                reason = watch.update(logs)
+                if watch.is_best and early_stopping:
+                    self._best = {k: v.copy() for k, v in self.params.items()}
+                ended = reason or ("epochs" if self.epoch >= epochs else None)
+                self.history["stopped"] = ended
+                if checkpoint_dir is not None:
+                    every, keep = checkpoint_every, checkpoint_keep
+                    self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
+                bar.update(logs)
+                for callback in callbacks:
+                    callback(self, self.epoch, logs)
+        self.history["stopped"] = reason or "epochs"
+        if early_stopping and self._best is not None:
+            for name, value in self._best.items():
+                self.params[name][...] = value
+        return self.history
+
+    def _trainable_arrays(self) -> None:
+        """Every parameter and optimizer buffer as a writable C-contiguous array of the model's
+        dtype and shape, replaced in its dict by such a copy if it is not one (before fit,
+        evaluate, predict and load).
+
+        The kernels update their arguments in place through flat views; a parameter the user
+        set to a transposed view or a Fortran-ordered array would be trained through a copy and
+        silently keep its values.  A wrong shape or a missing entry raises DataError.
+        """
+        params = self.graph.forward.params
+        expected = [(self.params, p.name, p.shape) for p in params]
+        expected += [
+            (self.state, state_key(s, p.name), p.shape)
+            for p in params
+            for s in self.optimizer.state
+        ]
+        for arrays, name, shape in expected:
+            value = arrays.get(name)
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype == self.dtype
+                and value.shape == shape
+                and value.flags.c_contiguous
+                and value.flags.writeable
+            ):
+                continue
+            what, where = ("parameter", "params") if arrays is self.params else ("buffer", "state")
+            if value is None:
+                raise DataError(f"model.{where} has no {what} '{name}'")
+            fresh = as_shaped(name, what, value, shape, self.dtype)
+            arrays[name] = fresh if fresh.flags.writeable else fresh.copy()
+
+    def _monitor(self, monitor, val) -> str:
+        known = ["loss"]
+        if val:
+            known += ["val_loss"] + (["val_accuracy"] if self.accuracy_kind else [])
+        monitor = monitor or ("val_loss" if val else "loss")
+        if monitor not in known:
+            hint = "; val_ metrics need validation_data or validation_split" if not val else ""
+            raise DataError(f"cannot monitor {monitor!r}: fit records {', '.join(known)}{hint}")
+        return monitor
+
+    def _split(self, arrays, validation_data, split, seed):
+        if not isinstance(split, numbers.Real) or not 0 <= split < 1:
+            raise DataError(f"validation_split must be in [0, 1), got {split!r}")
+        if validation_data is not None:
+            if split:
+                raise DataError("pass validation_data or validation_split, not both")
+            return arrays, check_data(self.graph.forward, validation_data, self.dtype)
+        if not split:
+            return arrays, None
+        n = _rows(arrays)
+        cut = n - max(1, int(round(n * split)))
+        if cut < 1:
+            raise DataError(f"validation_split={split} leaves no training rows of {n}")
+        order = np.random.default_rng(seed).permutation(n)
+        pick = lambda idx: {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}  # noqa: E731
+        return pick(order[:cut]), pick(order[cut:])
+
+    def _new_run(self, checkpoint_dir, seed) -> None:
+        if checkpoint_dir is not None:
+            old = ckpt.latest_checkpoint(checkpoint_dir)
+            if old is not None:
+                raise CheckpointError(
+                    f"checkpoint directory {checkpoint_dir} already holds a run (latest: "
+                    f"{old.name}); pass resume=True to continue it, or use an empty directory"
+                )
+        self.epoch, self.history, self._best = 0, History(), None
+        self._rng = np.random.default_rng(seed)
+
+    def _resume(self, checkpoint_dir, seed, early_stopping) -> None:
+        latest = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if latest is not None:
+            self.load(latest)
+            self._best = None
+            best = Path(checkpoint_dir) / BEST
+            if early_stopping and best.exists():
+                arrays, meta = ckpt.load_checkpoint(best)
+                if int(meta.get("epoch", math.inf)) <= self.epoch:  # not from a lost epoch
+                    self._best = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+        if self._rng is None:  # nothing to resume: a new run
+            self._rng = np.random.default_rng(seed)
+
+    def _train_epoch(self, train, val, perm, bs, checkpoint_dir) -> dict[str, float]:
+        logs = self._run_epoch(train, perm, bs, checkpoint_dir)
+        if broken_names(self):  # an update overflowed at the epoch's last step
+            raise diagnose(self, None, 0, self.step, self.epoch + 1, checkpoint_dir)
+        if val:
+            logs.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+        self.history.record(**logs)
+        self.epoch += 1
+        return logs
+
+    def _run_epoch(self, train, perm, bs, checkpoint_dir) -> dict[str, float]:
+        steps = math.ceil(len(perm) / bs)
+        schedule = self.optimizer.schedule
+        mult = schedule.multipliers(self.step, steps) if schedule else np.ones(steps)
+        lrs = self.optimizer.hyper["lr"] * mult
+        hyper = dict(self.optimizer.hyper)
+        if self.optimizer.clip_norm is not None:
+            hyper["clip_norm"] = self.optimizer.clip_norm
+        total, done, status = self.trainer.epoch(
+            self.params,
+            self.state,
+            train,
+            perm.astype(np.int64, copy=False),
+            bs,
+            hyper,
+            lrs,
+            self.step,
+        )
+        done = int(done)
+        self.step += done
+        if status != 0:
+            batch = {k: v[perm[done * bs : (done + 1) * bs]] for k, v in train.items()}
+            step, epoch = self.step + 1, self.epoch + 1
+            raise diagnose(self, batch, int(status), step, epoch, checkpoint_dir, lrs[done])
+        return {"loss": total / len(perm), "lr": float(lrs[-1])}
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def _forward(self, arrays) -> dict[str, np.ndarray]:
+        n = _rows(arrays)
+        parts = [
+            self.trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})
+            for s in range(0, n, EVAL_CHUNK)
+        ]
+        sizes = [min(EVAL_CHUNK, n - s) for s in range(0, n, EVAL_CHUNK)]
+        loss = sum(float(p[self.graph.loss_name]) * k for p, k in zip(parts, sizes, strict=True))
+        pred = np.concatenate([p[self.prediction] for p in parts])
+        return {"loss": loss / n, "prediction": pred}
+
+    def evaluate(self, data: Mapping) -> dict[str, float]:
+        """Mean loss (and accuracy, for classifiers) on ``data``."""
+        arrays = check_data(self.graph.forward, data, self.dtype)
+        self._trainable_arrays()
+        out = self._forward(arrays)
+        metrics = {"loss": out["loss"]}
+        if self.accuracy_kind and self.target:
+            kind = self.accuracy_kind
+            metrics["accuracy"] = accuracy(out["prediction"], arrays[self.target], kind)
+        return metrics
+
+    def predict(self, data: Mapping, node: str | None = None) -> np.ndarray:
+        """Values of the prediction node (or any named forward ``node``) for ``data``."""
+        from codegen import get_backend
+
+        node = node or self.prediction
+        self.graph.forward.node(node)
+        if node not in self._predictors:
+            backend = get_backend(self.backend)
+            self._predictors[node] = backend.Trainer(
+                self.graph, self.optimizer, self.dtype, (node,)
+            )
+        trainer = self._predictors[node]
+        self._trainable_arrays()
+        needed = trainer.forward_inputs()
+        arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
+        if not needed:  # the node reads no data: one value, with no batch dimension
+            return np.asarray(trainer.forward(self.params, {})[node])
+        chunks = [
+            trainer.forward(self.params, {k: v[s : s + EVAL_CHUNK] for k, v in arrays.items()})
+            for s in range(0, _rows(arrays), EVAL_CHUNK)
+        ]
+        return np.concatenate([c[node] for c in chunks])
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, path) -> Path:
+        """Write parameters, optimizer state, counters and RNG state atomically to ``path``."""
+        arrays = {f"param/{k}": v for k, v in self.params.items()}
+        arrays |= {f"state/{k}": v for k, v in self.state.items()}
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": self._rng.bit_generator.state if self._rng is not None else None,
+            "history": dict(self.history),
+            "optimizer": self.optimizer.name,
+            "dtype": self.dtype.name,
+        }
+        ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
+        return Path(path)
+
+    def load(self, path, weights_only: bool = False) -> None:
+        """Restore a checkpoint written by :meth:`save`: parameters, and unless ``weights_only``
+        the optimizer state, counters, history and shuffling RNG.  Raises CheckpointError naming
+        ``path`` for a missing, corrupt or mismatched file; the model is unchanged then."""
+        arrays, meta = ckpt.load_checkpoint(path)
+        self._trainable_arrays()  # the checkpoint is written into these arrays
+        params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+        state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
+        if not weights_only and meta.get("optimizer") != self.optimizer.name:
+            raise CheckpointError(
+                f"checkpoint {path} holds the state of optimizer {meta.get('optimizer')!r}, "
+                f"this model uses {self.optimizer.name!r} (load(..., weights_only=True) "
+                "takes only the parameters)"
+            )
+        wanted = [(params, self.params)] + ([] if weights_only else [(state, self.state)])
+        for saved, current in wanted:
+            for name, value in current.items():
+                if name not in saved or saved[name].shape != value.shape:
+                    got = saved[name].shape if name in saved else "nothing"
+                    raise CheckpointError(
+                        f"checkpoint {path} does not match this model at '{name}': "
+                        f"expected shape {value.shape}, found {got}"
+                    )
+        if not weights_only and not all(k in meta for k in ("epoch", "step", "history")):
+            raise CheckpointError(f"checkpoint {path} is not a model checkpoint (no counters)")
+        for saved, current in wanted:
+            for name, value in current.items():
+                value[...] = saved[name]
+        if weights_only:
+            return
+        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.history = History(meta["history"])
+        self._rng = None
+        if meta.get("rng") is not None:
+            self._rng = np.random.default_rng()
+            self._rng.bit_generator.state = meta["rng"]
+
+    def _checkpoint(self, directory, every: int, keep: int | None, is_best: bool, last) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.epoch % every == 0 or last:
+            self.save(directory / ckpt.checkpoint_name(self.step))
+            if keep is not None:
+                ckpt.prune_checkpoints(directory, keep)
+        if is_best:
+            self.save(directory / BEST)
