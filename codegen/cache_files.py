@@ -1,13 +1,13 @@
 """What the cache directory holds, and removing it: the ``graphnn cache`` command.
 
-The directory (``codegen.cache.cache_dir``) holds three kinds of entry, each recognized by its
+The directory (``graphnn.files.cache_dir``) holds three kinds of entry, each recognized by its
 full name, so that nothing else in a directory ``$GRAPHNN_CACHE_DIR`` points at is touched:
 
 - a **kernel module** ``graphnn_<20 hex>.py``, with the files Python and Numba keep for it in
   ``__pycache__/graphnn_<20 hex>.*.pyc|.nbi|.nbc`` (bytecode, Numba's index and machine code);
   compiled files whose module is gone are an entry of their own;
 - a **derivative form** ``derivatives/<64 hex>.pickle`` (``graphnn.derive.store``);
-- a **temp file**: one that ``codegen.cache.publish`` (``.<name>.<random>.tmp``) or Numba
+- a **temp file**: one that ``graphnn.files.publish`` (``.<name>.<random>.tmp``) or Numba
   (``<name>.tmp.<uuid>``) is writing, or left behind when its process was killed.
 
 Nothing prunes them by itself, so the directory grows with every model and graphnn version.
@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from codegen.cache import cache_dir, derivatives_dir
+from graphnn.files import cache_dir, derivatives_dir
 
 KINDS = ("module", "derivative", "temp")
 TEMP_GRACE_S = 3600.0  # a live process's temp file exists for milliseconds; an hour is safe

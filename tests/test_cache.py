@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from codegen import cache
+from graphnn import files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,13 +63,13 @@ def test_file_published_meanwhile_by_another_process_is_kept(cache_dir, monkeypa
     path.write_text(text, encoding="utf-8")
     before = path.stat()
     looks = []
-    real_read = cache._read_bytes
+    real_read = files.read_bytes
 
     def read(p):  # our first look saw no file; publish's look, after its link failed, sees theirs
         looks.append(p)
         return None if len(looks) == 1 else real_read(p)
 
-    monkeypatch.setattr(cache, "_read_bytes", read)
+    monkeypatch.setattr(files, "read_bytes", read)
     assert cache.load_module(text).X == 6
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from graphnn import files
 from graphnn.errors import CheckpointError
 from graphnn.train import checkpoint as ck
 
@@ -150,7 +151,7 @@ def test_concurrent_writers_never_leave_partial_file(tmp_path):
     path = tmp_path / "state.bin"
     payloads = [bytes([i]) * 200_000 for i in range(4)]
     threads = [
-        threading.Thread(target=lambda p=p: [ck.atomic_write_bytes(path, p) for _ in range(10)])
+        threading.Thread(target=lambda p=p: [files.atomic_write_bytes(path, p) for _ in range(10)])
         for p in payloads
     ]
     for t in threads:
@@ -168,7 +169,7 @@ def test_concurrent_writers_never_leave_partial_file(tmp_path):
 
 def test_atomic_write_text(tmp_path):
     path = tmp_path / "c.json"
-    ck.atomic_write_text(path, "héllo\n")
+    files.atomic_write_text(path, "héllo\n")
     assert path.read_text(encoding="utf-8") == "héllo\n"
 
 

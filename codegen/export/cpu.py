@@ -23,9 +23,9 @@ import numpy as np
 
 from codegen.cpu.module import forward_inputs, forward_kernel, module_source, signature
 from graphnn.errors import CodegenError
+from graphnn.files import atomic_write_text
 from graphnn.ir.init import _fans
 from graphnn.optim.optimizers import SGD, state_key
-from graphnn.train.checkpoint import atomic_write_text
 from graphnn.train.metrics import prediction_node
 
 BACKENDS = ("cpu", "cuda")

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import sympy
 
-from codegen.cache import derivatives_dir, publish
 from graphnn.derive import screen
 from graphnn.derive.screen import Derivative
+from graphnn.files import derivatives_dir, publish
 
 PROTOCOL = 5
 

@@ -17,17 +17,15 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from graphnn.errors import CheckpointError
+from graphnn.files import atomic_write_bytes
 
 __all__ = [
-    "atomic_write_bytes",
-    "atomic_write_text",
     "checkpoint_name",
     "latest_checkpoint",
     "load_checkpoint",
@@ -38,54 +36,6 @@ __all__ = [
 FORMAT = "graphnn-checkpoint"
 VERSION = 1
 _NAME_RE = re.compile(r"ckpt-(\d+)\.npz")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    Writes a unique temp file in the same directory, flushes and fsyncs it, ``os.replace``-s it
-    onto ``path`` and fsyncs the directory where the OS allows. The temp file is removed on any
-    failure. Concurrent writers each use their own temp file; the last replace wins.
-
-    >>> atomic_write_bytes("runs/state.bin", b"\\x00\\x01")
-    """
-    path = Path(path)
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:  # mkstemp makes 0600 files; keep the target's mode, else use a normal 0644
-            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on Windows
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`.
-
-    >>> atomic_write_text("runs/config.json", '{"lr": 0.1}')
-    """
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def checkpoint_name(step: int) -> str:

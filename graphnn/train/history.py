@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from graphnn.train.checkpoint import atomic_write_bytes, atomic_write_text
+from graphnn.files import atomic_write_bytes, atomic_write_text
 
 
 class History(dict):

@@ -1,0 +1,116 @@
+"""Files graphnn writes: where its cache lives, and writes that a crash never leaves half done.
+
+Two ways to put bytes at a path.  :func:`atomic_write_bytes` replaces the file (checkpoints,
+history, exports).  :func:`publish` puts content-addressed data in place without touching a file
+that already holds the same bytes, because Numba's cache index is keyed on the module file's
+mtime and size.
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "state.bin"
+>>> atomic_write_bytes(path, b"\\x00\\x01")
+>>> read_bytes(path)
+b'\\x00\\x01'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Where generated modules live: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn (XDG)."""
+    env = os.environ.get("GRAPHNN_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "graphnn"
+
+
+def derivatives_dir() -> Path:
+    """Where :mod:`graphnn.derive.store` keeps the stable derivative forms it chose."""
+    return cache_dir() / "derivatives"
+
+
+def read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def publish(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` atomically, through a complete temp file in the same directory.
+
+    A new file is hard-linked into place, which fails if a concurrent process got there first;
+    its file is then kept when it holds the same bytes, so that process's Numba cache stays
+    valid.  A stale file is replaced.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if read_bytes(path) != data:
+                os.replace(tmp, path)
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    Writes a unique temp file in the same directory, flushes and fsyncs it, ``os.replace``-s it
+    onto ``path`` and fsyncs the directory where the OS allows. The temp file is removed on any
+    failure. Concurrent writers each use their own temp file; the last replace wins.
+
+    >>> atomic_write_bytes("runs/state.bin", b"\\x00\\x01")
+    """
+    path = Path(path)
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # mkstemp makes 0600 files; keep the target's mode, else use a normal 0644
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible on Windows
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`.
+
+    >>> atomic_write_text("runs/config.json", '{"lr": 0.1}')
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
