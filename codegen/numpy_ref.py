@@ -14,44 +14,22 @@ array([2., 2., 2.])
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import sympy
 
-from graphnn.derive.screen import ARGS, BATCH, erf
+from graphnn.derive.structural import STRUCTURAL, concrete
 from graphnn.errors import CodegenError
+from graphnn.ir.elementwise import BATCH, numpy_function
 from graphnn.ir.graph import GraphIR, Node
 from graphnn.optim.optimizers import state_key
-
-
-@functools.cache
-def _lambdified(expr: sympy.Expr, nargs: int) -> Callable:
-    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[{"erf": erf}, "numpy"])
-
-
-def concrete(shape, n: int) -> tuple[int, ...]:
-    """A shape with the batch dimension replaced by n."""
-    return tuple(n if d is None else d for d in shape)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _softmax_ce(z, t):
-    m = z.max(axis=-1, keepdims=True)
-    lse = m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
-    rows = lse[:, 0] - (t * z).sum(axis=-1)
-    return np.asarray(rows.mean(), dtype=z.dtype)
 
 
 def _ewise(node: Node, args, n: int, dtype):
     expr = node.attr("expr")
     with np.errstate(all="ignore"):
-        out = _lambdified(expr, len(args))(*args, n)
+        out = numpy_function(expr, len(args))(*args, n)
     return np.broadcast_to(np.asarray(out, dtype=dtype), concrete(node.shape, n)).copy()
 
 
@@ -63,19 +41,7 @@ def _const(node: Node, args, n: int, dtype):
 RULES: dict[str, Callable] = {
     "const": _const,
     "ewise": _ewise,
-    "matmul": lambda node, a, n, dt: (
-        (a[0].T if node.attr("ta") else a[0]) @ (a[1].T if node.attr("tb") else a[1])
-    ),
-    "reduce_sum": lambda node, a, n, dt: a[0].sum(
-        axis=node.attr("axes"), keepdims=node.attr("keepdims")
-    ),
-    "reshape": lambda node, a, n, dt: a[0].reshape(concrete(node.shape, n)),
-    "softmax": lambda node, a, n, dt: _softmax(a[0]),
-    "softmax_grad": lambda node, a, n, dt: (
-        a[0] * (a[1] - (a[0] * a[1]).sum(axis=-1, keepdims=True))
-    ),
-    "softmax_ce": lambda node, a, n, dt: _softmax_ce(*a),
-    "softmax_ce_grad": lambda node, a, n, dt: (_softmax(a[0]) - a[1]) / n,
+    **{op: rule.numpy for op, rule in STRUCTURAL.items()},
 }
 
 

@@ -20,9 +20,9 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
-from graphnn.ir.graph import Tensor
+from graphnn.ir.elementwise import ACTIVATIONS
 from graphnn.ir.ops import (
-    ACTIVATIONS,
+    Tensor,
     apply,
     binary_cross_entropy_with_logits,
     constant,

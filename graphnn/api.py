@@ -17,8 +17,9 @@ import numpy as np
 
 from graphnn.derive import autodiff
 from graphnn.errors import GraphError
-from graphnn.ir.graph import GraphIR, Tensor
+from graphnn.ir.graph import GraphIR
 from graphnn.ir.init import init_array
+from graphnn.ir.ops import Tensor
 from graphnn.train.data import check_data, check_params
 
 
@@ -79,7 +80,7 @@ class Graph:
     ):
         """Write a standalone training module (numpy + numba only) to ``path``; ``epochs`` and
         ``batch_size`` are the defaults of its command line."""
-        from codegen.export.cpu import export_module
+        from codegen.export.write import export_module
 
         return export_module(self, path, optimizer, backend, dtype, epochs, batch_size)
 

@@ -188,17 +188,17 @@ def _load(path):
 
 
 def _inspect(function: str, what: str):
-    """``graphnn.inspect.explain.<function>``, or _Unavailable naming what needed it."""
+    """``graphnn.inspect.<function>``, or _Unavailable naming what needed it."""
     try:
-        module = importlib.import_module("graphnn.inspect.explain")
+        module = importlib.import_module("graphnn.inspect")
     except ModuleNotFoundError as exc:
-        if exc.name != "graphnn.inspect.explain":
+        if exc.name != "graphnn.inspect":
             raise
         module = None
     fn = getattr(module, function, None)
     if fn is None:
         raise _Unavailable(
-            f"{what} needs graphnn.inspect.explain.{function}, which this version of graphnn "
+            f"{what} needs graphnn.inspect.{function}, which this version of graphnn "
             "does not have yet"
         )
     return fn
@@ -324,9 +324,9 @@ def cmd_check(args) -> int:
 def cmd_export(args) -> int:
     spec = _load(args.spec)
     try:
-        from codegen.export.cpu import export_module  # noqa: F401 - only to see whether it exists
+        from codegen.export.write import export_module  # noqa: F401 - only to see whether it exists
     except ImportError as exc:
-        raise _Unavailable(f"export needs codegen.export.cpu ({exc})") from None
+        raise _Unavailable(f"export needs codegen.export.write ({exc})") from None
     train = spec.train
     path = spec.graph.export(
         args.output, train.optimizer, args.backend, train.dtype, train.epochs, train.batch_size

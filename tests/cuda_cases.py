@@ -21,7 +21,7 @@ import numpy as np
 import graphnn as gn
 from codegen.cpu.module import forward_inputs
 from graphnn.ir import ops
-from graphnn.ir.ops import ELEMENTWISE
+from graphnn.ir.elementwise import ELEMENTWISE
 
 BATCH = 5
 

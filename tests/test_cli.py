@@ -222,7 +222,7 @@ def test_demo_spec_ships_in_the_package_and_matches_the_example():
     packaged = ROOT / "graphnn" / "spec" / "bundled" / "digits.toml"
     assert packaged.read_bytes() == (EXAMPLES / "digits.toml").read_bytes()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '[tool.setuptools.package-data]\ngraphnn = ["spec/bundled/*.toml"]' in pyproject
+    assert '[tool.setuptools.package-data]\n"graphnn.spec" = ["bundled/*.toml"]' in pyproject
 
 
 # --- grad, graph, check, export ----------------------------------------------------------------
@@ -251,14 +251,14 @@ def test_grad_unknown_param_suggests(capsys):
 
 @pytest.fixture
 def fake_inspect(monkeypatch):
-    """A stand-in graphnn.inspect.explain that records what the CLI passes to it."""
+    """A stand-in graphnn.inspect that records what the CLI passes to it."""
     calls = []
-    module = types.ModuleType("graphnn.inspect.explain")
+    module = types.ModuleType("graphnn.inspect")
     module.report = lambda graph, fmt, params: calls.append(("report", fmt, params)) or "REPORT"
     module.to_dot = lambda graph: calls.append(("to_dot",)) or "digraph g {}"
     module.render_png = lambda graph, path: calls.append(("render_png", str(path)))
     module.stability_audit = lambda graph: calls.append(("audit",)) or "AUDIT OK"
-    monkeypatch.setitem(sys.modules, "graphnn.inspect.explain", module)
+    monkeypatch.setitem(sys.modules, "graphnn.inspect", module)
     return calls
 
 
@@ -275,11 +275,11 @@ def test_grad_markdown_and_html_call_the_inspect_report(fake_inspect, capsys):
 
 
 def test_missing_inspect_feature_is_reported_cleanly(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "graphnn.inspect.explain", None)
+    monkeypatch.setitem(sys.modules, "graphnn.inspect", None)
     assert main(["grad", str(EXAMPLES / "xor.toml"), "--format", "html"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == (
-        "graphnn: error: grad --format html needs graphnn.inspect.explain.report, which this "
+        "graphnn: error: grad --format html needs graphnn.inspect.report, which this "
         "version of graphnn does not have yet"
     )
 

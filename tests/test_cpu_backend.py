@@ -22,7 +22,7 @@ from codegen import cache
 from codegen.cpu import backend as cpu_backend
 from codegen.cpu.module import signature
 from codegen.plan import make_plan
-from graphnn.ir.ops import ELEMENTWISE
+from graphnn.ir.elementwise import ELEMENTWISE
 
 RTOL, ATOL = 1e-4, 1e-5
 

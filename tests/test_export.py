@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 import graphnn as gn
 from codegen.cpu.backend import source as cpu_source
 from graphnn.ir.ops import INITIALIZERS
-from graphnn.train.metrics import prediction_node
+from graphnn.ir.prediction import prediction_node
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKED = ("graphnn", "sympy", "networkx")

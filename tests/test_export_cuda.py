@@ -107,7 +107,7 @@ def run_blocked(tmp_path, script: str, module: Path, data: Path) -> subprocess.C
         (stubs / name / "__init__.py").write_text(f"raise ImportError('blocked: {name}')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR")}
     env |= {"PYTHONPATH": str(stubs), "NUMBA_ENABLE_CUDASIM": "1"}
-    cudasim = Path(__file__).resolve().parents[1] / "codegen" / "cudasim.py"
+    cudasim = Path(__file__).resolve().parents[1] / "codegen" / "cuda" / "cudasim.py"
     files = [str(module), str(data), str(tmp_path / "out.npz"), str(cudasim)]
     return subprocess.run(
         [sys.executable, "-c", script, *files],

@@ -11,8 +11,8 @@ import scipy.special
 import sympy
 
 import graphnn as gn
-from graphnn.derive.screen import ARGS, Y, derivative
-from graphnn.ir.ops import ELEMENTWISE
+from graphnn.derive.store import derivative
+from graphnn.ir.elementwise import ARGS, ELEMENTWISE, Y
 
 z, t = ARGS[0], ARGS[1]
 

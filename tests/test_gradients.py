@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn.ir.ops import ELEMENTWISE
+from graphnn.ir.elementwise import ELEMENTWISE
 from tests.finite_diff import numeric_gradients, relative_error
 
 TOL = 1e-6

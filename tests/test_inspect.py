@@ -22,10 +22,11 @@ import sympy
 import graphnn as gn
 from codegen.cpu import backend as cpu_backend
 from codegen.cpu.module import signature
-from graphnn.derive.screen import ARGS, derivative
-from graphnn.inspect import explain as gi
+from graphnn import inspect as gi
+from graphnn.derive.store import derivative
 from graphnn.inspect.audit import kernel32
 from graphnn.inspect.chain import backward_nodes
+from graphnn.ir.elementwise import ARGS
 
 # --- graphs ---------------------------------------------------------------------------------------
 
@@ -529,7 +530,7 @@ def test_audit_lists_every_derivative_and_formula():
 # --- docs -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["inspect", "chain", "audit", "dot", "report"])
+@pytest.mark.parametrize("module", ["explain", "chain", "audit", "dot", "report"])
 def test_module_examples_run(module):
-    result = doctest.testmod(importlib.import_module(f"graphnn.{module}"))
+    result = doctest.testmod(importlib.import_module(f"graphnn.inspect.{module}"))
     assert result.attempted > 0 and result.failed == 0

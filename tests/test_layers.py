@@ -70,7 +70,8 @@ def imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            # from a.b import c: the module a.b.c if there is one, else a.b itself
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
             names = [n for n in names if n in known] or [node.module]
         else:
             continue

@@ -638,7 +638,14 @@ def test_hostile_expression_in_a_function_formula(tmp_path, monkeypatch):
 # Builtins (as bare names) and SymPy's string evaluators (under any spelling).
 FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__"}
 FORBIDDEN_ANYWHERE = {"sympify", "parse_expr", "lambdify", "S"}
-SPEC_MODULES = ["spec.py", "spectrain.py", "datasets.py", "cli.py", "runner.py", "gradcheck.py"]
+SPEC_MODULES = [
+    "spec/build.py",
+    "spec/train_table.py",
+    "spec/data_table.py",
+    "cli.py",
+    "spec/runner.py",
+    "inspect/gradcheck.py",
+]
 
 
 def forbidden_calls(source: str) -> list[str]:
@@ -669,6 +676,6 @@ def test_spec_modules_never_call_eval_exec_or_sympify(module):
 
 
 def test_spec_module_builds_graphs_only_through_the_safe_parser():
-    source = (ROOT / "graphnn" / "spec.py").read_text(encoding="utf-8")
+    source = (ROOT / "graphnn" / "spec" / "build.py").read_text(encoding="utf-8")
     assert "parse_expression(" in source
     assert gn.SpecError is SpecError

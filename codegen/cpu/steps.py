@@ -18,7 +18,7 @@ import sympy
 
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
-from graphnn.derive.screen import ARGS, BATCH
+from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node
 
 

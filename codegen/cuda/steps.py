@@ -22,8 +22,8 @@ from codegen.cpu.steps import Scope, describe, indent
 from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
-from graphnn.derive.screen import ARGS, BATCH
 from graphnn.errors import CodegenError
+from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node
 
 

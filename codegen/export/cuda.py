@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import importlib
 
-from codegen.export.cpu import (
+from codegen.export.common import (
     MAIN,
-    _add_imports,
-    _constants,
-    _init_functions,
-    _retitle,
-    _wrapped,
+    add_imports,
+    constants,
+    init_functions,
+    retitle,
+    wrapped,
     wrapper_fill,
 )
 from graphnn.errors import CodegenError
-from graphnn.train.metrics import prediction_node
+from graphnn.ir.prediction import prediction_node
 
 # Globals of the CUDA kernel module (codegen/cuda/module.py) and names the wrappers define or use
 # locally: an input named like one of them gets a trailing "_".
@@ -51,10 +51,10 @@ def cuda_standalone_source(
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     sig = cuda.cuda_signature(graph, optimizer)
     text = cuda.source(graph, optimizer, dtype, (prediction,))
-    text = _add_imports(_retitle(text, title, graph.loss_name, dtype, TITLE_API))
+    text = add_imports(retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]
-    parts += _constants(graph, optimizer, dtype, prediction, epochs, batch_size, TAKEN)
-    parts += _init_functions(graph)
+    parts += constants(graph, optimizer, dtype, prediction, epochs, batch_size, TAKEN)
+    parts += init_functions(graph)
     parts += _wrappers(graph, sig, prediction)
     parts += MAIN.splitlines()
     return "\n".join(parts) + "\n"
@@ -67,7 +67,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     epoch += ["*weights"]
     epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
     epoch += ["t0", "losses", "status", "gscale"]
-    fill["call_epoch"] = "\n".join(_wrapped("launched = train_epoch", epoch, "", "    "))
+    fill["call_epoch"] = "\n".join(wrapped("launched = train_epoch", epoch, "", "    "))
     return WRAPPERS.format(**fill).splitlines()
 
 

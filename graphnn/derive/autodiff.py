@@ -21,10 +21,13 @@ from collections.abc import Callable, Sequence
 
 import sympy
 
-from graphnn.derive.screen import ARGS, Y, derivative
+from graphnn.derive.store import derivative
+from graphnn.derive.structural import STRUCTURAL, no_vjp
 from graphnn.errors import GraphError
 from graphnn.ir import ops
-from graphnn.ir.graph import Tensor, topological_tensors
+from graphnn.ir.elementwise import ARGS, Y
+from graphnn.ir.graph import topological_tensors
+from graphnn.ir.ops import Tensor
 from graphnn.ir.shapes import Shape, broadcast_axes
 
 
@@ -56,43 +59,9 @@ def _ewise_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
     return out
 
 
-def _matmul_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
-    (a, b), ta, tb = t.inputs, t.attrs["ta"], t.attrs["tb"]
-    da = ops.matmul(b, g, tb, True) if ta else ops.matmul(g, b, False, not tb)
-    db = ops.matmul(g, a, True, ta) if tb else ops.matmul(a, g, not ta, False)
-    return [da, db]
-
-
-def _reduce_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
-    (x,) = t.inputs
-    return [ops.broadcast_to(g, x.shape, t.attrs["axes"], t.attrs["keepdims"])]
-
-
-def _softmax_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
-    return [Tensor("softmax_grad", (t, g), t.shape, {}, None, f"dsoftmax({t.label})")]
-
-
-def _softmax_ce_vjp(t: Tensor, g: Tensor) -> list[Tensor | None]:
-    logits, target = t.inputs
-    local = Tensor(
-        "softmax_ce_grad", (logits, target), logits.shape, {}, None, f"d{t.label}/d{logits.label}"
-    )
-    return [ops.ewise("d_softmax_ce", ARGS[0] * ARGS[1], [g, local], label=local.label), None]
-
-
-def _no_vjp(t: Tensor, g: Tensor):
-    raise GraphError(f"op '{t.op}' of node '{t.label}' has no derivative rule (second order?)")
-
-
 VJP: dict[str, Callable[[Tensor, Tensor], list[Tensor | None]]] = {
     "ewise": _ewise_vjp,
-    "matmul": _matmul_vjp,
-    "reduce_sum": _reduce_vjp,
-    "reshape": lambda t, g: [ops.reshape(g, t.inputs[0].shape)],
-    "softmax": _softmax_vjp,
-    "softmax_ce": _softmax_ce_vjp,
-    "softmax_grad": _no_vjp,
-    "softmax_ce_grad": _no_vjp,
+    **{op: rule.vjp for op, rule in STRUCTURAL.items()},
 }
 
 
@@ -122,7 +91,7 @@ def gradients(loss: Tensor, wrt: Sequence[Tensor]) -> dict[Tensor, Tensor]:
         result[id(t)] = g
         if t.op in ("input", "param", "const"):
             continue
-        rule = VJP.get(t.op, _no_vjp)
+        rule = VJP.get(t.op, no_vjp)
         for x, gx in zip(t.inputs, rule(t, g), strict=True):
             if id(x) not in needs:
                 continue

@@ -19,7 +19,7 @@ The one with fewest non-finite results wins, then fewest inaccurate ones (a satu
 rounding 2e-9 to 0 is benign; NaN is not), then the output form (it needs no stored input), then
 the shortest expression.
 
->>> d = derivative(1 / (1 + sympy.exp(-ARGS[0])), 0)
+>>> d = derive_form(1 / (1 + sympy.exp(-ARGS[0])), 0, 1)
 >>> d.form, d.expr
 ('output', -Y*(Y - 1))
 """
@@ -34,9 +34,7 @@ import mpmath
 import numpy as np
 import sympy
 
-ARGS = sympy.symbols("a0:8", real=True)
-Y = sympy.Symbol("Y", real=True)  # the op's own output, for output-form derivatives
-BATCH = sympy.Symbol("n", positive=True, integer=True)  # batch size, known only at run time
+from graphnn.ir.elementwise import ARGS, Y, erf
 
 
 def _code_digest() -> str | None:
@@ -199,13 +197,6 @@ def _float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
     return sympy.lambdify(args, expr, modules=[{"erf": erf}, "numpy"])
 
 
-def erf(x):
-    """scipy's erf for lambdified formulas, imported on first use (scipy.special takes 0.12 s)."""
-    import scipy.special
-
-    return scipy.special.erf(x)
-
-
 @dataclass(frozen=True)
 class Probe:
     """One screen point of a candidate: its float32 value against the 50-digit reference."""
@@ -299,22 +290,8 @@ def rank(c: Candidate) -> tuple:
     return (len(c.nonfinite), len(c.inaccurate), PREFERENCE[c.form], sympy.count_ops(c.expr))
 
 
-@functools.cache
-def derivative(f: sympy.Expr, i: int, nargs: int | None = None) -> Derivative:
-    """The screened, stable form of df/d(a_i). f is an expression in ARGS[:nargs].
-
-    Kept on disk (graphnn.derive.store): a new process reads it instead of screening again.
-    """
-    from graphnn.derive.store import load_or_derive
-
-    nargs = (
-        nargs if nargs is not None else 1 + max(ARGS.index(s) for s in f.free_symbols & set(ARGS))
-    )
-    key = f"derivative {sympy.srepr(f)} {i} {nargs}"
-    return load_or_derive(key, lambda: _derive(f, i, nargs))
-
-
-def _derive(f: sympy.Expr, i: int, nargs: int) -> Derivative:
+def derive_form(f: sympy.Expr, i: int, nargs: int) -> Derivative:
+    """Every candidate form of df/d(a_i), screened, and the best one (see the module docstring)."""
     z = ARGS[i]
     raw = sympy.diff(f, z)
     forms = {"input": raw}

@@ -37,6 +37,7 @@ import sympy
 from graphnn.derive import screen
 from graphnn.derive.screen import Derivative
 from graphnn.files import derivatives_dir, publish
+from graphnn.ir.elementwise import ARGS
 
 PROTOCOL = 5
 
@@ -58,6 +59,19 @@ def _scipy_version_file() -> bytes:
         return Path(spec.origin).with_name("version.py").read_bytes()
     except (AttributeError, TypeError, OSError):
         return b"scipy version unknown"
+
+
+@functools.cache
+def derivative(f: sympy.Expr, i: int, nargs: int | None = None) -> Derivative:
+    """The screened, stable form of df/d(a_i). f is an expression in ARGS[:nargs].
+
+    Kept on disk: a new process reads it instead of screening again.
+    """
+    nargs = (
+        nargs if nargs is not None else 1 + max(ARGS.index(s) for s in f.free_symbols & set(ARGS))
+    )
+    key = f"derivative {sympy.srepr(f)} {i} {nargs}"
+    return load_or_derive(key, lambda: screen.derive_form(f, i, nargs))
 
 
 def fingerprint() -> str | None:

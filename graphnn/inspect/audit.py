@@ -28,8 +28,9 @@ import mpmath
 import numpy as np
 import sympy
 
-from graphnn.derive.screen import ARGS, BATCH, SCREEN_POINTS, Probe, probe
+from graphnn.derive.screen import SCREEN_POINTS, Probe, probe
 from graphnn.inspect.chain import local
+from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import Node
 
 AUDIT_BATCH = 32  # the batch size n substituted into formulas such as mean's 1/n

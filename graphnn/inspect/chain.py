@@ -24,7 +24,9 @@ import sympy
 from codegen.cpu.steps import describe
 from graphnn.derive import autodiff
 from graphnn.derive.matrixform import Formula, elementwise, gradient_formula
-from graphnn.derive.screen import ARGS, Derivative, Y, derivative
+from graphnn.derive.screen import Derivative
+from graphnn.derive.store import derivative
+from graphnn.ir.elementwise import ARGS, Y
 from graphnn.ir.graph import LEAF_OPS, GraphIR, Node
 
 ADJOINTS = {

@@ -19,27 +19,15 @@ x^T δ(matmul1)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from graphnn.derive.matrixform import Formula
-from graphnn.derive.screen import BATCH, PREFERENCE, SCREEN_POINTS, Derivative, rank
-from graphnn.inspect.audit import Audit, stability_audit
+from graphnn.derive.screen import PREFERENCE, SCREEN_POINTS, Derivative, rank
 from graphnn.inspect.chain import Local, Step, backward_nodes, chain
-from graphnn.inspect.dot import GraphvizError, render_png, to_dot
+from graphnn.ir.elementwise import BATCH
 from graphnn.ir.shapes import show
 
-__all__ = [
-    "Audit",
-    "Explanation",
-    "GraphvizError",
-    "KernelBlock",
-    "explain",
-    "render_png",
-    "report",
-    "stability_audit",
-    "to_dot",
-]
+__all__ = ["Explanation", "KernelBlock", "explain", "kernel_blocks", "why"]
 
 KERNEL = "loss_and_grads"
 _COMMENT = re.compile(r"\s*# (\w+) = ")
@@ -215,17 +203,3 @@ def _pts(points) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def report(graph, fmt: str = "markdown", params: Sequence[str] | None = None) -> str:
-    """Each parameter's gradient explained (``params``, default all), then the stability audit,
-    as Markdown or self-contained HTML."""
-    from graphnn.inspect.report import html_report, markdown_report
-
-    for p in params or ():
-        graph._param(p)  # an unknown name fails before any work
-    if fmt == "markdown":
-        return markdown_report(graph, params)
-    if fmt == "html":
-        return html_report(graph, params)
-    raise ValueError(f"unknown report format {fmt!r}; formats: markdown, html")

@@ -17,7 +17,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 
+from codegen.cpu import backend as cpu_backend
+from graphnn.inspect.audit import stability_audit
+from graphnn.inspect.explain import explain, why
 from graphnn.ir.shapes import show
 
 _CSS = """
@@ -34,17 +38,12 @@ td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text
 
 def explanations(graph, params=None) -> list:
     """``explain`` of each parameter in ``params`` (default: all, in graph order)."""
-    from codegen.cpu import backend as cpu_backend
-    from graphnn.inspect.explain import explain
-
     source = cpu_backend.source(graph)
     return [explain(graph, p, source) for p in (graph.param_names if params is None else params)]
 
 
 def markdown_report(graph, params=None) -> str:
     """Summary table, one section per parameter, then the stability audit."""
-    from graphnn.inspect.audit import stability_audit
-
     out = [f"# Gradients of loss '{graph.loss_name}'", ""]
     out += ["| parameter | shape | dL/dparameter |", "|---|---|---|"]
     exps = explanations(graph, params)
@@ -91,8 +90,6 @@ def _formula_html(formula) -> str:
 
 
 def _section(e) -> list[str]:
-    from graphnn.inspect.explain import why
-
     h = html.escape
     out = [f'<h2 id="{h(e.param)}">dL/d{h(e.param)} <small>{h(show(e.shape))}</small></h2>']
     out += [_formula_html(e.formula), "<h3>Chain rule (δ(v) = dL/dv), from the loss down</h3>"]
@@ -127,8 +124,6 @@ def _section(e) -> list[str]:
 
 def html_report(graph, params=None) -> str:
     """One self-contained HTML page (no network, no script)."""
-    from graphnn.inspect.audit import stability_audit
-
     h = html.escape
     title = f"Gradients of loss '{graph.loss_name}'"
     exps = explanations(graph, params)
@@ -155,3 +150,15 @@ def _cell(text: str) -> str:
 
 def _pts(points) -> str:
     return ", ".join(f"{p:g}" for p in points) if points else "-"
+
+
+def report(graph, fmt: str = "markdown", params: Sequence[str] | None = None) -> str:
+    """Each parameter's gradient explained (``params``, default all), then the stability audit,
+    as Markdown or self-contained HTML."""
+    for p in params or ():
+        graph._param(p)  # an unknown name fails before any work
+    if fmt == "markdown":
+        return markdown_report(graph, params)
+    if fmt == "html":
+        return html_report(graph, params)
+    raise ValueError(f"unknown report format {fmt!r}; formats: markdown, html")

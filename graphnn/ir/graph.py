@@ -1,9 +1,10 @@
-"""The graph IR: tensors the user builds, and the immutable graph of named nodes they form.
+"""The graph IR: the immutable graph of named nodes that the tensors users build form.
 
-A :class:`Tensor` is what user code holds (``x @ W1 + b1``); it records its op, its input tensors,
-its attributes and its shape.  :class:`GraphIR` freezes the tensors reachable from some outputs
-into :class:`Node` records in a networkx DiGraph, names every node (user names first, then
-``{op}{k}`` in topological order) and orders them without recursion, so deep graphs work.
+A :class:`~graphnn.ir.ops.Tensor` is what user code holds (``x @ W1 + b1``); it records its op,
+its input tensors, its attributes and its shape.  :class:`GraphIR` freezes the tensors reachable
+from some outputs into :class:`Node` records in a networkx DiGraph, names every node (user names
+first, then ``{op}{k}`` in topological order) and orders them without recursion, so deep graphs
+work.
 
 >>> import graphnn as gn
 >>> x = gn.input("x", (3,)); w = gn.param("w", (3, 1))
@@ -16,106 +17,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
 from graphnn.errors import GraphError
-from graphnn.ir.shapes import Shape, show
+from graphnn.ir.ops import Tensor
+from graphnn.ir.shapes import Shape
 
 LEAF_OPS = ("input", "param", "const")
-
-
-@dataclass(frozen=True, eq=False)
-class Tensor:
-    """A symbolic value: the result of ``op`` applied to ``inputs``. Compared by identity."""
-
-    op: str
-    inputs: tuple[Tensor, ...]
-    shape: Shape
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    label: str = ""  # how error messages and displays refer to an unnamed tensor
-
-    def __post_init__(self):
-        if not self.label:
-            object.__setattr__(self, "label", self.name or self.op)
-
-    def named(self, name: str) -> Tensor:
-        """The same value under a user-chosen node name."""
-        return Tensor(self.op, self.inputs, self.shape, self.attrs, name, name)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __repr__(self) -> str:
-        return f"Tensor({self.label!r}, op={self.op}, shape={show(self.shape)})"
-
-    # Operators build op nodes; the op table is graphnn.ir.ops (imported lazily: ops imports us).
-    def __matmul__(self, other):
-        from graphnn.ir import ops
-
-        return ops.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        from graphnn.ir import ops
-
-        return ops.matmul(other, self)
-
-    def __add__(self, other):
-        from graphnn.ir import ops
-
-        return ops.add(self, other)
-
-    def __radd__(self, other):
-        from graphnn.ir import ops
-
-        return ops.add(other, self)
-
-    def __sub__(self, other):
-        from graphnn.ir import ops
-
-        return ops.sub(self, other)
-
-    def __rsub__(self, other):
-        from graphnn.ir import ops
-
-        return ops.sub(other, self)
-
-    def __mul__(self, other):
-        from graphnn.ir import ops
-
-        return ops.mul(self, other)
-
-    def __rmul__(self, other):
-        from graphnn.ir import ops
-
-        return ops.mul(other, self)
-
-    def __truediv__(self, other):
-        from graphnn.ir import ops
-
-        return ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        from graphnn.ir import ops
-
-        return ops.div(other, self)
-
-    def __neg__(self):
-        from graphnn.ir import ops
-
-        return ops.neg(self)
-
-    def __pos__(self):
-        return self
-
-    def __pow__(self, exponent):
-        from graphnn.ir import ops
-
-        return ops.power(self, exponent)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 
 
-def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) == 1:
         return shape[0], shape[0]
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
@@ -23,7 +23,7 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 def init_array(name: str, shape: tuple[int, ...], init: str, seed: int, dtype=np.float32):
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans(shape)
     draw = {
         "zeros": lambda: np.zeros(shape),
         "ones": lambda: np.ones(shape),

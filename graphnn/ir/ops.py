@@ -1,11 +1,9 @@
-"""The op table and the functions that build graph tensors from it.
+"""Tensors, the values user code holds, and the functions that build them from the op tables.
 
-An elementwise op is one row of :data:`ELEMENTWISE`: its SymPy formula in the argument symbols
-``a0, a1`` (:data:`graphnn.derive.screen.ARGS`), default parameters, and the input domain the tests
-draw from.  Its derivative is derived, never written here.  Adding an activation is adding a row
-(and a row in ``tests/test_gradients.py``).  Structural ops (matmul, reductions, softmax and the
-fused softmax cross-entropy) are built by the functions below; their adjoints are in
-``graphnn.derive.autodiff``.
+Elementwise ops apply a row of :data:`~graphnn.ir.elementwise.ELEMENTWISE`; structural ops
+(matmul, reductions, reshape, softmax and the fused softmax cross-entropy) are built by the
+functions below, and their rules (adjoint, NumPy reference, display) are one stanza each in
+:mod:`graphnn.derive.structural`.
 
 >>> import graphnn as gn
 >>> h = gn.relu(gn.input("x", (4,)) @ gn.param("W", (4, 3)))
@@ -17,16 +15,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import sympy
-from sympy import Piecewise, exp, log
 
-from graphnn.derive.screen import ARGS, BATCH
 from graphnn.errors import GraphError, ShapeError
-from graphnn.ir.graph import Tensor
+from graphnn.ir.elementwise import ARGS, BATCH, ELEMENTWISE
 from graphnn.ir.shapes import (
     Shape,
     broadcast_shapes,
@@ -36,52 +33,78 @@ from graphnn.ir.shapes import (
     show,
 )
 
-z, t = ARGS[0], ARGS[1]
-
-
-@dataclass(frozen=True)
-class Elementwise:
-    """One elementwise op: formula(*args, **params) -> SymPy expression in ARGS."""
-
-    formula: Callable[..., sympy.Expr]
-    arity: int = 1
-    params: Mapping[str, float] = field(default_factory=dict)
-    domain: tuple[float, float] = (-3.0, 3.0)  # where tests draw inputs (first argument)
-
-
-def _relu_like(negative: sympy.Expr) -> sympy.Expr:
-    # Piecewise with a strict z > 0 makes relu'(0) = 0 (PyTorch's convention), not Heaviside's 1/2.
-    return Piecewise((z, z > 0), (negative, True))
-
-
-ELEMENTWISE: dict[str, Elementwise] = {
-    "add": Elementwise(lambda: ARGS[0] + ARGS[1], arity=2),
-    "sub": Elementwise(lambda: ARGS[0] - ARGS[1], arity=2),
-    "mul": Elementwise(lambda: ARGS[0] * ARGS[1], arity=2),
-    "div": Elementwise(lambda: ARGS[0] / ARGS[1], arity=2, domain=(0.5, 3.0)),
-    "neg": Elementwise(lambda: -z),
-    "exp": Elementwise(lambda: exp(z)),
-    "log": Elementwise(lambda: log(z), domain=(0.1, 3.0)),
-    "sigmoid": Elementwise(lambda: 1 / (1 + exp(-z))),
-    "tanh": Elementwise(lambda: sympy.tanh(z)),
-    "relu": Elementwise(lambda: _relu_like(sympy.Integer(0))),
-    "leaky_relu": Elementwise(lambda slope: _relu_like(slope * z), params={"slope": 0.01}),
-    "softplus": Elementwise(
-        lambda: Piecewise((z + log(1 + exp(-z)), z > 0), (log(1 + exp(z)), True))
-    ),
-    "elu": Elementwise(lambda alpha: _relu_like(alpha * (exp(z) - 1)), params={"alpha": 1.0}),
-    "gelu": Elementwise(lambda: z * (1 + sympy.erf(z / sympy.sqrt(2))) / 2),
-    "silu": Elementwise(lambda: z / (1 + exp(-z))),
-    # Loss terms: binary cross-entropy on logits z against targets t, in its stable form.
-    "bce_with_logits": Elementwise(
-        lambda: Piecewise((z - z * t + log(1 + exp(-z)), z > 0), (-z * t + log(1 + exp(z)), True)),
-        arity=2,
-    ),
-}
-
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "softplus", "elu", "gelu", "silu")
 INITIALIZERS = ("zeros", "ones", "normal", "uniform", "he_normal", "he_uniform")
 INITIALIZERS += ("glorot_normal", "glorot_uniform")
+
+
+# --- the value users hold ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Tensor:
+    """A symbolic value: the result of ``op`` applied to ``inputs``. Compared by identity."""
+
+    op: str
+    inputs: tuple[Tensor, ...]
+    shape: Shape
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    label: str = ""  # how error messages and displays refer to an unnamed tensor
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name or self.op)
+
+    def named(self, name: str) -> Tensor:
+        """The same value under a user-chosen node name."""
+        return Tensor(self.op, self.inputs, self.shape, self.attrs, name, name)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.label!r}, op={self.op}, shape={show(self.shape)})"
+
+    # Operators build op nodes with the builders below.
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    def __add__(self, other):
+        return add(self, other)
+
+    def __radd__(self, other):
+        return add(other, self)
+
+    def __sub__(self, other):
+        return sub(self, other)
+
+    def __rsub__(self, other):
+        return sub(other, self)
+
+    def __mul__(self, other):
+        return mul(self, other)
+
+    def __rmul__(self, other):
+        return mul(other, self)
+
+    def __truediv__(self, other):
+        return div(self, other)
+
+    def __rtruediv__(self, other):
+        return div(other, self)
+
+    def __neg__(self):
+        return neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __pow__(self, exponent):
+        return power(self, exponent)
 
 
 def _label(fmt: str, *parts: Tensor) -> str:
@@ -328,7 +351,9 @@ def binary_cross_entropy_with_logits(logits: Tensor, target) -> Tensor:
     return mean(apply("bce_with_logits", logits, target))
 
 
-def _activation(name: str):
+def activation(name: str):
+    """The builder of the elementwise op ``name``: ``activation("relu")(x)`` is ``gn.relu(x)``."""
+
     def build(x, **params) -> Tensor:
         return apply(name, x, **params)
 
@@ -337,7 +362,7 @@ def _activation(name: str):
     return build
 
 
-sigmoid, tanh, relu = _activation("sigmoid"), _activation("tanh"), _activation("relu")
-leaky_relu, softplus = _activation("leaky_relu"), _activation("softplus")
-elu, gelu, silu = _activation("elu"), _activation("gelu"), _activation("silu")
-exp_, log_ = _activation("exp"), _activation("log")
+sigmoid, tanh, relu = activation("sigmoid"), activation("tanh"), activation("relu")
+leaky_relu, softplus = activation("leaky_relu"), activation("softplus")
+elu, gelu, silu = activation("elu"), activation("gelu"), activation("silu")
+exp_, log_ = activation("exp"), activation("log")

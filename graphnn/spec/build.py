@@ -40,7 +40,9 @@ from graphnn.api import Graph
 from graphnn.errors import GraphnnError, SpecError
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
 from graphnn.ir import ops
-from graphnn.ir.graph import Tensor, topological_tensors
+from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
+from graphnn.ir.graph import topological_tensors
+from graphnn.ir.ops import Tensor
 from graphnn.spec.data_table import DataSpec
 from graphnn.spec.train_table import TrainConfig, check_keys, parse_expect, parse_train
 
@@ -50,7 +52,7 @@ MAX_SPEC_BYTES = 1_000_000
 MAX_ELEMENTS = 100_000_000  # per input sample or parameter
 TABLES = ("inputs", "params", "functions", "graph", "layers", "model", "train", "data", "expect")
 
-GRAPH_FUNCTIONS = {name: getattr(ops, name) for name in ops.ACTIVATIONS}
+GRAPH_FUNCTIONS = {name: ops.activation(name) for name in ACTIVATIONS}
 GRAPH_FUNCTIONS |= {"exp": ops.exp_, "log": ops.log_, "softmax": ops.softmax}
 GRAPH_FUNCTIONS |= {"softmax_cross_entropy": ops.softmax_cross_entropy, "mse": ops.mse}
 GRAPH_FUNCTIONS |= {"binary_cross_entropy_with_logits": ops.binary_cross_entropy_with_logits}
@@ -58,9 +60,8 @@ GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 Z = sympy.Symbol("z")
 FORMULA_FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh}
 FORMULA_FUNCTIONS |= {"sqrt": sympy.sqrt, "erf": sympy.erf, "abs": sympy.Abs}
-RESERVED = frozenset({*GRAPH_FUNCTIONS, *ops.ELEMENTWISE, *FORMULA_FUNCTIONS, "matmul", "power"})
+RESERVED = frozenset({*GRAPH_FUNCTIONS, *ELEMENTWISE, *FORMULA_FUNCTIONS, "matmul", "power"})
 LAYER_LOSSES = ("softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse")
-_RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "silu")
 
 
 @dataclass(frozen=True)
@@ -379,7 +380,7 @@ def _layer(layer, where: str, last: bool, model, functions):
     if not isinstance(units, int) or isinstance(units, bool) or not 0 < units <= 1_000_000:
         raise SpecError(f"{where} units: must be a positive int, got {units!r}")
     act = layer.get("activation", "none")
-    known = (*ops.ACTIVATIONS, "softmax", *functions, "none")
+    known = (*ACTIVATIONS, "softmax", *functions, "none")
     if act not in known:
         raise SpecError(f"{where} activation: unknown activation {act!r}; {_suggest(act, known)}")
     act = None if act == "none" else act
@@ -391,5 +392,5 @@ def _layer(layer, where: str, last: bool, model, functions):
     name = layer.get("name")
     if name is not None and not isinstance(name, str):
         raise SpecError(f"{where} name: must be a string, got {name!r}")
-    init = layer.get("init", "he_normal" if act in _RELU_LIKE else "glorot_uniform")
+    init = layer.get("init", ELEMENTWISE[act].init if act in ACTIVATIONS else "glorot_uniform")
     return name, units, act, init

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from graphnn.errors import CheckpointError, DataError
+from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
-from graphnn.train.metrics import accuracy, accuracy_kind, prediction_node
+from graphnn.train.metrics import accuracy
 from graphnn.train.nonfinite import broken_names, diagnose
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict

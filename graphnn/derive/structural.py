@@ -1,0 +1,185 @@
+"""Structural ops, one stanza each: the adjoint rule, the NumPy reference rule and the display.
+
+Elementwise ops need no stanza: their derivatives come from SymPy (:mod:`graphnn.derive.screen`).
+A structural op (a contraction, a reduction, a reshape, the fused softmax ops) has
+
+- ``vjp(t, g)``: the cotangents of its inputs given its own cotangent ``g``, as tensors (``None``
+  where an input is not differentiable, such as a target);
+- ``numpy(node, args, n, dtype)``: its value, the rule of the NumPy reference back end (the oracle
+  of the tests);
+- ``display(node, ins)``: how a gradient formula shows it, given its inputs' formulas.
+
+Adding a structural op is a builder in :mod:`graphnn.ir.ops`, a stanza here, and one emitter per
+compiled back end (``codegen/cpu/steps.py``, ``codegen/cuda/steps.py``).
+
+>>> sorted(STRUCTURAL)[:3]
+['matmul', 'reduce_sum', 'reshape']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphnn.derive.formula import Formula, call_tex, column_sum, elementwise, matmul, wrap
+from graphnn.errors import GraphError
+from graphnn.ir import ops
+from graphnn.ir.elementwise import ARGS, BATCH
+from graphnn.ir.graph import Node
+from graphnn.ir.ops import Tensor
+
+
+@dataclass(frozen=True)
+class Structural:
+    """The rules of one structural op."""
+
+    vjp: Callable[[Tensor, Tensor], list[Tensor | None]]
+    numpy: Callable[[Node, list, int, object], np.ndarray]
+    display: Callable[[Node, list[Formula]], Formula]
+
+
+def concrete(shape, n: int) -> tuple[int, ...]:
+    """A shape with the batch dimension replaced by n."""
+    return tuple(n if d is None else d for d in shape)
+
+
+def no_vjp(t: Tensor, g: Tensor):
+    raise GraphError(f"op '{t.op}' of node '{t.label}' has no derivative rule (second order?)")
+
+
+def numpy_call(fn: str, node: Node, ins: list[Formula], rule) -> Formula:
+    """``fn(ins)`` as a formula evaluated by ``rule`` (a NumPy rule of this table)."""
+    text = f"{fn}({', '.join(f.text for f in ins)})"
+    run = lambda v, n: rule(node, [f.run(v, n) for f in ins], n, None)  # noqa: E731
+    return Formula("call", text, call_tex(fn, "", ins), tuple(ins), run)
+
+
+# --- matmul: op(a) @ op(b), op a transpose when ta / tb ------------------------------------------
+
+
+def _matmul_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
+    (a, b), ta, tb = t.inputs, t.attrs["ta"], t.attrs["tb"]
+    da = ops.matmul(b, g, tb, True) if ta else ops.matmul(g, b, False, not tb)
+    db = ops.matmul(g, a, True, ta) if tb else ops.matmul(a, g, not ta, False)
+    return [da, db]
+
+
+def _matmul_numpy(node: Node, a, n, dtype):
+    return (a[0].T if node.attr("ta") else a[0]) @ (a[1].T if node.attr("tb") else a[1])
+
+
+# --- reduce_sum: a sum over axes; its adjoint repeats the cotangent back -------------------------
+
+
+def _reduce_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
+    (x,) = t.inputs
+    return [ops.broadcast_to(g, x.shape, t.attrs["axes"], t.attrs["keepdims"])]
+
+
+def _reduce_numpy(node: Node, a, n, dtype):
+    return a[0].sum(axis=node.attr("axes"), keepdims=node.attr("keepdims"))
+
+
+# --- reshape --------------------------------------------------------------------------------
+
+
+def _reshape_display(node: Node, ins: list[Formula]) -> Formula:
+    shape, (x,) = node.shape, ins
+    return Formula(
+        x.kind,
+        x.text,
+        x.latex_text,
+        x.operands,
+        lambda v, n: x.run(v, n).reshape(concrete(shape, n)),
+    )
+
+
+# --- softmax over the last axis, and its adjoint y ∘ (g - rowsum(g ∘ y)) ------------------------
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _softmax_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
+    return [Tensor("softmax_grad", (t, g), t.shape, {}, None, f"dsoftmax({t.label})")]
+
+
+def _softmax_grad_numpy(node: Node, a, n, dtype):
+    y, g = a
+    return y * (g - (y * g).sum(axis=-1, keepdims=True))
+
+
+def _softmax_grad_display(node: Node, ins: list[Formula]) -> Formula:
+    (y, (ly)), (g, lg) = wrap(ins[0]), wrap(ins[1])
+    return Formula(
+        "hadamard",
+        f"{y} ∘ ({ins[1].text} - rowsum({g} ∘ {y}))",
+        rf"{ly} \circ \left({ins[1].latex_text} - \operatorname{{rowsum}}"
+        rf"\left({lg} \circ {ly}\right)\right)",
+        tuple(ins),
+        lambda v, n: _softmax_grad_numpy(node, [f.run(v, n) for f in ins], n, None),
+    )
+
+
+# --- softmax cross-entropy, fused: mean over rows of logsumexp(z) - t·z; adjoint (softmax - t)/n --
+
+
+def _softmax_ce_numpy(node: Node, a, n, dtype):
+    z, t = a
+    m = z.max(axis=-1, keepdims=True)
+    lse = m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+    rows = lse[:, 0] - (t * z).sum(axis=-1)
+    return np.asarray(rows.mean(), dtype=z.dtype)
+
+
+def _softmax_ce_vjp(t: Tensor, g: Tensor) -> list[Tensor | None]:
+    logits, target = t.inputs
+    label = f"d{t.label}/d{logits.label}"
+    local = Tensor("softmax_ce_grad", (logits, target), logits.shape, {}, None, label)
+    return [ops.ewise("d_softmax_ce", ARGS[0] * ARGS[1], [g, local], label=local.label), None]
+
+
+def _softmax_ce_grad_display(node: Node, ins: list[Formula]) -> Formula:
+    z, t = ins
+    sm = numpy_call("softmax", node, [z], lambda node, a, n, dt: softmax(a[0]))
+    return elementwise((ARGS[0] - ARGS[1]) / BATCH, {ARGS[0]: sm, ARGS[1]: t})
+
+
+def _shown_as_call(fn: str):
+    """Display of a forward op: ``fn(inputs)``, evaluated by the op's own NumPy rule."""
+    return lambda node, ins: numpy_call(fn, node, ins, STRUCTURAL[node.op].numpy)
+
+
+STRUCTURAL: dict[str, Structural] = {
+    "matmul": Structural(
+        _matmul_vjp,
+        _matmul_numpy,
+        lambda node, ins: matmul(*ins, node.attr("ta"), node.attr("tb")),
+    ),
+    "reduce_sum": Structural(
+        _reduce_vjp,
+        _reduce_numpy,
+        lambda node, ins: column_sum(ins[0], node.attr("axes"), node.attr("keepdims")),
+    ),
+    "reshape": Structural(
+        lambda t, g: [ops.reshape(g, t.inputs[0].shape)],
+        lambda node, a, n, dt: a[0].reshape(concrete(node.shape, n)),
+        _reshape_display,
+    ),
+    "softmax": Structural(
+        _softmax_vjp, lambda node, a, n, dt: softmax(a[0]), _shown_as_call("softmax")
+    ),
+    "softmax_grad": Structural(no_vjp, _softmax_grad_numpy, _softmax_grad_display),
+    "softmax_ce": Structural(
+        _softmax_ce_vjp, _softmax_ce_numpy, _shown_as_call("softmax_cross_entropy")
+    ),
+    "softmax_ce_grad": Structural(
+        no_vjp,
+        lambda node, a, n, dt: (softmax(a[0]) - a[1]) / n,
+        _softmax_ce_grad_display,
+    ),
+}
