@@ -20,8 +20,8 @@ import numpy as np
 
 import graphnn as gn
 from codegen.cpu.module import forward_inputs
-from graphnn.ir import ops
 from graphnn.ir.elementwise import ELEMENTWISE
+from tests import cases
 
 BATCH = 5
 
@@ -41,14 +41,12 @@ def _op_case(op: str):
     return g, params, {"u": rng.normal(size=(4, 2, 3))}
 
 
-def _xwv(loss_fn, v_shape=(4, 2), **extra):
+def _structural(name: str):
+    """Row ``name`` of the shared table (tests/cases.py), with random parameters."""
+
     def build():
-        x = gn.input("x", (4,))
-        W, V = gn.param("W", (4, 4)), gn.param("V", v_shape)
-        g = gn.Graph(loss_fn(x, W, V, **{k: f() for k, f in extra.items()}))
-        rng = _rng(str(loss_fn.__code__.co_firstlineno))
-        data = {"x": rng.normal(size=(BATCH, 4))}
-        data |= {n.name: rng.normal(size=(BATCH, *n.shape[1:])) for n in g.forward.inputs}
+        g, data = cases.build(name)
+        rng = cases.rng_for(name + " params")
         params = {n.name: rng.normal(size=n.shape) * 0.5 for n in g.forward.params}
         return g, params, data
 
@@ -73,25 +71,8 @@ def _mlp(act: str, loss: str, k: int = 3, names=("x", "y", "W1", "b1", "W2", "b2
     return build
 
 
-STRUCTURAL = {
-    "matmul_chain": _xwv(lambda x, W, V: gn.sum(x @ W @ V)),
-    "matmul_tt": _xwv(
-        lambda x, W, V: gn.sum(gn.tanh(x @ gn.matmul(W, V, ta=True, tb=True))), v_shape=(3, 4)
-    ),
-    "mean_rows": _xwv(lambda x, W, V: gn.sum(gn.mean(gn.tanh(x @ W), axis=1) * 3.0)),
-    "mean_batch": _xwv(lambda x, W, V: gn.sum(gn.mean(gn.tanh(x @ W), axis=0, keepdims=True) @ V)),
-    "sum_keepdims": _xwv(lambda x, W, V: gn.sum(gn.sum(x @ W, axis=1, keepdims=True) * (x @ W))),
-    "softmax": _xwv(lambda x, W, V: gn.sum(gn.softmax(x @ W) * (x @ W))),
-    "power_div": _xwv(lambda x, W, V: gn.mean((x @ W) ** 2 / (1.5 + gn.sigmoid(x @ W)))),
-    "bias_broadcast": _xwv(lambda x, W, V: gn.sum(gn.exp(x @ W * 0.1 + gn.sum(V, axis=1)))),
-    "reshape_3d": _xwv(
-        lambda x, W, V, u: gn.sum(gn.tanh(ops.reshape(x @ W, (None, 2, 2))) * u),
-        u=lambda: gn.input("u", (2, 2)),
-    ),
-    "one_element_param": _xwv(
-        lambda x, W, V, s: gn.sum(gn.tanh(x @ W) * s) + gn.sum(W) * 0.5,
-        s=lambda: gn.param("s", (1,)),
-    ),
+STRUCTURAL = {name: _structural(name) for name in cases.STRUCTURAL}
+STRUCTURAL |= {
     "mse": _mlp("sigmoid", "mse"),
     "bce_logits": _mlp("relu", "binary_cross_entropy_with_logits"),
     "softmax_ce_gelu": _mlp("gelu", "softmax_ce"),

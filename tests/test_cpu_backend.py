@@ -23,6 +23,7 @@ from codegen.cpu import backend as cpu_backend
 from codegen.cpu.module import signature
 from codegen.plan import make_plan
 from graphnn.ir.elementwise import ELEMENTWISE
+from tests import cases
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -70,61 +71,15 @@ def test_elementwise_op(op):
 # --- structural ops -----------------------------------------------------------------------------
 
 
-def _bias_col(x, x3, W, V, c):
-    # c (4, 1) broadcasts against (n, 4, 3): its gradient sums axis 0 and the size-1 axis 2, with
-    # keepdims, then reshapes.
-    return gn.sum(gn.tanh(x3 + c) * x3)
-
-
-STRUCTURAL = {
-    "matmul_fan_out": lambda x, x3, W, V, c: gn.sum(gn.tanh(x @ W) * (x @ W)) + gn.sum((x @ W) @ V),
-    "shared_param": lambda x, x3, W, V, c: gn.sum((x @ W) @ V + gn.sigmoid(x @ W) @ V * 2.0),
-    "sum_all": lambda x, x3, W, V, c: gn.sum(gn.exp(x @ W * 0.3)),
-    "sum_rows": lambda x, x3, W, V, c: gn.sum(gn.sum(gn.tanh(x @ W), axis=1) ** 2),
-    "mean_rows": lambda x, x3, W, V, c: gn.sum(gn.mean(gn.tanh(x @ W), axis=1) * 3.0),
-    "mean_batch_keepdims": lambda x, x3, W, V, c: gn.sum(
-        gn.mean(gn.tanh(x @ W), axis=0, keepdims=True) @ V
-    ),
-    "sum_keepdims": lambda x, x3, W, V, c: gn.sum(
-        gn.sum(x @ W, axis=1, keepdims=True) * gn.tanh(x @ W)
-    ),
-    "sum_middle_axis": lambda x, x3, W, V, c: gn.sum(gn.sum(gn.tanh(x3 * c), axis=1) ** 2),
-    "mean_last_axis_3d": lambda x, x3, W, V, c: gn.sum(gn.mean(gn.sigmoid(x3 * c), axis=2) ** 2),
-    "sum_axes_keepdims_3d": lambda x, x3, W, V, c: gn.sum(
-        gn.sum(gn.tanh(x3 * c), axis=(0, 2), keepdims=True) * x3
-    ),
-    "bias_broadcast": lambda x, x3, W, V, c: gn.sum(gn.exp(x @ W * 0.1 + gn.sum(V, axis=1))),
-    "bias_col": _bias_col,
-    "softmax": lambda x, x3, W, V, c: gn.sum(gn.softmax(x @ W) * (x @ W)),
-    "power_div": lambda x, x3, W, V, c: gn.mean((x @ W) ** 2 / (1.5 + gn.sigmoid(x @ W))),
-}
-
-
-@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+@pytest.mark.parametrize("name", sorted(cases.STRUCTURAL))
 def test_structural(name):
-    x, x3 = gn.input("x", (4,)), gn.input("x3", (4, 3))
-    W, V, c = gn.param("W", (4, 4)), gn.param("V", (4, 2)), gn.param("c", (4, 1), init="normal")
-    g = gn.Graph(STRUCTURAL[name](x, x3, W, V, c))
-    rng = np.random.default_rng(3)
-    data = {"x": rng.normal(size=(6, 4)), "x3": rng.normal(size=(6, 4, 3))}
-    data = {k: v for k, v in data.items() if k in g.inputs}
+    g, data = cases.build(name, rows=6)
     assert_backends_agree(g, g.init_params(0), data)
 
 
-LOSSES = {
-    "mse": gn.mse,
-    "softmax_ce": gn.softmax_cross_entropy,
-    "bce_with_logits": gn.binary_cross_entropy_with_logits,
-}
-
-
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(cases.LOSSES))
 def test_loss(name):
-    x, t = gn.input("x", (4,)), gn.input("t", (3,))
-    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
-    g = gn.Graph(LOSSES[name](x @ W + b, t))
-    rng = np.random.default_rng(4)
-    data = {"x": rng.normal(size=(7, 4)) * 2, "t": np.eye(3)[rng.integers(0, 3, 7)]}
+    g, data = cases.loss_case(name)
     assert_backends_agree(g, g.init_params(0), data)
     # Saturated logits (|z| ~ 100): the fused, stable forms must agree and stay finite.
     big = {"W": np.full((4, 3), 0.0), "b": np.array([100.0, 0.0, -100.0])}

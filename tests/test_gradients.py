@@ -9,6 +9,7 @@ import pytest
 
 import graphnn as gn
 from graphnn.ir.elementwise import ELEMENTWISE
+from tests import cases
 from tests.finite_diff import numeric_gradients, relative_error
 
 TOL = 1e-6
@@ -55,46 +56,17 @@ def test_mlp_with_each_activation(act):
     check(_mlp(act), _data(np.random.default_rng(2)))
 
 
-STRUCTURAL = {
-    "matmul_chain": lambda x, W, V: gn.sum(x @ W @ V),
-    "mean_rows": lambda x, W, V: gn.sum(gn.mean(gn.tanh(x @ W), axis=1) * 3.0),
-    "mean_batch": lambda x, W, V: gn.sum(gn.mean(gn.tanh(x @ W), axis=0, keepdims=True) @ V),
-    "sum_keepdims": lambda x, W, V: gn.sum(gn.sum(x @ W, axis=1, keepdims=True) * (x @ W)),
-    "softmax": lambda x, W, V: gn.sum(gn.softmax(x @ W) * (x @ W)),
-    "power_div": lambda x, W, V: gn.mean((x @ W) ** 2 / (1.5 + gn.sigmoid(x @ W))),
-    "fan_out": lambda x, W, V: gn.sum(gn.tanh(x @ W) * gn.sigmoid(x @ W) + (x @ W)),
-    "shared_param": lambda x, W, V: gn.sum((x @ W) @ V + (x @ W) @ V * 2.0),
-    "bias_broadcast": lambda x, W, V: gn.sum(gn.exp(x @ W * 0.1 + gn.sum(V, axis=1))),
-    "neg_sub": lambda x, W, V: gn.sum(-(x @ W) - 1.0) + gn.sum(2.0 * ((x @ W) @ V)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+@pytest.mark.parametrize("name", sorted(cases.STRUCTURAL))
 def test_structural_gradient(name):
-    x = gn.input("x", (4,))
-    W, V = gn.param("W", (4, 4)), gn.param("V", (4, 2))
-    loss = STRUCTURAL[name](x, W, V)
-    data = {"x": np.random.default_rng(3).normal(size=(5, 4))}
-    g = gn.Graph(loss)
+    g, data = cases.build(name)
     params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
-    check(loss, data, params=params)
+    check(g.loss, data, params=params)
 
 
-@pytest.mark.parametrize(
-    "loss_fn",
-    [
-        lambda z, t: gn.mse(z, t),
-        lambda z, t: gn.softmax_cross_entropy(z, t),
-        lambda z, t: gn.binary_cross_entropy_with_logits(z, t),
-    ],
-    ids=["mse", "softmax_ce", "bce_logits"],
-)
-def test_losses(loss_fn):
-    x, t = gn.input("x", (4,)), gn.input("t", (3,))
-    W = gn.param("W", (4, 3))
-    rng = np.random.default_rng(4)
-    target = np.eye(3)[rng.integers(0, 3, 7)]
-    check(loss_fn(x @ W, t), {"x": rng.normal(size=(7, 4)) * 2, "t": target})
+@pytest.mark.parametrize("name", sorted(cases.LOSSES))
+def test_losses(name):
+    g, data = cases.loss_case(name)
+    check(g.loss, data)
 
 
 def test_single_neuron():

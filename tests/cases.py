@@ -1,0 +1,101 @@
+"""The graphs every back end is tested on: one table, read by the gradient, CPU and CUDA tests.
+
+``STRUCTURAL`` holds one row per structural pattern (contractions, reductions over any axes,
+broadcasting, reshape, softmax, fan-out, shared parameters). A row builds its loss from the leaves
+below; :func:`build` returns the graph and random data for the inputs it reads. Shapes are tiny,
+so the CUDA simulator runs every row. ``LOSSES`` holds the loss functions, applied to logits.
+
+>>> g, data = build("sum_all")
+>>> sorted(data), g.param_names
+(['x'], ['W'])
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+import graphnn as gn
+from graphnn.ir import ops
+
+BATCH = 5
+
+
+def leaves() -> SimpleNamespace:
+    """Inputs x (4,), x3 (4, 3), u (2, 2); parameters W (4, 4), V (4, 2), Vt (3, 4), c (4, 1),
+    s (1,)."""
+    return SimpleNamespace(
+        x=gn.input("x", (4,)),
+        x3=gn.input("x3", (4, 3)),
+        u=gn.input("u", (2, 2)),
+        W=gn.param("W", (4, 4)),
+        V=gn.param("V", (4, 2)),
+        Vt=gn.param("Vt", (3, 4)),
+        c=gn.param("c", (4, 1), init="normal"),
+        s=gn.param("s", (1,), init="normal"),
+    )
+
+
+def _bias_col(L):
+    # c (4, 1) broadcasts against (n, 4, 3): its gradient sums axis 0 and the size-1 axis 2, with
+    # keepdims, then reshapes.
+    return gn.sum(gn.tanh(L.x3 + L.c) * L.x3)
+
+
+STRUCTURAL = {
+    "matmul_chain": lambda L: gn.sum(L.x @ L.W @ L.V),
+    "matmul_transposed": lambda L: gn.sum(gn.tanh(L.x @ gn.matmul(L.W, L.Vt, ta=True, tb=True))),
+    "matmul_fan_out": lambda L: (
+        gn.sum(gn.tanh(L.x @ L.W) * (L.x @ L.W)) + gn.sum((L.x @ L.W) @ L.V)
+    ),
+    "shared_param": lambda L: gn.sum((L.x @ L.W) @ L.V + gn.sigmoid(L.x @ L.W) @ L.V * 2.0),
+    "fan_out": lambda L: gn.sum(gn.tanh(L.x @ L.W) * gn.sigmoid(L.x @ L.W) + (L.x @ L.W)),
+    "neg_sub": lambda L: gn.sum(-(L.x @ L.W) - 1.0) + gn.sum(2.0 * ((L.x @ L.W) @ L.V)),
+    "sum_all": lambda L: gn.sum(gn.exp(L.x @ L.W * 0.3)),
+    "sum_rows": lambda L: gn.sum(gn.sum(gn.tanh(L.x @ L.W), axis=1) ** 2),
+    "mean_rows": lambda L: gn.sum(gn.mean(gn.tanh(L.x @ L.W), axis=1) * 3.0),
+    "mean_batch_keepdims": lambda L: gn.sum(
+        gn.mean(gn.tanh(L.x @ L.W), axis=0, keepdims=True) @ L.V
+    ),
+    "sum_keepdims": lambda L: gn.sum(gn.sum(L.x @ L.W, axis=1, keepdims=True) * gn.tanh(L.x @ L.W)),
+    "sum_middle_axis": lambda L: gn.sum(gn.sum(gn.tanh(L.x3 * L.c), axis=1) ** 2),
+    "mean_last_axis_3d": lambda L: gn.sum(gn.mean(gn.sigmoid(L.x3 * L.c), axis=2) ** 2),
+    "sum_axes_keepdims_3d": lambda L: gn.sum(
+        gn.sum(gn.tanh(L.x3 * L.c), axis=(0, 2), keepdims=True) * L.x3
+    ),
+    "bias_broadcast": lambda L: gn.sum(gn.exp(L.x @ L.W * 0.1 + gn.sum(L.V, axis=1))),
+    "bias_col": _bias_col,
+    "reshape_3d": lambda L: gn.sum(gn.tanh(ops.reshape(L.x @ L.W, (None, 2, 2))) * L.u),
+    "softmax": lambda L: gn.sum(gn.softmax(L.x @ L.W) * (L.x @ L.W)),
+    "power_div": lambda L: gn.mean((L.x @ L.W) ** 2 / (1.5 + gn.sigmoid(L.x @ L.W))),
+    "one_element_param": lambda L: gn.sum(gn.tanh(L.x @ L.W) * L.s) + gn.sum(L.W) * 0.5,
+}
+
+LOSSES = {
+    "mse": gn.mse,
+    "softmax_ce": gn.softmax_cross_entropy,
+    "bce_with_logits": gn.binary_cross_entropy_with_logits,
+}
+
+
+def rng_for(name: str) -> np.random.Generator:
+    return np.random.default_rng(sum(map(ord, name)))
+
+
+def build(name: str, rows: int = BATCH):
+    """The graph of row ``name`` of STRUCTURAL and float64 data of ``rows`` rows for its inputs."""
+    g = gn.Graph(STRUCTURAL[name](leaves()))
+    rng = rng_for(name)
+    data = {n.name: rng.normal(size=(rows, *n.shape[1:])) for n in g.forward.inputs}
+    return g, data
+
+
+def loss_case(name: str, rows: int = 7):
+    """LOSSES[name] of affine logits x @ W + b over 3 classes, with one-hot targets."""
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    g = gn.Graph(LOSSES[name](x @ W + b, t))
+    rng = np.random.default_rng(4)
+    data = {"x": rng.normal(size=(rows, 4)) * 2, "t": np.eye(3)[rng.integers(0, 3, rows)]}
+    return g, data
