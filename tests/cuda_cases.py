@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import graphnn as gn
-from codegen.cpu.module import forward_inputs
+from codegen.signature import forward_inputs
 from graphnn.ir.elementwise import ELEMENTWISE
 from tests import cases
 

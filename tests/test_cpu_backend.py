@@ -20,8 +20,8 @@ from sklearn.datasets import load_digits
 import graphnn as gn
 from codegen import cache
 from codegen.cpu import backend as cpu_backend
-from codegen.cpu.module import signature
 from codegen.plan import make_plan
+from codegen.signature import signature
 from graphnn.ir.elementwise import ELEMENTWISE
 from tests import cases
 

@@ -21,7 +21,7 @@ import sympy
 
 import graphnn as gn
 from codegen.cpu import backend as cpu_backend
-from codegen.cpu.module import signature
+from codegen.signature import signature
 from graphnn import inspect as gi
 from graphnn.derive.store import derivative
 from graphnn.inspect.audit import kernel32

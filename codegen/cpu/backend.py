@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from codegen.cache import load_module
-from codegen.cpu.module import forward_inputs, module_source, signature
+from codegen.cpu.module import module_source
+from codegen.signature import forward_inputs, signature
 
 
 def source(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()) -> str:

@@ -13,102 +13,30 @@ True
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from codegen.cpu.approx import tanh_source
-from codegen.cpu.steps import EMITTERS, Scope, drop_unused_sizes, indent, loop_header
+from codegen.cpu.steps import EMITTERS
 from codegen.plan import make_plan
 from codegen.printer import print_expr
-from graphnn.ir.graph import GraphIR
-from graphnn.optim.optimizers import state_key
+from codegen.signature import Signature, forward_inputs, signature
+from codegen.steps import Scope, drop_unused_sizes, header, indent, loop_header, returned
 
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
 JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
 
 
-# Identifiers the generated code uses itself; a node with one of these names is renamed.
-RESERVED = set(keyword.kwlist) | {"np", "math", "njit", "FASTMATH", "range", "max", "min", "abs"}
-RESERVED |= {"n", "nf", "m", "s", "d", "j", "t", "t0", "P", "G", "loss", "status", "total"}
-RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "clip_norm"}
-RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_step's helpers
-RESERVED |= {"tanh_r", "x2", "p", "q"}  # codegen/cpu/approx.py
-RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}
-RESERVED |= {"ws", "workspace", "rows", "r"}
-RESERVED |= {"init_params", "predict", "grads", "step", "main", "PARAMS"} | {
-    f"i{k}" for k in range(8)
-}
-
-
-@dataclass(frozen=True)
-class Signature:
-    """Argument names of the generated functions, in order (identifiers as printed)."""
-
-    inputs: tuple[str, ...]
-    params: tuple[str, ...]
-    state: tuple[str, ...]  # "<buffer>_<param>" for each parameter and optimizer buffer
-    hyper: tuple[str, ...]
-    training: GraphIR  # the training graph with every node named by its identifier
-    forward: GraphIR
-    loss: str
-    grads: tuple[str, ...]  # gradient node identifiers, in parameter order
-    ident: dict  # node name -> identifier
-
-
-def _identifiers(graph, taken: set[str]) -> dict[str, str]:
-    """Node name -> identifier: the name itself unless the generated code already uses it."""
-    names = list(dict.fromkeys(n.name for n in [*graph.training.nodes, *graph.forward.nodes]))
-    taken = taken | {d for x in names for d in _derived(x)}
-    out, used = {}, set()
-    for name in names:
-        ident, k = name, 0
-        # A new name must not clash, nor must the names derived from it (n -> n_1 -> n_1_v).
-        while (
-            ident in taken or ident in used or (k and _derived(ident) & (taken | used | {*names}))
-        ):
-            k += 1
-            ident = f"{name}_{k}"
-        out[name] = ident
-        used |= {ident, *_derived(ident)}
-    return out
-
-
-def _derived(name: str) -> set[str]:
-    """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
-    buffer, gradient, workspace buffer."""
-    return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
-
-
-def signature(graph, optimizer) -> Signature:
-    hyper = tuple(optimizer.hyper) if optimizer else ()
-    if optimizer is not None and optimizer.clip_norm is not None:
-        hyper += ("clip_norm",)
-    buffers = tuple(optimizer.state) if optimizer else ()
-    scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
-    state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
-    ident = _identifiers(graph, RESERVED | set(hyper) | set(buffers) | set(scalars) | set(state))
-    rename = {
-        tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
-    }
-    params = tuple(ident[p] for p in graph.param_names)
-    return Signature(
-        inputs=tuple(ident[n.name] for n in graph.forward.inputs),
-        params=params,
-        state=state,
-        hyper=hyper,
-        training=GraphIR(graph.training.outputs, rename),
-        forward=GraphIR(graph.forward.outputs, rename),
-        loss=ident[graph.loss_name],
-        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
-        ident=ident,
-    )
-
-
 def kernel(
-    name: str, ir, outputs: Sequence[str], args: Sequence[str], dtype: str, workspace=False
+    name: str,
+    ir,
+    outputs: Sequence[str],
+    args: Sequence[str],
+    dtype: str,
+    workspace=False,
+    returns: Sequence[str] = (),
 ) -> list[str]:
-    """One njit function computing ``outputs`` of ``ir`` from ``args``.
+    """One njit function computing ``outputs`` of ``ir`` from ``args``; ``returns`` says what
+    each output is, in a comment above the return.
 
     With ``workspace``, the function takes a last argument ``ws`` (what the ``workspace(n)``
     function printed before it returns), and every array with a leading batch dimension or no
@@ -129,7 +57,7 @@ def kernel(
     for step in plan.steps:
         lines = EMITTERS[step.kind](step, scope)
         body += lines + ([""] if lines else [])
-    body.append("return " + ", ".join(outputs))
+    body += returned(outputs, returns)
     if not workspace:
         return [JIT, f"def {name}({', '.join(args)}):", *indent(drop_unused_sizes(body), 1)]
     views = [f"ws_{b}" for b in scope.buffers]
@@ -284,29 +212,10 @@ def _epoch_function(sig: Signature, dtype: str) -> list[str]:
     return [JIT, f"def train_epoch({', '.join(args)}):", *indent([*doc, *body], 1)]
 
 
-def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:
-    """The data inputs that ``outputs`` depend on (a prediction needs no targets)."""
-    needed = make_plan(graph.forward, outputs).needed
-    return tuple(n.name for n in graph.forward.inputs if n.name in needed)
-
-
 def forward_kernel(graph, outputs: Sequence[str], sig: Signature, dtype: str) -> list[str]:
     outs = [sig.ident[o] for o in outputs]
     args = [sig.ident[i] for i in forward_inputs(graph, outputs)] + list(sig.params)
     return kernel("forward", sig.forward, outs, args, dtype)
-
-
-def header(graph, optimizer, dtype: str) -> list[str]:
-    from graphnn.ir.shapes import show
-
-    lines = [f'"""graphnn kernels for loss \'{graph.loss_name}\' ({dtype}).', ""]
-    lines += ["Generated by graphnn; needs only numpy and numba. Shapes:"]
-    lines += [f"    {n.name}: {show(n.shape)}" for n in graph.forward.inputs + graph.forward.params]
-    lines += ["", "Gradients (matrix form; n is the batch size):"]
-    lines += [f"    dL/d{p} = {graph.gradient(p)}" for p in graph.param_names]
-    if optimizer is not None:
-        lines += ["", f"Optimizer: {optimizer.name}"]
-    return lines + ['"""', "", "import numpy as np", "from numba import njit", ""]
 
 
 def module_source(
@@ -323,6 +232,7 @@ def module_source(
         [*sig.inputs, *sig.params],
         dtype,
         workspace=True,
+        returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
     )
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:

@@ -1,130 +1,20 @@
-"""Source text for each kind of plan step: one emitter per op, all sharing :class:`Scope`.
+"""CPU source text for each kind of plan step: one emitter per op, all sharing a :class:`Scope`.
 
 Emitters return lines of Python (without indentation of the enclosing function).  Elementwise
 formulas are printed by :mod:`codegen.printer` only; this module decides loops, indexing and
-storage.  The CPU and CUDA back ends share the group and update printing; the structural emitters
-here target ``numba.njit`` (NumPy calls allowed, BLAS through ``np.dot``).
-
->>> Scope("float32").literal(0.5)
-'np.float32(0.5)'
+storage for ``numba.njit`` (NumPy calls allowed, BLAS through ``np.dot``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import sympy
 
-from codegen.plan import Plan, Step
-from codegen.printer import print_expr
-from graphnn.ir.elementwise import ARGS, BATCH
-from graphnn.ir.graph import GraphIR, Node
-
-
-class Scope:
-    """Names and printing shared by the emitters of one kernel."""
-
-    def __init__(
-        self,
-        dtype: str,
-        ir: GraphIR | None = None,
-        plan: Plan | None = None,
-        fast_tanh=False,
-        workspace=False,
-    ):
-        self.dtype, self.ir, self.plan = dtype, ir, plan
-        self.fast_tanh = fast_tanh  # print tanh as codegen.cpu.approx.tanh_r
-        self.done: set[str] = set()  # steps already emitted by a fused neighbour
-        # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
-        # instead of new allocations: a step then allocates nothing.
-        self.buffers: dict[str, tuple] | None = {} if workspace else None
-
-    def literal(self, value) -> str:
-        return f"np.{self.dtype}({float(value)!r})"
-
-    def expr(self, e: sympy.Expr) -> str:
-        e = e.xreplace({BATCH: sympy.Symbol("nf")})
-        return print_expr(e, dtype=self.dtype, fast_tanh=self.fast_tanh)
-
-    def dims(self, shape) -> str:
-        inner = ", ".join("n" if d is None else str(d) for d in shape)
-        return f"({inner},)" if len(shape) == 1 else f"({inner})"
-
-    def empty(self, name: str, shape, fill: str = "empty") -> list[str]:
-        """Lines making array ``name`` (uninitialized, or zeros); a scalar for shape ()."""
-        if fill == "zeros" and not shape:
-            return [f"{name} = {self.literal(0)}"]
-        view = self.buffer(name, shape)
-        if view is None:
-            return [f"{name} = np.{fill}({self.dims(shape)}, dtype=np.{self.dtype})"]
-        return [f"{name} = {view}"] + ([f"{name}[:] = 0"] if fill == "zeros" else [])
-
-    def buffer(self, name: str, shape) -> str | None:
-        """The workspace view holding array ``name`` (None: no workspace, or not a leading batch).
-
-        Buffers are sized for the largest batch; ``[:n]`` is the current batch's leading part.
-        """
-        if self.buffers is None or not shape or None in shape[1:]:
-            return None
-        self.buffers[name] = tuple(shape)
-        return f"ws_{name}[:n]" if shape[0] is None else f"ws_{name}"
-
-    def value(self, name: str, shape, index: list[str]) -> sympy.Expr:
-        """The element of node ``name`` at loop ``index`` of a loop over ``shape``."""
-        node = self.ir.node(name)
-        if node.op == "const" and (node.shape == () or name in self.plan.inlined):
-            return sympy.sympify(node.attr("value"))  # uniform: the same literal everywhere
-        if not node.shape:
-            return sympy.Symbol(name)
-        lead = len(shape) - len(node.shape)
-        idx = [
-            "0" if d == 1 and shape[lead + j] != 1 else index[lead + j]
-            for j, d in enumerate(node.shape)
-        ]
-        return sympy.Symbol(f"{name}[{', '.join(idx)}]")
-
-
-def loop_header(shape, index: list[str]) -> list[str]:
-    """Nested ``for`` lines over shape; the caller indents the body by len(shape) levels."""
-    return [
-        "    " * k + f"for {i} in range({'n' if d is None else d}):"
-        for k, (i, d) in enumerate(zip(index, shape, strict=True))
-    ]
-
-
-def drop_unused_sizes(lines: list[str]) -> list[str]:
-    """Drop ``nf = ...``, then ``n = ...``, when no other line reads the name (a function with no
-    mean has no use for nf; one that reads no input, none for n): the module then lints clean."""
-    for name in ("nf", "n"):
-        head = f"{name} = "
-        others = [ln for ln in lines if not ln.strip().startswith(head)]
-        if not any(re.search(rf"\b{name}\b", ln) for ln in others):
-            lines = others
-    return lines
-
-
-def indent(lines: list[str], levels: int) -> list[str]:
-    return ["    " * levels + line if line else "" for line in lines]
-
-
-def describe(node: Node) -> str:
-    """The node as a short formula over its input node names, for comments."""
-    ins = list(node.inputs)
-    if node.op == "matmul":
-        a = ins[0] + ("^T" if node.attr("ta") else "")
-        b = ins[1] + ("^T" if node.attr("tb") else "")
-        return f"{a} @ {b}"
-    if node.op == "reduce_sum":
-        return f"sum({ins[0]}, axes={node.attr('axes')})"
-    if node.op == "const":
-        return str(node.attr("value"))
-    fn = node.attr("fn", node.op)
-    return f"{fn}({', '.join(ins)})"
-
-
-def _comment(node: Node) -> str:
-    return f"# {node.name} = {describe(node)}"
+from codegen.plan import Step
+from codegen.steps import Scope, comment, indent, loop_header
+from graphnn.ir.elementwise import ARGS
+from graphnn.ir.graph import Node
 
 
 def emit_group(step: Step, scope: Scope) -> list[str]:
@@ -133,8 +23,8 @@ def emit_group(step: Step, scope: Scope) -> list[str]:
     index = [f"i{k}" for k in range(len(shape))]
     members = {n.name for n in step.nodes}
     consts = dict.fromkeys(i for n in step.nodes for i in n.inputs if i in scope.plan.inlined)
-    lines = [_comment(scope.ir.node(c)) + "  (inlined)" for c in consts]
-    lines += [_comment(n) for n in [*step.nodes, *step.reductions]]
+    lines = [comment(scope.ir.node(c)) + "  (inlined)" for c in consts]
+    lines += [comment(n) for n in [*step.nodes, *step.reductions]]
     stored = [n for n in step.nodes if n.name in scope.plan.stored]
     if shape:
         lines += [line for n in stored for line in scope.empty(n.name, shape)]
@@ -179,8 +69,8 @@ def emit_matmul(step: Step, scope: Scope) -> list[str]:
     b = b + (".T" if node.attr("tb") else "")
     view = scope.buffer(node.name, node.shape)
     if view is None:
-        return [_comment(node), f"{node.name} = np.dot({a}, {b})"]
-    return [_comment(node), f"{node.name} = {view}", f"np.dot({a}, {b}, {node.name})"]
+        return [comment(node), f"{node.name} = np.dot({a}, {b})"]
+    return [comment(node), f"{node.name} = {view}", f"np.dot({a}, {b}, {node.name})"]
 
 
 def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
@@ -188,7 +78,7 @@ def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
     (x,) = node.inputs
     src = scope.ir.node(x).shape
     index = [f"i{k}" for k in range(len(src))]
-    lines = [_comment(node), *scope.empty(node.name, node.shape, "zeros")]
+    lines = [comment(node), *scope.empty(node.name, node.shape, "zeros")]
     lines += loop_header(src, index)
     lines += indent([f"{_reduce_target(node, index)} += {x}[{', '.join(index)}]"], len(src))
     return lines
@@ -196,15 +86,15 @@ def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:
 
 def emit_reshape(step: Step, scope: Scope) -> list[str]:
     node = step.node
-    return [_comment(node), f"{node.name} = {node.inputs[0]}.reshape({scope.dims(node.shape)})"]
+    return [comment(node), f"{node.name} = {node.inputs[0]}.reshape({scope.dims(node.shape)})"]
 
 
 def emit_const(step: Step, scope: Scope) -> list[str]:
     node = step.node
     value = scope.expr(sympy.sympify(node.attr("value")))
     if not node.shape:
-        return [_comment(node), f"{node.name} = {value}"]
-    return [_comment(node), f"{node.name} = np.full({scope.dims(node.shape)}, {value})"]
+        return [comment(node), f"{node.name} = {value}"]
+    return [comment(node), f"{node.name} = np.full({scope.dims(node.shape)}, {value})"]
 
 
 def _row_stats(z: str, k: int, scope: Scope, keep: str | None = None) -> list[str]:
@@ -232,7 +122,7 @@ def emit_softmax(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
     ]
-    lines = [_comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
+    lines = [comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
     return lines + indent(body, 1)
 
 
@@ -246,7 +136,7 @@ def emit_softmax_grad(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
     ]
-    lines = [_comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
+    lines = [comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
     return lines + indent(body, 1)
 
 
@@ -269,7 +159,7 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
     k = scope.ir.node(z).shape[-1]
     lines, body = [], _row_stats(z, k, scope, keep=grad.name if grad is not None else None)
     if loss is not None:
-        lines += [_comment(loss), f"{loss.name} = {scope.literal(0)}"]
+        lines += [comment(loss), f"{loss.name} = {scope.literal(0)}"]
         body += [
             f"d = {scope.literal(0)}",
             f"for j in range({k}):",
@@ -277,7 +167,7 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
         ]
         body += [f"{loss.name} += m + np.log(s) - d"]
     if grad is not None:
-        lines += [_comment(grad), *scope.empty(grad.name, grad.shape)]
+        lines += [comment(grad), *scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
             f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / nf",

@@ -32,10 +32,10 @@ import numpy as np
 
 from codegen.cache import load_module
 from codegen.cpu.backend import debug_level
-from codegen.cpu.module import forward_inputs
 from codegen.cuda.cudasim import lock_shared_arrays
 from codegen.cuda.library import GPU, SIMULATOR, Launch
 from codegen.cuda.module import cuda_signature, module_source
+from codegen.signature import forward_inputs
 from graphnn.errors import CudaUnavailableError
 
 SIMULATOR_VAR = "NUMBA_ENABLE_CUDASIM"

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 
 import sympy
 
-from codegen.cpu.module import RESERVED, Signature, forward_inputs, header, signature
-from codegen.cpu.steps import drop_unused_sizes, indent
 from codegen.cuda.library import GPU, Launch, array_type, block_sum, library
 from codegen.cuda.steps import CudaScope, Kernel, count, dims_text, emit_step
+from codegen.names import RESERVED
 from codegen.plan import make_plan
 from codegen.printer import print_expr
+from codegen.signature import Signature, forward_inputs, signature
+from codegen.steps import drop_unused_sizes, header, indent, returned
 from graphnn.ir.graph import GraphIR
 
 # Globals of the module and locals of its generated code; a node with one of these names is
@@ -65,7 +66,7 @@ def cuda_signature(graph, optimizer) -> Signature:
     )
 
 
-def host_function(name, ir, outputs, args, dtype, taken, prefix, doc):
+def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()):
     """(kernels, source lines of the host function, matmul variants used)."""
     plan = make_plan(ir, outputs)
     scope = CudaScope(dtype, ir, plan, taken, prefix)
@@ -76,7 +77,7 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc):
         piece = emit_step(step, scope)
         kernels += piece.kernels
         body += piece.host + ([""] if piece.host else [])
-    body.append("return " + ", ".join(outputs) + ("," if len(outputs) == 1 else ""))
+    body += returned(outputs, returns, tuple_of_one=True)
     body = drop_unused_sizes(body)
     return kernels, [f"def {name}(ws, {', '.join(args)}):", *indent(body, 1)], scope.matmuls
 
@@ -217,6 +218,7 @@ def module_source(
     train = host_function(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],
         [*sig.inputs, *sig.params], dtype, taken, "k", train_doc,
+        returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
     )  # fmt: skip
     names = list(outputs) or [graph.loss_name]
     outs = [sig.ident[o] for o in names]

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from codegen.cpu.steps import Scope, describe, indent
 from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
+from codegen.steps import Scope, describe, indent
 from graphnn.errors import CodegenError
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node

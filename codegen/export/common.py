@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 
-from codegen.cpu.module import forward_inputs
+from codegen.signature import forward_inputs
 from graphnn.errors import CodegenError
 from graphnn.ir.init import fans
 from graphnn.optim.optimizers import state_key

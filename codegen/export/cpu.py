@@ -10,7 +10,7 @@ where graphnn, SymPy and networkx are not installed, and Numba's ``cache=True`` 
 
 from __future__ import annotations
 
-from codegen.cpu.module import forward_kernel, module_source, signature
+from codegen.cpu.module import forward_kernel, module_source
 from codegen.export.common import (
     MAIN,
     add_imports,
@@ -20,6 +20,7 @@ from codegen.export.common import (
     wrapped,
     wrapper_fill,
 )
+from codegen.signature import signature
 from graphnn.ir.prediction import prediction_node
 
 

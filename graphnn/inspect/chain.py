@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import networkx as nx
 import sympy
 
-from codegen.cpu.steps import describe
+from codegen.steps import describe
 from graphnn.derive import autodiff
 from graphnn.derive.matrixform import Formula, elementwise, gradient_formula
 from graphnn.derive.screen import Derivative

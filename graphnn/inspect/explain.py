@@ -119,7 +119,7 @@ class Explanation:
 def explain(graph, param: str, source: str | None = None) -> Explanation:
     """dLoss/d(param) explained; ``source`` is the generated module if already at hand."""
     from codegen.cpu import backend as cpu_backend
-    from codegen.cpu.module import signature
+    from codegen.signature import signature
 
     graph._param(param)
     text = source if source is not None else cpu_backend.source(graph)

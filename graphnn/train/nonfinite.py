@@ -77,8 +77,8 @@ def diagnose(model, batch, status, step, epoch, checkpoint_dir, lr=None) -> NonF
     parameter k).  ``batch=None``: found after the epoch, not by a step."""
     if batch is None or broken_names(model):
         return _broken_update(model, step, epoch, checkpoint_dir, found_by_step=batch is not None)
-    from codegen.cpu.steps import describe
     from codegen.numpy_ref import evaluate
+    from codegen.steps import describe
 
     graph, names = model.graph, model.graph.param_names
     with np.errstate(all="ignore"):

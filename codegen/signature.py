@@ -1,0 +1,65 @@
+"""The argument names of a generated module's functions: one :class:`Signature` per graph and
+optimizer, shared by every back end and by the exports.
+
+>>> import graphnn as gn
+>>> x = gn.input("x", (2,)); W = gn.param("W", (2, 1))
+>>> sig = signature(gn.Graph(gn.mean(x @ W)), gn.Adam())
+>>> sig.inputs, sig.params, sig.state
+(('x',), ('W',), ('m_W', 'v_W'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from codegen.names import RESERVED, identifiers
+from codegen.plan import make_plan
+from graphnn.ir.graph import GraphIR
+from graphnn.optim.optimizers import state_key
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Argument names of the generated functions, in order (identifiers as printed)."""
+
+    inputs: tuple[str, ...]
+    params: tuple[str, ...]
+    state: tuple[str, ...]  # "<buffer>_<param>" for each parameter and optimizer buffer
+    hyper: tuple[str, ...]
+    training: GraphIR  # the training graph with every node named by its identifier
+    forward: GraphIR
+    loss: str
+    grads: tuple[str, ...]  # gradient node identifiers, in parameter order
+    ident: dict  # node name -> identifier
+
+
+def signature(graph, optimizer) -> Signature:
+    hyper = tuple(optimizer.hyper) if optimizer else ()
+    if optimizer is not None and optimizer.clip_norm is not None:
+        hyper += ("clip_norm",)
+    buffers = tuple(optimizer.state) if optimizer else ()
+    scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
+    state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
+    ident = identifiers(graph, RESERVED | set(hyper) | set(buffers) | set(scalars) | set(state))
+    rename = {
+        tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
+    }
+    params = tuple(ident[p] for p in graph.param_names)
+    return Signature(
+        inputs=tuple(ident[n.name] for n in graph.forward.inputs),
+        params=params,
+        state=state,
+        hyper=hyper,
+        training=GraphIR(graph.training.outputs, rename),
+        forward=GraphIR(graph.forward.outputs, rename),
+        loss=ident[graph.loss_name],
+        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
+        ident=ident,
+    )
+
+
+def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:
+    """The data inputs that ``outputs`` depend on (a prediction needs no targets)."""
+    needed = make_plan(graph.forward, outputs).needed
+    return tuple(n.name for n in graph.forward.inputs if n.name in needed)
