@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import sympy
 
 from graphnn.derive import autodiff
 from graphnn.errors import GraphError
-from graphnn.ir.graph import GraphIR
+from graphnn.ir.graph import LEAF_OPS, GraphIR
 from graphnn.ir.init import init_array
 from graphnn.ir.ops import Tensor
 from graphnn.train.data import check_data, check_params
@@ -35,8 +36,17 @@ class Graph:
         if not self.param_names:
             raise GraphError(f"the loss '{loss.label}' depends on no parameter")
         wrt = [self.forward.tensor_by_name[p] for p in self.param_names]
-        grads = autodiff.gradients(loss, wrt)
+        grads, cotangents = autodiff.backward(loss, wrt)
         self.training = GraphIR([loss, *grads.values()], names=self.forward.names)
+        # δ of every forward node between a parameter and the loss: the training node holding
+        # it, or its value where it is a constant folded into its users (1, 1/n under a mean)
+        self.cotangents: dict[str, str | sympy.Expr] = {
+            self.forward.name_of(t): self.training.names.get(
+                id(cotangents[id(t)]), sympy.sympify(cotangents[id(t)].attrs.get("value", 0))
+            )
+            for t in self.forward.tensors
+            if id(t) in cotangents and (t.op not in LEAF_OPS or t.op == "param")
+        }
         self.loss_name = self.forward.name_of(loss)
         self.grad_names = {
             p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt, strict=True)

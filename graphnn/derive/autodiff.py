@@ -75,6 +75,15 @@ def _depends_on(order: Sequence[Tensor], wrt: Sequence[Tensor]) -> set[int]:
 
 def gradients(loss: Tensor, wrt: Sequence[Tensor]) -> dict[Tensor, Tensor]:
     """The cotangent tensor of ``loss`` with respect to each tensor in ``wrt``."""
+    return backward(loss, wrt)[0]
+
+
+def backward(loss: Tensor, wrt: Sequence[Tensor]) -> tuple[dict[Tensor, Tensor], dict[int, Tensor]]:
+    """The gradients of ``loss`` with respect to ``wrt``, and every cotangent on the way.
+
+    The second result maps ``id(t)`` of every tensor between ``wrt`` and the loss to its
+    cotangent tensor (the δ that explanations show), as built once here.
+    """
     if loss.shape != ():
         raise GraphError(f"the loss '{loss.label}' must be a scalar, but its shape is {loss.shape}")
     order = topological_tensors([loss])
@@ -101,4 +110,4 @@ def gradients(loss: Tensor, wrt: Sequence[Tensor]) -> dict[Tensor, Tensor]:
                 )
             pending.setdefault(id(x), []).append(gx)
     zero = {id(w): ops.constant(sympy.Integer(0), w.shape) for w in wrt}
-    return {w: result.get(id(w), zero[id(w)]) for w in wrt}
+    return {w: result.get(id(w), zero[id(w)]) for w in wrt}, result

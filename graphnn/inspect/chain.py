@@ -22,12 +22,11 @@ import networkx as nx
 import sympy
 
 from codegen.steps import describe
-from graphnn.derive import autodiff
 from graphnn.derive.matrixform import Formula, elementwise, gradient_formula
 from graphnn.derive.screen import Derivative
 from graphnn.derive.store import derivative
 from graphnn.ir.elementwise import ARGS, Y
-from graphnn.ir.graph import LEAF_OPS, GraphIR, Node
+from graphnn.ir.graph import Node
 
 ADJOINTS = {
     "matmul": "matmul adjoint: δ(A B) = D gives δ(A) = D B^T, δ(B) = A^T D",
@@ -84,38 +83,8 @@ def delta_symbol(name: str, node: str) -> Formula:
 
 def cotangent_nodes(graph) -> dict[str, str | sympy.Expr]:
     """Forward node name -> training node holding its δ, or δ's value where it is a constant
-    folded into its users (``1`` for the loss, ``1/n`` under a mean).
-
-    autodiff is re-run with every differentiable forward tensor added to ``wrt``; that changes
-    what it returns, not what it builds, so naming the result like ``graph.training`` yields the
-    same nodes - checked below, so a change in autodiff cannot make the chain silently wrong.
-    """
-    fwd = graph.forward
-    path = _on_some_path(graph)
-    tensors = [fwd.tensor_by_name[n.name] for n in fwd.nodes if n.name in path]
-    wrt = [t for t in tensors if t.op not in LEAF_OPS or t.op == "param"]
-    cots = autodiff.gradients(graph.loss, wrt)
-    params = [fwd.tensor_by_name[p] for p in graph.param_names]
-    ir = GraphIR([graph.loss, *(cots[p] for p in params)], names=fwd.names)
-    if _shape_of(ir) != _shape_of(graph.training):
-        raise AssertionError("re-running autodiff built a different training graph")
-    names = ir.names
-    return {
-        fwd.name_of(t): names.get(id(cots[t]), sympy.sympify(cots[t].attrs.get("value", 0)))
-        for t in wrt
-    }
-
-
-def _shape_of(ir: GraphIR) -> list[tuple]:
-    return [(n.name, n.op, n.inputs, n.shape) for n in ir.nodes]
-
-
-def _on_some_path(graph) -> set[str]:
-    """Forward nodes between some parameter and the loss."""
-    dag, loss = graph.forward.dag, graph.loss_name
-    up = nx.ancestors(dag, loss) | {loss}
-    down = set().union(*({p} | nx.descendants(dag, p) for p in graph.param_names))
-    return up & down
+    folded into its users (``1`` for the loss, ``1/n`` under a mean): what autodiff recorded."""
+    return graph.cotangents
 
 
 def path(graph, param: str) -> list[str]:
