@@ -218,14 +218,9 @@ def forward_kernel(graph, outputs: Sequence[str], sig: Signature, dtype: str) ->
     return kernel("forward", sig.forward, outs, args, dtype)
 
 
-def module_source(
-    graph, optimizer=None, dtype: str = "float32", outputs: Sequence[str] = ()
-) -> str:
-    """The whole kernel module for a graph (and its optimizer) as Python source text."""
-    sig = signature(graph, optimizer)
-    lines = header(graph, optimizer, dtype)
-    lines += [f"FASTMATH = {FASTMATH}  # no nnan/ninf: NaN and Inf stay visible", "", ""]
-    lines += kernel(
+def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
+    """``workspace(n)`` and the ``loss_and_grads`` kernel: the loss and every gradient."""
+    return kernel(
         "loss_and_grads",
         sig.training,
         [sig.loss, *sig.grads],
@@ -234,6 +229,16 @@ def module_source(
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
     )
+
+
+def module_source(
+    graph, optimizer=None, dtype: str = "float32", outputs: Sequence[str] = ()
+) -> str:
+    """The whole kernel module for a graph (and its optimizer) as Python source text."""
+    sig = signature(graph, optimizer)
+    lines = header(graph, optimizer, dtype)
+    lines += [f"FASTMATH = {FASTMATH}  # no nnan/ninf: NaN and Inf stay visible", "", ""]
+    lines += training_kernel(sig, dtype)
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:
         lines += ["", ""] + _update_function(optimizer, dtype)

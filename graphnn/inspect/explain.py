@@ -21,7 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from graphnn.derive.matrixform import Formula
+from codegen.cpu.module import training_kernel
+from codegen.signature import signature
+from graphnn.derive.formula import Formula
 from graphnn.derive.screen import PREFERENCE, SCREEN_POINTS, Derivative, rank
 from graphnn.inspect.chain import Local, Step, backward_nodes, chain
 from graphnn.ir.elementwise import BATCH
@@ -83,7 +85,7 @@ class Explanation:
             out += ["  " + line for line in _form_text(loc)]
         if not self.forms:
             out.append("  (none: only structural rules and constant derivatives on this path)")
-        out += ["", f"Generated kernel lines ({KERNEL} in codegen.cpu.backend.source(graph)):"]
+        out += ["", f"Generated kernel lines ({KERNEL} in g.source(backend='cpu')):"]
         for b in self.blocks:
             out += ["    " + line if line else "" for line in b.text().splitlines()] + [""]
         return "\n".join(out).rstrip() + "\n"
@@ -118,12 +120,10 @@ class Explanation:
 
 def explain(graph, param: str, source: str | None = None) -> Explanation:
     """dLoss/d(param) explained; ``source`` is the generated module if already at hand."""
-    from codegen.cpu import backend as cpu_backend
-    from codegen.signature import signature
-
     graph._param(param)
-    text = source if source is not None else cpu_backend.source(graph)
-    ident = signature(graph, None).ident
+    sig = signature(graph, None)
+    text = source if source is not None else "\n".join(training_kernel(sig))
+    ident = sig.ident
     wanted = {ident[n] for n in backward_nodes(graph, param)}
     blocks = tuple(b for b in kernel_blocks(text) if wanted & set(b.nodes))
     shape = graph.forward.node(param).shape

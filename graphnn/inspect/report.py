@@ -19,7 +19,8 @@ import html
 import io
 from collections.abc import Sequence
 
-from codegen.cpu import backend as cpu_backend
+from codegen.cpu.module import training_kernel
+from codegen.signature import signature
 from graphnn.inspect.audit import stability_audit
 from graphnn.inspect.explain import explain, why
 from graphnn.ir.shapes import show
@@ -38,7 +39,7 @@ td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; text
 
 def explanations(graph, params=None) -> list:
     """``explain`` of each parameter in ``params`` (default: all, in graph order)."""
-    source = cpu_backend.source(graph)
+    source = "\n".join(training_kernel(signature(graph, None)))
     return [explain(graph, p, source) for p in (graph.param_names if params is None else params)]
 
 
