@@ -25,6 +25,7 @@ RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_
 
 
 RESERVED |= {"tanh_r", "x2", "p", "q"}  # codegen/cpu/approx.py
+RESERVED |= {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
 
 
 RESERVED |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import sympy
 
+from codegen.cpu import matmul
 from codegen.plan import Step
 from codegen.steps import Scope, comment, indent, loop_header
 from graphnn.ir.elementwise import ARGS
@@ -65,12 +66,21 @@ def _reduce_target(node: Node, index: list[str]) -> str:
 def emit_matmul(step: Step, scope: Scope) -> list[str]:
     node = step.node
     a, b = node.inputs
-    a = a + (".T" if node.attr("ta") else "")
-    b = b + (".T" if node.attr("tb") else "")
-    view = scope.buffer(node.name, node.shape)
-    if view is None:
-        return [comment(node), f"{node.name} = np.dot({a}, {b})"]
-    return [comment(node), f"{node.name} = {view}", f"np.dot({a}, {b}, {node.name})"]
+    ta, tb = bool(node.attr("ta")), bool(node.attr("tb"))
+    a_shape, b_shape = scope.ir.node(a).shape, scope.ir.node(b).shape
+    how, why = matmul.choose(a_shape, b_shape, ta, tb)
+    head = [comment(node), f"# {why}"]
+    dot = f"np.dot({a}{'.T' if ta else ''}, {b}{'.T' if tb else ''}"
+    if how == "blas":
+        view = scope.buffer(node.name, node.shape)
+        if view is None:
+            return [*head, f"{node.name} = {dot})"]
+        return [*head, f"{node.name} = {view}", f"{dot}, {node.name})"]
+    lines = head + scope.empty(node.name, node.shape)
+    loops = matmul.loop_lines(node.name, a, b, a_shape, b_shape, ta, tb, scope.dtype)
+    if how == "loops":
+        return lines + loops
+    return lines + [f"if {how}:", *indent(loops, 1), "else:", f"    {dot}, {node.name})"]
 
 
 def emit_reduce_sum(step: Step, scope: Scope) -> list[str]:

@@ -1,0 +1,99 @@
+"""Matrix products for the CPU kernels: a call to BLAS (``np.dot``) or a generated loop nest.
+
+A BLAS call costs a fixed 25-60 ns in Numba (argument checks, the dispatch into OpenBLAS) before
+it multiplies anything; for the products of a single neuron or a toy network at batch 1 that is
+nearly all of their time.  Their sizes are known when the module is generated (the batch size at
+run time), so a loop nest does the same work with no call.  Beyond a few hundred multiplications
+OpenBLAS wins by 5-10x (``python benchmarks/matmul_choice.py`` prints the comparison), so a
+product runs as loops only while it multiplies at most :data:`LOOPS_MAX` pairs: decided when the
+module is generated if no size is the batch's, else by a branch on the batch size ``n``.
+``GRAPHNN_MATMUL_LOOPS_MAX`` overrides the limit (0: always BLAS).  The generated code says which
+it chose and why.
+
+Measured here (2-core AVX2, np.dot/loops time ratio): 1x8x1 5.2, 4x8x1 4.0, 1x16x4 3.4,
+32x8x1 0.77, 1x64x128 0.89, 32x64x10 0.11.
+
+>>> loop_lines("out", "a", "b", (None, 3), (3, 2), False, False, "float32")[:3]
+['for r in range(n):', '    for c in range(2):', '        out[r, c] = np.float32(0.0)']
+"""
+
+from __future__ import annotations
+
+import os
+
+LOOPS_MAX = 128  # multiplications a product may do as loops; see the module docstring
+
+
+def loops_max() -> int:
+    """:data:`LOOPS_MAX`, or ``GRAPHNN_MATMUL_LOOPS_MAX`` when set to an int >= 0."""
+    text = os.environ.get("GRAPHNN_MATMUL_LOOPS_MAX", "")
+    return int(text) if text.isdigit() else LOOPS_MAX
+
+
+def choose(a_shape, b_shape, ta: bool, tb: bool) -> tuple[str, str]:
+    """How to compute op(a) @ op(b): ("loops" | "blas" | a run-time condition on n, why).
+
+    A size of None is the run-time batch size n; then the product does n * (the other two
+    sizes) multiplications, and loops run while that is at most the limit.
+    """
+    rows, inner = (a_shape[1], a_shape[0]) if ta else (a_shape[0], a_shape[1])
+    cols = b_shape[0] if tb else b_shape[1]
+    per_n = 1
+    for d in (rows, inner, cols):
+        per_n *= d if d is not None else 1
+    limit = loops_max()
+    batched = None in (rows, inner, cols)
+    if per_n > limit or (batched and limit == 0):
+        return "blas", f"BLAS: {per_n}{' x n' if batched else ''} multiplications > {limit}"
+    if not batched:
+        return "loops", f"loops: {per_n} multiplications <= {limit}, less than a BLAS call costs"
+    cond = f"n * {per_n} <= {limit}" if per_n > 1 else f"n <= {limit}"
+    return cond, f"loops while {cond} multiplications (a BLAS call costs more), else BLAS"
+
+
+def _dim(d) -> str:
+    return "n" if d is None else str(d)
+
+
+def loop_lines(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str) -> list[str]:
+    """Lines computing ``out = op(a) @ op(b)`` into the existing array ``out``.
+
+    Every case keeps the innermost loop on contiguous memory: rows of b (and of out) for
+    ``a @ b`` and ``a^T @ b``; for ``a @ b^T`` the inner loop is a dot product of two rows.
+    """
+    zero = f"np.{dtype}(0.0)"
+    if not tb:
+        rows = _dim(a_shape[1] if ta else a_shape[0])
+        inner = _dim(a_shape[0] if ta else a_shape[1])
+        cols = _dim(b_shape[1])
+        a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
+        if ta:  # out[r, c] = sum_p a[p, r] b[p, c]: p outermost streams rows of a and b once
+            return [
+                f"for r in range({rows}):",
+                f"    for c in range({cols}):",
+                f"        {out}[r, c] = {zero}",
+                f"for p in range({inner}):",
+                f"    for r in range({rows}):",
+                f"        for c in range({cols}):",
+                f"            {out}[r, c] += {a_at} * {b}[p, c]",
+            ]
+        return [
+            f"for r in range({rows}):",
+            f"    for c in range({cols}):",
+            f"        {out}[r, c] = {zero}",
+            f"    for p in range({inner}):",
+            f"        for c in range({cols}):",
+            f"            {out}[r, c] += {a_at} * {b}[p, c]",
+        ]
+    rows = _dim(a_shape[1] if ta else a_shape[0])
+    inner = _dim(a_shape[0] if ta else a_shape[1])
+    cols = _dim(b_shape[0])
+    a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
+    return [
+        f"for r in range({rows}):",
+        f"    for c in range({cols}):",
+        f"        s = {zero}",
+        f"        for p in range({inner}):",
+        f"            s += {a_at} * {b}[c, p]",
+        f"        {out}[r, c] = s",
+    ]
