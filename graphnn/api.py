@@ -86,13 +86,21 @@ class Graph:
         return get_backend(backend).source(self, optimizer, dtype)
 
     def export(
-        self, path, optimizer=None, backend: str = "cpu", dtype="float32", epochs=10, batch_size=32
+        self,
+        path,
+        optimizer=None,
+        backend: str = "cpu",
+        dtype="float32",
+        epochs=10,
+        batch_size=32,
+        blas: bool = True,
     ):
-        """Write a standalone training module (numpy + numba only) to ``path``; ``epochs`` and
-        ``batch_size`` are the defaults of its command line."""
+        """Write a standalone training module to ``path``; ``epochs`` and ``batch_size`` are the
+        defaults of its command line.  It needs numpy and numba, and SciPy where it calls BLAS
+        (its docstring says which); ``blas=False`` generates every product as loops instead."""
         from codegen.export.write import export_module
 
-        return export_module(self, path, optimizer, backend, dtype, epochs, batch_size)
+        return export_module(self, path, optimizer, backend, dtype, epochs, batch_size, blas)
 
     @property
     def inputs(self) -> dict[str, tuple]:

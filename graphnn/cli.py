@@ -103,10 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, help="largest error allowed (default by dtype)")
     p.add_argument("--stability", action="store_true", help="also print a stability audit")
 
-    p = sub.add_parser("export", help="write a standalone training module (numpy + numba)")
+    p = sub.add_parser("export", help="write a standalone training module")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--no-blas",
+        dest="blas",
+        action="store_false",
+        help="matrix products as generated loops: the module then needs no SciPy",
+    )
 
     p = sub.add_parser("demo", help="train the bundled digits example (about 98%% accuracy)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="default runs/digits")
@@ -329,7 +335,13 @@ def cmd_export(args) -> int:
         raise _Unavailable(f"export needs codegen.export.write ({exc})") from None
     train = spec.train
     path = spec.graph.export(
-        args.output, train.optimizer, args.backend, train.dtype, train.epochs, train.batch_size
+        args.output,
+        train.optimizer,
+        args.backend,
+        train.dtype,
+        train.epochs,
+        train.batch_size,
+        blas=args.blas,
     )
     print(f"wrote {path or args.output}")
     return 0

@@ -136,8 +136,8 @@ def test_exported_module_lints_compiles_and_is_short(digits):
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([sys.executable, "-m", "py_compile", str(digits.path)], capture_output=True)
     assert r.returncode == 0, r.stderr
-    # 461 lines when written: kernels, the workspace's buffer list (one line per buffer), the API
-    # with its input checks.
+    # 477 lines when written: kernels, the workspace's buffer list (one line per buffer), the API
+    # with its input checks, the SciPy check.
     assert len(digits.path.read_text().splitlines()) < 480
 
 
@@ -266,3 +266,45 @@ def test_export_errors(tmp_path, monkeypatch):
     path = graph.export(tmp_path / "m.py", dtype="float64")
     assert "DTYPE = np.float64" in path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py"]  # no temp files left behind
+
+
+def test_a_module_that_calls_blas_says_it_needs_scipy_and_checks_it(digits):
+    text = digits.path.read_text()
+    assert "needs numpy, numba and SciPy" in text and "np.dot(" in text
+    stubs = digits.work.parent / "stubs_scipy"
+    (stubs / "scipy").mkdir(parents=True, exist_ok=True)
+    (stubs / "scipy" / "__init__.py").write_text("raise ImportError('blocked: scipy')\n")
+    path = f"{digits.env['PYTHONPATH']}{os.pathsep}{stubs}"
+    r = run(digits, "-c", "import digits_mlp", env={"PYTHONPATH": path})
+    assert r.returncode == 1
+    assert "this module needs SciPy (pip install scipy)" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) < 15, r.stderr  # not Numba's 300-line typing error
+
+
+def test_no_blas_export_trains_without_scipy(digits):
+    """--no-blas: every product is generated loops; the module trains with numpy and numba only."""
+    out = digits.work / "digits_loops.py"
+    cmd = [sys.executable, "-m", "graphnn.cli", "export", str(REPO / "examples" / "digits.toml")]
+    r = subprocess.run([*cmd, "-o", str(out), "--no-blas"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "np.dot(" not in text and "needs only numpy and numba" in text
+    stubs = digits.work.parent / "stubs_scipy"
+    (stubs / "scipy").mkdir(parents=True, exist_ok=True)
+    (stubs / "scipy" / "__init__.py").write_text("raise ImportError('blocked: scipy')\n")
+    path = f"{digits.env['PYTHONPATH']}{os.pathsep}{stubs}"
+    script = (
+        "import numpy as np, digits_loops as m\n"
+        "with np.load('digits.npz') as f:\n"
+        "    data = {k: f[k] for k in f.files}\n"
+        "params = m.init_params(0); state = m.init_state(params)\n"
+        "losses, t = [], 0\n"
+        "for _ in range(3):\n"
+        "    loss, t = m.fit_epoch(data, params, state, t0=t)\n"
+        "    losses.append(loss)\n"
+        "assert losses[-1] < losses[0], losses\n"
+        "import sys; assert 'scipy' not in sys.modules or sys.modules['scipy'] is None\n"
+        "print(losses)\n"
+    )
+    r = run(digits, "-c", script, env={"PYTHONPATH": path})
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -20,8 +20,11 @@ Measured here (2-core AVX2, np.dot/loops time ratio): 1x8x1 5.2, 4x8x1 4.0, 1x16
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 LOOPS_MAX = 128  # multiplications a product may do as loops; see the module docstring
+_ONLY_LOOPS: ContextVar[bool] = ContextVar("only_loops", default=False)
 
 
 def loops_max() -> int:
@@ -30,12 +33,24 @@ def loops_max() -> int:
     return int(text) if text.isdigit() else LOOPS_MAX
 
 
+@contextmanager
+def only_loops(enabled: bool = True):
+    """Generate every product as loops meanwhile: a module with no np.dot needs no SciPy."""
+    token = _ONLY_LOOPS.set(enabled)
+    try:
+        yield
+    finally:
+        _ONLY_LOOPS.reset(token)
+
+
 def choose(a_shape, b_shape, ta: bool, tb: bool) -> tuple[str, str]:
     """How to compute op(a) @ op(b): ("loops" | "blas" | a run-time condition on n, why).
 
     A size of None is the run-time batch size n; then the product does n * (the other two
     sizes) multiplications, and loops run while that is at most the limit.
     """
+    if _ONLY_LOOPS.get():
+        return "loops", "loops: every product is generated loops here (no BLAS, no SciPy)"
     rows, inner = (a_shape[1], a_shape[0]) if ta else (a_shape[0], a_shape[1])
     cols = b_shape[0] if tb else b_shape[1]
     per_n = 1

@@ -20,7 +20,15 @@ from codegen.cpu.steps import EMITTERS
 from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.signature import Signature, forward_inputs, signature
-from codegen.steps import Scope, drop_unused_sizes, header, indent, loop_header, returned
+from codegen.steps import (
+    Scope,
+    drop_unused_sizes,
+    header,
+    indent,
+    loop_header,
+    needs,
+    returned,
+)
 
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"  # no nnan/ninf: NaN and Inf stay visible
 JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
@@ -250,4 +258,4 @@ def module_source(
         text = text[:first] + tanh_source(dtype) + "\n\n" + text[first:]
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
-    return text
+    return needs(text)

@@ -41,13 +41,28 @@ LOCALS = {"data", "params", "state", "t", "t0", "batch_size", "perm", "arrays", 
 LOCALS |= {"lrs", "total", "done", "status", "value", "out", "hyper", "ws"}
 
 
-def add_imports(text: str) -> str:
-    """zlib (init_params' stream seeds) next to math, if there, else before numpy."""
+SCIPY_CHECK = """
+try:  # Numba computes np.dot with SciPy's BLAS: say so here, not in a long typing error later
+    import scipy.linalg.cython_blas  # noqa: F401
+except ImportError:
+    raise ImportError("this module needs SciPy (pip install scipy): Numba computes its np.dot calls with SciPy's BLAS; graphnn export --no-blas writes one that does not") from None
+"""  # noqa: E501 - the exported module's lines are not wrapped
+
+
+def add_imports(text: str, scipy: bool = False) -> str:
+    """zlib (init_params' stream seeds) next to math, if there, else before numpy; with
+    ``scipy``, a check after the imports that SciPy is there."""
     first = "import math\n" if "\nimport math\n" in text else "import numpy as np\n"
     if f"\n{first}" not in text:
         raise CodegenError(f"export expects the kernel module to have the line {first!r}")
     imports = "import math\nimport zlib\n" if "math" in first else "import zlib\n\n" + first
-    return text.replace(f"\n{first}", f"\n{NOQA}{imports}", 1)
+    text = text.replace(f"\n{first}", f"\n{NOQA}{imports}", 1)
+    if scipy:
+        last = "from numba import njit\n"
+        if last not in text:
+            raise CodegenError(f"export expects the kernel module to have the line {last!r}")
+        text = text.replace(last, last + SCIPY_CHECK, 1)
+    return text
 
 
 def retitle(text: str, title: str, loss: str, dtype: str, api: list[str]) -> str:

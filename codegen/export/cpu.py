@@ -10,6 +10,7 @@ where graphnn, SymPy and networkx are not installed, and Numba's ``cache=True`` 
 
 from __future__ import annotations
 
+from codegen.cpu import matmul
 from codegen.cpu.module import forward_kernel, module_source
 from codegen.export.common import (
     MAIN,
@@ -25,16 +26,20 @@ from graphnn.ir.prediction import prediction_node
 
 
 def standalone_source(
-    graph, optimizer, dtype="float32", title="model", epochs=10, batch_size=32
+    graph, optimizer, dtype="float32", title="model", epochs=10, batch_size=32, blas=True
 ) -> str:
-    """The exported module's text: kernels, the prediction kernel, constants, wrappers, main."""
+    """The exported module's text: kernels, the prediction kernel, constants, wrappers, main.
+
+    ``blas=False``: every matrix product as generated loops, so the module needs no SciPy.
+    """
     sig = signature(graph, optimizer)
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
-    # The outputs gn.compile's Model uses, so the kernels are the text graphnn itself runs.
-    text = module_source(graph, optimizer, dtype, (graph.loss_name, prediction))
+    with matmul.only_loops(not blas):
+        # The outputs gn.compile's Model uses, so the kernels are the text graphnn itself runs.
+        text = module_source(graph, optimizer, dtype, (graph.loss_name, prediction))
+        kernel = forward_kernel(graph, [prediction], sig, dtype)
     text = retitle(text, title, graph.loss_name, dtype, CPU_API)
-    text = add_imports(text)
-    kernel = forward_kernel(graph, [prediction], sig, dtype)
+    text = add_imports(text, scipy="np.dot(" in text or any("np.dot(" in k for k in kernel))
     kernel = [ln.replace("def forward(", "def forward_prediction(", 1) for ln in kernel]
     head = [f"# {prediction}: the prediction, for predict()"]
     parts = [text.rstrip("\n"), "", "", *head, *kernel, "", ""]

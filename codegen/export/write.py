@@ -22,13 +22,21 @@ BACKENDS = ("cpu", "cuda")
 
 
 def export_module(
-    graph, path, optimizer=None, backend="cpu", dtype="float32", epochs=10, batch_size=32
+    graph,
+    path,
+    optimizer=None,
+    backend="cpu",
+    dtype="float32",
+    epochs=10,
+    batch_size=32,
+    blas=True,
 ) -> Path:
     """Write the standalone training module of ``graph`` to ``path`` (atomically); returns it.
 
     ``optimizer`` defaults to ``gn.SGD(lr=0.01)`` (as ``gn.compile`` does); its hyper-parameters
     become the defaults of ``step`` and ``fit_epoch``.  ``python <path> data.npz`` trains for
     ``epochs`` epochs of mini-batches of ``batch_size`` rows (None: the whole data set).
+    ``blas=False`` (CPU): matrix products as generated loops, so the module needs no SciPy.
     """
     if not (isinstance(epochs, int) and epochs >= 1):
         raise CodegenError(f"epochs must be a positive int, got {epochs!r}")
@@ -50,7 +58,7 @@ def export_module(
 
         text = cuda_standalone_source(graph, optimizer, name, title=path.stem, **run)
     else:
-        text = standalone_source(graph, optimizer, name, title=path.stem, **run)
+        text = standalone_source(graph, optimizer, name, title=path.stem, blas=blas, **run)
     atomic_write_text(path, text)
     return path
 
