@@ -440,3 +440,37 @@ def test_denormals_flushed_only_inside_fit(line, flush):
     model.fit(data, epochs=1, callbacks=[lambda m, e, logs: inside.append(tiny * np.float32(0.01))])
     assert (inside[0] == 0) == flush
     assert tiny * np.float32(0.01) != 0  # the thread's state is restored after fit
+
+
+# --- description and the fit(X, Y) habit ---------------------------------------------------------
+
+
+def _small_model():
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    W, b = gn.param("W", (3, 2)), gn.param("b", (2,), init="zeros")
+    g = gn.Graph(gn.softmax_cross_entropy((x @ W + b).named("logits"), y))
+    return gn.compile(g, optimizer=gn.SGD(lr=0.1, momentum=0.9), backend="numpy")
+
+
+def test_repr_and_summary_describe_the_model():
+    model = _small_model()
+    text = repr(model)
+    assert text.startswith("Model(loss='softmax_ce1', params=2 (8 values)")
+    assert "sgd_momentum(lr=0.1, momentum=0.9)" in text and "backend='numpy'" in text
+    summary = model.summary().splitlines()
+    assert summary[1].split() == ["W", "3x2", "6"] and summary[2].split() == ["b", "2", "2"]
+    assert summary[3].split() == ["total", "8"]
+    assert "inputs: x (batch, 3), y (batch, 2)" in summary
+    assert "prediction: logits; loss: softmax_ce1" in summary
+
+
+def test_fit_takes_features_and_targets_like_other_libraries():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    Y = np.eye(2, dtype=np.float32)[(X[:, 0] > 0).astype(int)]
+    a, b = _small_model(), _small_model()
+    history = a.fit(X, Y, batch_size=8)
+    want = b.fit({"x": X, "y": Y}, epochs=20, batch_size=8)
+    assert history["loss"] == want["loss"] and len(history["loss"]) == 20
+    with pytest.raises(gn.DataError, match=r"model\.fit\(\{'x': \.\.\., 'y': \.\.\.\}"):
+        a.fit(X)

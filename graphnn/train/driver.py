@@ -29,6 +29,7 @@ import numpy as np
 
 from graphnn.errors import CheckpointError, DataError
 from graphnn.ir.prediction import accuracy_kind, prediction_node
+from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train.data import as_shaped, check_data
@@ -124,6 +125,50 @@ class Model:
         self._best = None  # early stopping: the best parameters of the current run
         self._predictors: dict = {}
 
+    # --- description ---------------------------------------------------------------------------
+
+    def _optimizer_text(self) -> str:
+        hyper = ", ".join(f"{k}={v:g}" for k, v in self.optimizer.hyper.items() if v or k == "lr")
+        return f"{self.optimizer.name}({hyper})"
+
+    def __repr__(self) -> str:
+        count = sum(int(np.prod(v.shape)) for v in self.params.values())
+        return (
+            f"Model(loss={self.graph.loss_name!r}, params={len(self.params)} ({count:,} values), "
+            f"optimizer={self._optimizer_text()}, backend={self.backend!r}, "
+            f"dtype={self.dtype.name}, steps={self.step})"
+        )
+
+    def summary(self) -> str:
+        """A table of the parameters (shape, values) with the inputs, prediction, loss, optimizer
+        and back end: ``print(model.summary())``."""
+        fwd = self.graph.forward
+        rows = [
+            (p, "x".join(map(str, v.shape)), int(np.prod(v.shape))) for p, v in self.params.items()
+        ]
+        width = max(len("parameter"), *(len(r[0]) for r in rows))
+        lines = [f"{'parameter':<{width}}  {'shape':>12}  {'values':>10}"]
+        lines += [f"{p:<{width}}  {s:>12}  {c:>10,}" for p, s, c in rows]
+        lines.append(f"{'total':<{width}}  {'':>12}  {sum(r[2] for r in rows):>10,}")
+        inputs = ", ".join(f"{n.name} {show(n.shape)}" for n in fwd.inputs)
+        lines += [
+            "",
+            f"inputs: {inputs or '(none)'}",
+            f"prediction: {self.prediction}; loss: {self.graph.loss_name}",
+            f"optimizer: {self._optimizer_text()}; back end: {self.backend}, {self.dtype.name}",
+            f"trained: {self.step} steps",
+        ]
+        return "\n".join(lines)
+
+    def _as_mapping(self, data, targets):
+        """``fit(X, Y)``: the arrays for a graph with one feature input and one target input."""
+        names = [n.name for n in self.graph.forward.inputs]
+        features = [n for n in names if n != self.target]
+        how = f"model.fit({{{', '.join(f'{n!r}: ...' for n in names)}}}, epochs=...)"
+        if self.target is None or len(features) != 1 or targets is None:
+            raise DataError(f"fit takes a dict of arrays by input name: {how}")
+        return {features[0]: data, self.target: targets}
+
     # --- training ------------------------------------------------------------------------------
 
     def fit(
@@ -159,6 +204,9 @@ class Model:
         model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
         ``progress``: a tqdm bar on stderr.
         """
+        if not isinstance(data, Mapping):  # fit(X, Y, ...): Y arrived as epochs
+            targets = None if isinstance(epochs, numbers.Real) else epochs
+            data, epochs = self._as_mapping(data, targets), 20
         _check_fit_args(
             epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
         )
