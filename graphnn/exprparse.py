@@ -66,7 +66,9 @@ def _numeric_literal(node: ast.AST) -> int | float | None:
 
 def _suggest(word: str, candidates: Collection[str]) -> str:
     candidates = sorted(c for c in candidates if not c.startswith("_"))
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    # "graf" -> "graph" (0.67), "W3" -> "W1" (short names: 0.5); not "metrics" -> "betas" (0.5)
+    cutoff = 0.5 if len(word) <= 3 else 0.6
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
     if close:
         return f"did you mean {close[0]!r}?"
     more = ", ..." if len(candidates) > 10 else ""

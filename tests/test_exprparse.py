@@ -356,3 +356,10 @@ def test_check_identifier_rejects(name, fragment):
 def test_docstring_examples():
     result = doctest.testmod(exprparse)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_did_you_mean_only_when_the_suggestion_is_close():
+    from graphnn.exprparse import _suggest
+
+    assert _suggest("epoch", ["epochs", "lr"]) == "did you mean 'epochs'?"
+    assert _suggest("metrics", ["betas", "lr", "epochs"]) == "known: betas, epochs, lr"
