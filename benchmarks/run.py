@@ -39,7 +39,7 @@ from trainer_base import count_subnormals, flush_probe  # noqa: E402
 from workloads import WORKLOADS, get_workload, init_params, make_data  # noqa: E402
 
 # graphnn_noftz: graphnn with gn.compile(..., flush_denormals=False), like numpy and torch.
-TRAINER_ORDER = ["graphnn", "graphnn_noftz", "numpy", "torch", "jax"]
+TRAINER_ORDER = ["graphnn", "graphnn_noftz", "numba_hand", "numpy", "torch", "jax"]
 EVAL_SAMPLES = 2048
 
 
@@ -127,6 +127,10 @@ def _factory(name: str):
         from peer_jax import JaxTrainer
 
         return JaxTrainer
+    if name == "numba_hand":
+        from peer_numba_hand import NumbaHandTrainer
+
+        return NumbaHandTrainer
     import graphnn as gn
 
     missing = [a for a in ("input", "param", "Graph", "compile", "SGD") if not hasattr(gn, a)]
