@@ -17,11 +17,12 @@ import importlib
 import math
 import os
 import sys
+import warnings
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 
-from graphnn.errors import GraphnnError, NonFiniteError, SpecError
+from graphnn.errors import GraphnnError, NonFiniteError, RunExistsError, SpecError
 
 USAGE, FAILURE = 2, 1
 EXAMPLES = """examples:
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help="override [train] epochs")
     p.add_argument("--backend", choices=backends, help="override [train] backend")
     p.add_argument("--out", type=Path, help="output directory (default runs/<spec name>)")
+    _run_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("grad", help="print each parameter's gradient as a formula")
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="default runs/digits")
     p.add_argument("--epochs", type=_positive, help="override the spec's 20 epochs")
     p.add_argument("--backend", choices=backends, help="default cpu")
+    _run_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("cache", help="show the kernel cache's size; --clear or prune it")
@@ -127,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", type=_days, metavar="DAYS", help="remove entries unused for DAYS days"
     )
     return parser
+
+
+def _run_flags(parser) -> None:
+    """An --out that holds a run is continued or replaced only when asked: never by default."""
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    what.add_argument(
+        "--overwrite", action="store_true", help="delete the run in --out and start a new one"
+    )
 
 
 def main(argv=None) -> int:
@@ -142,8 +156,10 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return USAGE
     try:
-        return COMMANDS[args.command](args)
-    except SpecError as exc:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
+    except (SpecError, RunExistsError) as exc:
         return _fail(str(exc), USAGE)
     except _Unavailable as exc:
         return _fail(str(exc), FAILURE)
@@ -170,6 +186,11 @@ def _fail(message: str, code: int) -> int:
         traceback.print_exc()
     print(f"graphnn: error: {message}", file=sys.stderr)
     return code
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one line, as an error is; where in graphnn it was raised is no use here."""
+    print(f"graphnn: warning: {message}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -216,21 +237,29 @@ def _inspect(function: str, what: str):
 def cmd_train(args) -> int:
     spec = _load(args.spec)
     out = args.out or Path("runs") / spec.path.stem
-    return _train(spec, out, args.epochs, args.backend, args.quiet)
+    return _train(spec, out, args)
 
 
 def cmd_demo(args) -> int:
     with ExitStack() as stack:
         ref = resources.files("graphnn.spec") / "bundled" / "digits.toml"
         spec = _load(stack.enter_context(resources.as_file(ref)))
-        return _train(spec, args.out, args.epochs, args.backend, args.quiet)
+        return _train(spec, args.out, args)
 
 
-def _train(spec, out: Path, epochs, backend, quiet: bool) -> int:
+def _train(spec, out: Path, args) -> int:
     from graphnn.spec.runner import run_spec
 
-    progress = not quiet and sys.stderr.isatty()  # a bar in a log file is noise
-    result = run_spec(spec, out, epochs=epochs, backend=backend, progress=progress)
+    progress = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise
+    result = run_spec(
+        spec,
+        out,
+        epochs=args.epochs,
+        backend=args.backend,
+        progress=progress,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     for line in result.report():
         print(line)
     unmet = [(key, bound) for key, bound, _, met in result.expectations() if not met]

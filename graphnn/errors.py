@@ -29,6 +29,14 @@ class CheckpointError(GraphnnError):
     """A checkpoint is missing, truncated or corrupt."""
 
 
+class RunExistsError(CheckpointError, FileExistsError):
+    """A new run was asked to write where another run's checkpoints are; nothing was deleted."""
+
+
+class GraphnnWarning(UserWarning):
+    """graphnn worked around a problem (a damaged cache file, a corrupt checkpoint); says which."""
+
+
 class NonFiniteError(GraphnnError, FloatingPointError):
     """Training produced NaN or Inf; the message names the step, parameter and graph node."""
 

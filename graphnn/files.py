@@ -15,6 +15,7 @@ b'\\x00\\x01'
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -73,13 +74,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     Writes a unique temp file in the same directory, flushes and fsyncs it, ``os.replace``-s it
     onto ``path`` and fsyncs the directory where the OS allows. The temp file is removed on any
-    failure. Concurrent writers each use their own temp file; the last replace wins.
+    failure. Concurrent writers each use their own temp file; the last replace wins.  A process
+    killed mid-write leaves its temp file behind: the temp name holds the writer's pid, and the
+    next write to the directory removes those of writers that are gone.
 
     >>> atomic_write_bytes("runs/state.bin", b"\\x00\\x01")
     """
     path = Path(path)
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(directory)
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -106,6 +111,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+# The temp file of an atomic write in progress: ".<target>.<writer's pid>.<mkstemp's random>.tmp"
+_TEMP_RE = re.compile(r"\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temp files of :func:`atomic_write_bytes` in ``directory`` whose writer is no
+    longer running (killed mid-write); returns them.  Other files are never touched."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_RE.fullmatch(name)
+        if match is None or _running(int(match[1])):
+            continue
+        path = Path(directory) / name
+        try:
+            path.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():  # our own failed writes remove their temp file themselves
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # alive under another user, or unknowable
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

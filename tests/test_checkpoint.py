@@ -2,6 +2,8 @@
 
 import io
 import os
+import subprocess
+import sys
 import threading
 import zipfile
 
@@ -185,3 +187,25 @@ def test_latest_checkpoint_picks_highest_step(tmp_path):
     assert ck.latest_checkpoint(tmp_path) == tmp_path / "ckpt-000000120.npz"
     (tmp_path / "ckpt-1000000000.npz").write_bytes(b"x")  # more digits than the padding
     assert ck.latest_checkpoint(tmp_path).name == "ckpt-1000000000.npz"
+
+
+def test_the_next_write_removes_temp_files_of_killed_writers_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)
+    killed = tmp_path / f".ckpt-000000005.npz.{pid}.abcd1234.tmp"  # its writer is gone
+    live = tmp_path / f".ckpt-000000006.npz.{os.getppid()}.abcd1234.tmp"  # a writer still running
+    foreign = tmp_path / ".notes.txt.tmp"  # not graphnn's naming
+    for path in (killed, live, foreign):
+        path.write_bytes(b"half a checkpoint")
+    ck.save_checkpoint(tmp_path / ck.checkpoint_name(7), arrays={"W": np.ones(2)}, meta={})
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([live.name, foreign.name, ck.checkpoint_name(7)])
+
+
+def test_a_write_names_its_temp_file_after_its_process(tmp_path, monkeypatch):
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (seen.append(src), real(src, dst)))
+    files.atomic_write_text(tmp_path / "a.json", "{}")
+    assert os.path.basename(seen[0]).startswith(f".a.json.{os.getpid()}.")

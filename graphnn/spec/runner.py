@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphnn.errors import RunExistsError
 from graphnn.train import driver
-from graphnn.train.checkpoint import checkpoint_name
+from graphnn.train.checkpoint import checkpoint_name, checkpoints_newest_first
 from graphnn.train.history import History
 
 
@@ -85,16 +86,39 @@ def _shown(path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
+def run_state(out: Path) -> list[Path]:
+    """The files in ``out`` that hold a run: its checkpoints (newest first) and ``model.npz``."""
+    checkpoints = out / "checkpoints"
+    found = checkpoints_newest_first(checkpoints)
+    found += [p for p in (checkpoints / driver.BEST, out / "model.npz") if p.is_file()]
+    return found
+
+
 def _clear_checkpoints(directory: Path) -> None:
-    """A new run replaces the checkpoints an earlier run wrote to the same directory."""
-    if directory.is_dir():
-        for path in directory.glob("ckpt-*.npz"):
-            path.unlink()
-        (directory / "best.npz").unlink(missing_ok=True)
+    """``overwrite``: a new run replaces the checkpoints an earlier run wrote there."""
+    for path in checkpoints_newest_first(directory):
+        path.unlink()
+    (directory / driver.BEST).unlink(missing_ok=True)
 
 
-def run_spec(spec, out=None, *, epochs=None, backend=None, progress=False) -> RunResult:
-    """Train ``spec``; write model, checkpoints, history and curves to ``out`` unless None."""
+def run_spec(
+    spec, out=None, *, epochs=None, backend=None, progress=False, resume=False, overwrite=False
+) -> RunResult:
+    """Train ``spec``; write model, checkpoints, history and curves to ``out`` unless None.
+
+    An ``out`` that holds a run (checkpoints or a model) is continued with ``resume`` (to the
+    same result as a run never interrupted), replaced with ``overwrite``, and otherwise refused
+    with :class:`~graphnn.errors.RunExistsError` before anything is read or written.
+    """
+    if resume and overwrite:
+        raise ValueError("pass resume or overwrite, not both")
+    if out is not None and not (resume or overwrite):
+        held = run_state(Path(out))
+        if held:
+            raise RunExistsError(
+                f"{out} holds a run ({held[0].name}, {len(held)} files); pass --resume to "
+                "continue it or --overwrite to replace it"
+            )
     started = time.perf_counter()
     train, heldout = spec.load_data()
     options = spec.compile_options()
@@ -111,7 +135,8 @@ def run_spec(spec, out=None, *, epochs=None, backend=None, progress=False) -> Ru
     if out is not None:
         out = Path(out)
         checkpoints = out / "checkpoints"
-        _clear_checkpoints(checkpoints)
+        if overwrite:
+            _clear_checkpoints(checkpoints)
         checkpoints.mkdir(parents=True, exist_ok=True)
     history = model.fit(
         train,
@@ -120,6 +145,7 @@ def run_spec(spec, out=None, *, epochs=None, backend=None, progress=False) -> Ru
         checkpoint_every=max(1, fit["epochs"] // 10),
         callbacks=[record_accuracy],
         progress=progress,
+        resume=resume,
         **fit,
     )
     result = RunResult(

@@ -27,6 +27,7 @@ from graphnn.files import atomic_write_bytes
 
 __all__ = [
     "checkpoint_name",
+    "checkpoints_newest_first",
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
@@ -51,11 +52,17 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     >>> latest_checkpoint("runs")  # doctest: +SKIP
     PosixPath('runs/ckpt-000001000.npz')
     """
+    found = checkpoints_newest_first(directory)
+    return found[0] if found else None
+
+
+def checkpoints_newest_first(directory: str | os.PathLike) -> list[Path]:
+    """The ``ckpt-<step>.npz`` files of ``directory``, highest step first (none: no directory)."""
     directory = Path(directory)
     if not directory.is_dir():
-        return None
+        return []
     found = [(int(m[1]), p) for p in directory.iterdir() if (m := _NAME_RE.fullmatch(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:

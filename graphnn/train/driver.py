@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from graphnn.errors import CheckpointError, DataError
+from graphnn.errors import CheckpointError, DataError, GraphnnWarning, RunExistsError
 from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
@@ -235,12 +236,14 @@ class Model:
                     self._best = {k: v.copy() for k, v in self.params.items()}
                 ended = reason or ("epochs" if self.epoch >= epochs else None)
                 self.history["stopped"] = ended
+                bar.update(logs)
+                # Before the checkpoint: what a callback records in the history is the epoch's,
+                # and a resumed run must find it there.
+                for callback in callbacks:
+                    callback(self, self.epoch, logs)
                 if checkpoint_dir is not None:
                     every, keep = checkpoint_every, checkpoint_keep
                     self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
-                bar.update(logs)
-                for callback in callbacks:
-                    callback(self, self.epoch, logs)
         self.history["stopped"] = reason or "epochs"
         if early_stopping and self._best is not None:
             for name, value in self._best.items():
@@ -310,7 +313,7 @@ class Model:
         if checkpoint_dir is not None:
             old = ckpt.latest_checkpoint(checkpoint_dir)
             if old is not None:
-                raise CheckpointError(
+                raise RunExistsError(
                     f"checkpoint directory {checkpoint_dir} already holds a run (latest: "
                     f"{old.name}); pass resume=True to continue it, or use an empty directory"
                 )
@@ -318,9 +321,9 @@ class Model:
         self._rng = np.random.default_rng(seed)
 
     def _resume(self, checkpoint_dir, seed, early_stopping) -> None:
-        latest = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        latest = _newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
         if latest is not None:
-            self.load(latest)
+            self._restore(*latest)
             self._best = None
             best = Path(checkpoint_dir) / BEST
             if early_stopping and best.exists():
@@ -434,7 +437,9 @@ class Model:
         """Restore a checkpoint written by :meth:`save`: parameters, and unless ``weights_only``
         the optimizer state, counters, history and shuffling RNG.  Raises CheckpointError naming
         ``path`` for a missing, corrupt or mismatched file; the model is unchanged then."""
-        arrays, meta = ckpt.load_checkpoint(path)
+        self._restore(path, *ckpt.load_checkpoint(path), weights_only)
+
+    def _restore(self, path, arrays, meta, weights_only: bool = False) -> None:
         self._trainable_arrays()  # the checkpoint is written into these arrays
         params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
         state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
@@ -476,3 +481,21 @@ class Model:
                 ckpt.prune_checkpoints(directory, keep)
         if is_best:
             self.save(directory / BEST)
+
+
+def _newest_that_verifies(directory) -> tuple[Path, dict, dict] | None:
+    """(path, arrays, meta) of the newest checkpoint in ``directory`` that loads and verifies,
+    warning about each newer one that does not; None if there is none at all."""
+    found = ckpt.checkpoints_newest_first(directory)
+    failed = []
+    for path in found:
+        try:
+            return (path, *ckpt.load_checkpoint(path))
+        except CheckpointError as exc:
+            failed.append(exc)
+            if path != found[-1]:
+                warnings.warn(f"{exc}; resuming from an older checkpoint", GraphnnWarning, 3)
+    if failed:
+        more = f" (and {len(failed) - 1} older ones)" if len(failed) > 1 else ""
+        raise CheckpointError(f"{failed[0]}{more}; no checkpoint of {directory} can be resumed")
+    return None
