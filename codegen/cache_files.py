@@ -1,6 +1,7 @@
 """What the cache directory holds, and removing it: the ``graphnn cache`` command.
 
-The directory (``graphnn.files.cache_dir``) holds three kinds of entry, each recognized by its
+The directory (``graphnn.files.configured_dir``: the one asked for, not a temporary one a
+process fell back to) holds three kinds of entry, each recognized by its
 full name, so that nothing else in a directory ``$GRAPHNN_CACHE_DIR`` points at is touched:
 
 - a **kernel module** ``graphnn_<20 hex>.py``, with the files Python and Numba keep for it in
@@ -30,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphnn.files import cache_dir, derivatives_dir
+from graphnn.files import configured_dir as cache_dir
 
 KINDS = ("module", "derivative", "temp")
 TEMP_GRACE_S = 3600.0  # a live process's temp file exists for milliseconds; an hour is safe
@@ -66,7 +67,7 @@ class Entry:
 def entries() -> list[Entry]:
     """Every entry in the cache directory (none if it does not exist)."""
     root = cache_dir()
-    folders = {"root": root, "pycache": root / "__pycache__", "derivatives": derivatives_dir()}
+    folders = {"root": root, "pycache": root / "__pycache__", "derivatives": root / "derivatives"}
     modules: dict[str, list[tuple[Path, os.stat_result]]] = {}
     found = []
     for folder, patterns in _NAMES.items():

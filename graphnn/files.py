@@ -14,19 +14,74 @@ b'\\x00\\x01'
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
+from graphnn.errors import GraphnnWarning
 
-def cache_dir() -> Path:
-    """Where generated modules live: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn (XDG)."""
+_INSTEAD: dict[Path, Path] = {}  # a configured cache directory that failed -> the one used
+
+
+def configured_dir() -> Path:
+    """The cache directory asked for: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn (XDG)."""
     env = os.environ.get("GRAPHNN_CACHE_DIR")
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "graphnn"
+
+
+def cache_dir() -> Path:
+    """Where generated modules live: :func:`configured_dir` if it can be written, else (once
+    per process, with a warning) a private temporary directory."""
+    wanted = configured_dir()
+    if wanted in _INSTEAD:
+        return _INSTEAD[wanted]
+    problem = _unusable(wanted)
+    if problem is None:
+        return wanted
+    return use_instead(wanted, problem)
+
+
+def _unusable(directory: Path) -> str | None:
+    """Why ``directory`` cannot hold the cache, or None.  Tried by writing, not by permission
+    bits, which say nothing of a read-only mount and nothing at all to root."""
+    if directory.exists() and not directory.is_dir():
+        return "is not a directory"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".graphnn-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot be written ({exc.strerror or exc})"
+    return None
+
+
+def use_instead(wanted: Path, problem: str) -> Path:
+    """A private temporary cache directory for this process in place of ``wanted``, which
+    ``problem`` says is unusable; warns naming GRAPHNN_CACHE_DIR.  Removed at exit."""
+    instead = Path(tempfile.mkdtemp(prefix="graphnn-cache-"))  # mode 0700: ours alone
+    atexit.register(shutil.rmtree, instead, ignore_errors=True)  # no later process can use it
+    _INSTEAD[wanted] = instead
+    how = "GRAPHNN_CACHE_DIR" if os.environ.get("GRAPHNN_CACHE_DIR") else "the default"
+    warnings.warn(
+        f"kernel cache directory {wanted} ({how}) {problem}; this process uses {instead}, "
+        "so it compiles from scratch: point GRAPHNN_CACHE_DIR at a writable directory",
+        GraphnnWarning,
+        stacklevel=3,
+    )
+    return instead
+
+
+def is_fallback(directory: Path) -> bool:
+    """Whether ``directory`` is a temporary one that replaced an unusable cache directory."""
+    return directory in _INSTEAD.values()
 
 
 def derivatives_dir() -> Path:

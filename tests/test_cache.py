@@ -11,6 +11,7 @@ import pytest
 
 from codegen import cache
 from graphnn import files
+from graphnn.errors import CodegenError, GraphnnWarning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cache, "_LOADED", {})
+    monkeypatch.setattr(files, "_INSTEAD", {})
     return tmp_path
 
 
@@ -99,14 +101,18 @@ def test_write_is_atomic(cache_dir, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     monkeypatch.setattr(os, "link", fail)
-    with pytest.raises(OSError, match="disk full"):
+    # the cache directory fails, then the temporary one it falls back to: one clear error
+    with pytest.warns(GraphnnWarning), pytest.raises(CodegenError) as exc:
         cache.load_module(text)
+    assert "disk full" in str(exc.value) and "GRAPHNN_CACHE_DIR" in str(exc.value)
     assert not path.exists()  # nothing, rather than a partial file, at the final path
     assert _files(cache_dir) == []  # and the temp file is gone
+    files._INSTEAD.clear()
     path.write_text("X = 0\n")  # a stale file stays whole when its replacement fails
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.warns(GraphnnWarning), pytest.raises(CodegenError, match="disk full"):
         cache.load_module(text)
     assert path.read_text() == "X = 0\n" and _files(cache_dir) == [path.name]
+    files._INSTEAD.clear()
     monkeypatch.setattr(os, "replace", real[0])
     monkeypatch.setattr(os, "link", real[1])
     assert cache.load_module(text).X == 5  # and is never trusted

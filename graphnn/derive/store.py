@@ -14,7 +14,8 @@ different arithmetic than a cold one: unpickled the usual way, through each clas
 class and arguments and rebuilt with ``evaluate=False`` passed to that one call (switching SymPy's
 global evaluation off instead would leak unevaluated trees through its shared cache into other
 threads), and a value is used only if its ``srepr`` matches the one stored beside it, as well as
-its key.  Anything else is derived again and rewritten, atomically.
+its key.  Anything else is derived again and rewritten, atomically, with a warning naming the
+file.
 
 The files sit next to the kernel modules and Numba's cache of them (itself pickled index files
 and machine code), and are trusted as far as those are: the cache directory must be writable by
@@ -29,6 +30,7 @@ import hashlib
 import importlib.util
 import io
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +38,7 @@ import sympy
 
 from graphnn.derive import screen
 from graphnn.derive.screen import Derivative
+from graphnn.errors import GraphnnWarning
 from graphnn.files import derivatives_dir, publish
 from graphnn.ir.elementwise import ARGS
 
@@ -95,13 +98,25 @@ def load_or_derive(key: str, derive: Callable[[], Derivative]) -> Derivative:
     full_key = f"{code} {key}"
     path = derivatives_dir() / f"{hashlib.sha256(full_key.encode()).hexdigest()}.pickle"
     try:
-        stored_key, tree, value = pickle.loads(path.read_bytes())
-        # screen.Derivative, not the name imported above: a reload of formulas makes a new class
-        fresh_type = isinstance(value, screen.Derivative)
-        if stored_key == full_key and fresh_type and structure(value) == tree:
-            return value
-    except Exception:  # noqa: BLE001 - absent, truncated, or not ours: derive again
-        pass
+        raw = path.read_bytes()
+    except OSError:  # absent (or unreadable): derive
+        raw = None
+    if raw is not None:
+        try:
+            stored_key, tree, value = pickle.loads(raw)
+            # screen.Derivative, not the name imported above: a reload of the screen makes a
+            # new class
+            fresh_type = isinstance(value, screen.Derivative)
+            if stored_key == full_key and fresh_type and structure(value) == tree:
+                return value
+            problem = "holds another form than its name says"
+        except Exception as exc:  # noqa: BLE001 - truncated, garbled, or not ours
+            problem = f"cannot be read ({type(exc).__name__})"
+        warnings.warn(
+            f"damaged cache file {path}: {problem}; deriving again and rewriting it",
+            GraphnnWarning,
+            stacklevel=3,
+        )
     value = derive()
     try:
         data = dumps((full_key, structure(value), value))
