@@ -15,7 +15,6 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import sympy
@@ -27,43 +26,12 @@ from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.signature import Signature, forward_inputs, signature
 from codegen.steps import drop_unused_sizes, header, indent, returned
-from graphnn.ir.graph import GraphIR
-
-# Globals of the module and locals of its generated code; a node with one of these names is
-# renamed (as the CPU back end does for its own names).
-CUDA_NAMES = {"cuda", "math", "np", "TILE", "TILE_PAD", "THREADS", "MAX_BLOCKS", "REDUCE_THREADS"}
-CUDA_NAMES |= {"blocks", "tiles", "Workspace", "gather_rows", "batch_mean", "check_step"}
-CUDA_NAMES |= {f"matmul_{a}{b}" for a in "nt" for b in "nt"} | {"SIGNATURES", "ws", "k", "r"}
-CUDA_NAMES |= {"o", "tid", "part", "acc", "total", "rows", "start", "lr", "losses", "bad", "i"}
 
 
 def cuda_signature(graph, optimizer) -> Signature:
-    """The CPU :func:`~codegen.cpu.module.signature`, renaming nodes that use CUDA_NAMES."""
-    sig = signature(graph, optimizer)
-    clash = [name for name, ident in sig.ident.items() if ident in CUDA_NAMES]
-    if not clash:
-        return sig
-    ident = dict(sig.ident)
-    used = set(ident.values()) | CUDA_NAMES | RESERVED
-    for name in clash:
-        k = 1
-        while f"{ident[name]}_{k}" in used:
-            k += 1
-        ident[name] = f"{ident[name]}_{k}"
-        used.add(ident[name])
-    rename = {
-        tid: ident[n] for ir in (graph.training, graph.forward) for tid, n in ir.names.items()
-    }
-    return dataclasses.replace(
-        sig,
-        inputs=tuple(ident[n.name] for n in graph.forward.inputs),
-        params=tuple(ident[p] for p in graph.param_names),
-        training=GraphIR(graph.training.outputs, rename),
-        forward=GraphIR(graph.forward.outputs, rename),
-        loss=ident[graph.loss_name],
-        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
-        ident=ident,
-    )
+    """The CPU back end's :func:`~codegen.signature.signature`: codegen.names reserves the names
+    of the CUDA module too, so a node named like one of them is renamed there already."""
+    return signature(graph, optimizer)
 
 
 def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()):
@@ -213,7 +181,7 @@ def module_source(
 ) -> str:
     """The whole CUDA module for a graph (and its optimizer) as Python source text."""
     sig = cuda_signature(graph, optimizer)
-    taken = set(sig.ident.values()) | CUDA_NAMES | RESERVED
+    taken = set(sig.ident.values()) | RESERVED
     train_doc = "Loss and gradients on one batch: device arrays in, workspace buffers out."
     train = host_function(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],

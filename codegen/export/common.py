@@ -7,8 +7,7 @@ Each piece is source text or a function returning lines; :mod:`codegen.export.cp
 
 from __future__ import annotations
 
-import builtins
-
+from codegen.names import EXPORT_API, EXPORT_LOCALS
 from codegen.signature import forward_inputs
 from graphnn.errors import CodegenError
 from graphnn.ir.init import fans
@@ -31,14 +30,7 @@ DRAWS = {
 }
 
 # Names the wrappers define or use; an input named like one of them gets a trailing "_".
-API = {"DTYPE", "INPUTS", "PARAMS", "STATE", "PREDICTION", "init_params", "init_state"}
-API |= {"EPOCHS", "BATCH_SIZE", "_batch"}
-API |= {"loss", "grads", "step", "fit_epoch", "predict", "main", "forward_prediction"}
-API |= {"forward", "loss_and_grads", "train_step", "train_epoch", "workspace", "_workspace"}
-API |= {"np", "zlib"}
-API |= {"_arrays", "_data", "_check"} | set(dir(builtins))
-LOCALS = {"data", "params", "state", "t", "t0", "batch_size", "perm", "arrays", "n", "steps"}
-LOCALS |= {"lrs", "total", "done", "status", "value", "out", "hyper", "ws"}
+API, LOCALS = EXPORT_API, EXPORT_LOCALS
 
 
 SCIPY_CHECK = """

@@ -25,14 +25,13 @@ from codegen.export.common import (
     wrapped,
     wrapper_fill,
 )
+from codegen.names import EXPORT_CUDA
 from graphnn.errors import CodegenError
 from graphnn.ir.prediction import prediction_node
 
 # Globals of the CUDA kernel module (codegen/cuda/module.py) and names the wrappers define or use
 # locally: an input named like one of them gets a trailing "_".
-TAKEN = {"cuda", "math", "Workspace", "TILE", "TILE_PAD", "THREADS", "MAX_BLOCKS"}
-TAKEN |= {"REDUCE_THREADS", "blocks", "tiles", "_device", "launched", "weights", "buffers"}
-TAKEN |= {"losses", "gscale", "code", "bad_step", "rows", "names", "values", "device", "pairs"}
+TAKEN = EXPORT_CUDA
 TITLE_API = [
     "API: init_params(seed), init_state(params), grads, fit_epoch, predict (host arrays in and",
     "out; each call copies to the GPU and back); raw host functions: Workspace, loss_and_grads,",

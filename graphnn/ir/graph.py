@@ -16,6 +16,7 @@ work.
 from __future__ import annotations
 
 import itertools
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,15 +81,22 @@ class GraphIR:
 
     def _assign_names(self, base: Mapping[int, str]) -> dict[int, str]:
         names = dict(base)
-        taken = {}
+        taken: dict[str, Tensor] = {}  # by the name as Python reads an identifier (NFKC)
         for t in self.tensors:
             if id(t) in names or t.name is None:
                 continue
-            if t.name in taken and taken[t.name] is not t:
-                raise GraphError(f"two different nodes are both named '{t.name}'")
+            key = unicodedata.normalize("NFKC", t.name)
+            other = taken.get(key)
+            if other is not None and other is not t:
+                if other.name == t.name:
+                    raise GraphError(f"two different nodes are both named '{t.name}'")
+                raise GraphError(
+                    f"nodes {other.name!r} and {t.name!r} have the same name as Python reads "
+                    f"it ({key!r}, NFKC-normalized); rename one"
+                )
             names[id(t)] = t.name
-            taken[t.name] = t
-        used = set(names.values())
+            taken[key] = t
+        used = {unicodedata.normalize("NFKC", n) for n in names.values()}
         counters: dict[str, itertools.count] = {}
         for t in self.tensors:
             if id(t) in names:
@@ -96,10 +104,10 @@ class GraphIR:
             stem = str(t.attrs.get("fn", t.op))
             counter = counters.setdefault(stem, itertools.count(1))
             name = f"{stem}{next(counter)}"
-            while name in used:
+            while unicodedata.normalize("NFKC", name) in used:
                 name = f"{stem}{next(counter)}"
             names[id(t)] = name
-            used.add(name)
+            used.add(unicodedata.normalize("NFKC", name))
         return names
 
     def _freeze(self, t: Tensor) -> Node:

@@ -56,7 +56,10 @@ class Tensor:
             object.__setattr__(self, "label", self.name or self.op)
 
     def named(self, name: str) -> Tensor:
-        """The same value under a user-chosen node name."""
+        """The same value under a user-chosen node name (an identifier: generated code uses it)."""
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+            raise GraphError(f"node name {shown} must be an identifier not starting with '_'")
         return Tensor(self.op, self.inputs, self.shape, self.attrs, name, name)
 
     @property
