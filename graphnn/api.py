@@ -17,7 +17,7 @@ import numpy as np
 import sympy
 
 from graphnn.derive import autodiff
-from graphnn.errors import GraphError
+from graphnn.errors import GraphError, NameNotFoundError, shown
 from graphnn.ir.graph import LEAF_OPS, GraphIR
 from graphnn.ir.init import init_array
 from graphnn.ir.ops import Tensor
@@ -57,8 +57,8 @@ class Graph:
 
     def _param(self, name: str) -> str:
         if name not in self.param_names:
-            raise KeyError(
-                f"no parameter named {name!r}; parameters: {', '.join(self.param_names)}"
+            raise NameNotFoundError(
+                f"no parameter named {shown(name)}; parameters: {', '.join(self.param_names)}"
             )
         return name
 

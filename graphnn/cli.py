@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 
-from graphnn.errors import GraphnnError, NonFiniteError, RunExistsError, SpecError
+from graphnn.errors import GraphnnError, NonFiniteError, RunExistsError, SpecError, one_line
 
 USAGE, FAILURE = 2, 1
 EXAMPLES = """examples:
@@ -184,13 +184,13 @@ def _fail(message: str, code: int) -> int:
         import traceback
 
         traceback.print_exc()
-    print(f"graphnn: error: {message}", file=sys.stderr)
+    print(f"graphnn: error: {one_line(message)}", file=sys.stderr)
     return code
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning is one line, as an error is; where in graphnn it was raised is no use here."""
-    print(f"graphnn: warning: {message}", file=sys.stderr)
+    print(f"graphnn: warning: {one_line(str(message))}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:

@@ -13,6 +13,13 @@ class GraphError(GraphnnError, ValueError):
     """A graph is malformed (unknown node, cycle, wrong arity, ...)."""
 
 
+class NameNotFoundError(GraphError, KeyError):
+    """A node, input or parameter name the graph does not have: a lookup, so also a KeyError."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class DataError(GraphnnError, ValueError):
     """Arrays passed as data or parameters do not match the graph's inputs."""
 
@@ -49,3 +56,28 @@ class NonFiniteError(GraphnnError, FloatingPointError):
 
 class CudaUnavailableError(CodegenError):
     """The CUDA back end was asked for, but there is no CUDA GPU (and no simulator)."""
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` for a message: control characters escaped (repr does that), and a long
+    one cut, with its length: ``'qqqqq...' (900000 characters)``."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str | bytes):
+        more = f"{len(value):,} characters"
+    elif isinstance(value, list | tuple | dict):
+        more = f"{len(value):,} items"
+    else:
+        more = f"{len(text):,} characters"
+    return f"{text[: limit - 3]}... ({more})"
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    """``message`` fit for one line of a terminal: every control or invisible formatting
+    character (a newline, an escape sequence, a right-to-left override) escaped, and cut at
+    ``limit`` characters with the full length shown."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+    if len(text) > limit:
+        text = f"{text[: limit - 30]}... ({len(text):,} characters)"
+    return text

@@ -23,7 +23,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphnn.errors import GraphError
+from graphnn.errors import GraphError, NameNotFoundError, shown
 from graphnn.ir.ops import Tensor
 from graphnn.ir.shapes import Shape
 
@@ -130,8 +130,9 @@ class GraphIR:
     def node(self, name: str) -> Node:
         try:
             return self.by_name[name]
-        except KeyError:
-            raise GraphError(f"no node named '{name}'; nodes: {', '.join(self.by_name)}") from None
+        except (KeyError, TypeError):  # TypeError: an unhashable name
+            known = ", ".join(list(self.by_name)[:20]) + (", ..." if len(self.by_name) > 20 else "")
+            raise NameNotFoundError(f"no node named {shown(name)}; nodes: {known}") from None
 
     def of_op(self, op: str) -> list[Node]:
         return [n for n in self.nodes if n.op == op]

@@ -260,6 +260,12 @@ def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
             f"function '{name}': formula uses unknown symbols {sorted(map(str, extra))}"
         )
     formula = sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False)))
+    infinite = [a for a in (sympy.zoo, sympy.oo, -sympy.oo, sympy.nan) if formula.has(a)]
+    if infinite:  # z / 0 is zoo*z: no printer or derivative has a meaning for it
+        raise GraphError(
+            f"function '{name}': the formula {expr} holds {infinite[0]} (a division by zero?); "
+            "it must be finite"
+        )
 
     def build(*args) -> Tensor:
         if len(args) != len(symbols):

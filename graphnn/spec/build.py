@@ -37,7 +37,7 @@ from pathlib import Path
 import sympy
 
 from graphnn.api import Graph
-from graphnn.errors import GraphnnError, SpecError
+from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
 from graphnn.ir import ops
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
@@ -128,13 +128,20 @@ def loads_spec(text: str, path="<spec>") -> Spec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: TOML syntax error: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise SpecError(f"{path}: TOML values are nested too deeply to parse") from None
     return _Builder(doc, Path(path)).build()
+
+
+def _plain(key: str) -> bool:
+    """A key that can stand in a message as it is: a short identifier."""
+    return isinstance(key, str) and key.isidentifier() and key.isascii() and len(key) <= 60
 
 
 def _shape(value, where: str, allow_scalar: bool) -> tuple[int, ...]:
     ok = isinstance(value, list) and (value or allow_scalar)
     if not ok or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
-        raise SpecError(f"{where}: a shape must be a list of positive ints, got {value!r}")
+        raise SpecError(f"{where}: a shape must be a list of positive ints, got {shown(value)}")
     if math.prod(value) > MAX_ELEMENTS:
         raise SpecError(f"{where}: shape {value} has more than {MAX_ELEMENTS:,} elements")
     return tuple(value)
@@ -171,7 +178,8 @@ class _Builder:
         self.origin: dict[str, str] = {}  # where generated [params]/[graph] entries came from
 
     def at(self, table: str, key: str | None = None) -> str:
-        default = f"{self.file} [{table}]" + (f" {key}" if key is not None else "")
+        shown_key = key if key is None or _plain(key) else shown(key)
+        default = f"{self.file} [{table}]" + (f" {shown_key}" if key is not None else "")
         return self.origin.get(f"{table}.{key}", default)
 
     def table(self, name: str, required: bool = False) -> dict:
@@ -239,7 +247,7 @@ class _Builder:
                 where = self.at(table, key)
                 check_identifier(key, where=where, reserved=RESERVED)
                 if key in seen:
-                    raise SpecError(f"{where}: name {key!r} is already used in [{seen[key]}]")
+                    raise SpecError(f"{where}: name {shown(key)} is already used in [{seen[key]}]")
                 seen[key] = table
 
     def _dry_run(self, inputs_src, params_src, functions_src, graph_src) -> None:
@@ -254,10 +262,10 @@ class _Builder:
             parse_expression(text, names=names, functions=functions, where=where)
             for used in names.used:
                 if used == key:
-                    raise SpecError(f"{where}: node {key!r} uses itself")
+                    raise SpecError(f"{where}: node {shown(key)} uses itself")
                 if order.get(used, -1) > order[key]:
                     raise SpecError(
-                        f"{where}: uses {used!r}, which is defined later in [graph]; "
+                        f"{where}: uses {shown(used)}, which is defined later in [graph]; "
                         "a node can use inputs, params and earlier nodes"
                     )
 
@@ -268,7 +276,10 @@ class _Builder:
             expr = parse_expression(text, names={"z": Z}, functions=FORMULA_FUNCTIONS, where=where)
             if not isinstance(expr, sympy.Basic) or Z not in expr.free_symbols:
                 raise SpecError(f"{where}: the formula does not depend on z")
-            out[key] = ops.elementwise(key, expr, [Z])
+            try:
+                out[key] = ops.elementwise(key, expr, [Z])
+            except GraphnnError as exc:
+                raise SpecError(f"{where}: {exc}") from None
         return out
 
     def _leaves(self, inputs_src, params_src) -> dict[str, Tensor]:
@@ -283,7 +294,7 @@ class _Builder:
             init = value.get("init", "glorot_uniform")
             if init not in ops.INITIALIZERS:
                 raise SpecError(
-                    f"{where} init: unknown initializer {init!r}; "
+                    f"{where} init: unknown initializer {shown(init)}; "
                     + _suggest(str(init), ops.INITIALIZERS)
                 )
             leaves[key] = ops.param(key, _shape(value["shape"], f"{where} shape", True), init)
@@ -303,12 +314,14 @@ class _Builder:
                 raise SpecError(f"{where}: {exc}" + (f" ({notes})" if notes else "")) from None
             if not isinstance(value, Tensor) or value.op == "const":
                 raise SpecError(
-                    f"{where}: {text!r} is a constant; a node must depend on an "
+                    f"{where}: {shown(text)} is a constant; a node must depend on an "
                     "input or a parameter"
                 )
             same = next((k for k, t in names.items() if t is value), None)
             if same is not None:
-                raise SpecError(f"{where}: {text!r} is the same value as {same!r}; use {same!r}")
+                raise SpecError(
+                    f"{where}: {shown(text)} is the same value as {shown(same)}; use {shown(same)}"
+                )
             nodes[key] = value.named(key)
         return nodes
 
@@ -339,13 +352,13 @@ def expand_layers(layers, model, inputs, functions, file: str, origin: dict):
         name = model[role]
         if name not in inputs:
             raise SpecError(
-                f"{where} {role}: no input named {name!r}; " + _suggest(str(name), inputs)
+                f"{where} {role}: no input named {shown(name)}; " + _suggest(str(name), inputs)
             )
         if not isinstance(inputs[name], list) or len(inputs[name]) != 1:
-            raise SpecError(f"{where} {role}: input {name!r} must have a 1-D shape like [64]")
+            raise SpecError(f"{where} {role}: input {shown(name)} must have a 1-D shape like [64]")
     if model["loss"] not in LAYER_LOSSES:
         raise SpecError(
-            f"{where} loss: unknown loss {model['loss']!r}; "
+            f"{where} loss: unknown loss {shown(model['loss'])}; "
             + _suggest(str(model["loss"]), LAYER_LOSSES)
         )
     if not isinstance(layers, list) or not layers or not all(isinstance(x, dict) for x in layers):
@@ -367,7 +380,7 @@ def expand_layers(layers, model, inputs, functions, file: str, origin: dict):
     if width != target_width:
         raise SpecError(
             f"{file} [[layers]] #{len(layers)} units: the last layer has {width} "
-            f"units but target {model['target']!r} has shape [{target_width}]"
+            f"units but target {shown(model['target'])} has shape [{target_width}]"
         )
     graph["loss"] = f"{model['loss']}({prev}, {model['target']})"
     origin["graph.loss"] = f"{where} loss"
@@ -378,19 +391,21 @@ def _layer(layer, where: str, last: bool, model, functions):
     check_keys(layer, where, ("units", "activation", "name", "init"), required=("units",))
     units = layer["units"]
     if not isinstance(units, int) or isinstance(units, bool) or not 0 < units <= 1_000_000:
-        raise SpecError(f"{where} units: must be a positive int, got {units!r}")
+        raise SpecError(f"{where} units: must be a positive int, got {shown(units)}")
     act = layer.get("activation", "none")
     known = (*ACTIVATIONS, "softmax", *functions, "none")
     if act not in known:
-        raise SpecError(f"{where} activation: unknown activation {act!r}; {_suggest(act, known)}")
+        raise SpecError(
+            f"{where} activation: unknown activation {shown(act)}; {_suggest(act, known)}"
+        )
     act = None if act == "none" else act
     if last and act and model["loss"] != "mse":
         raise SpecError(
             f"{where} activation: the last layer feeds {model['loss']}, which takes "
-            f"logits; leave out activation = {act!r}"
+            f"logits; leave out activation = {shown(act)}"
         )
     name = layer.get("name")
     if name is not None and not isinstance(name, str):
-        raise SpecError(f"{where} name: must be a string, got {name!r}")
+        raise SpecError(f"{where} name: must be a string, got {shown(name)}")
     init = layer.get("init", ELEMENTWISE[act].init if act in ACTIVATIONS else "glorot_uniform")
     return name, units, act, init

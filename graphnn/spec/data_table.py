@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphnn.errors import SpecError
+from graphnn.errors import SpecError, shown
 from graphnn.exprparse import _suggest
 
 SKLEARN = ("digits", "iris", "breast_cancer", "wine")
@@ -66,11 +66,11 @@ class DataSpec:
         path = Path(base) / source
         if path.suffix.lower() not in (".npz", ".csv"):
             raise SpecError(
-                f"{where} source: unknown data source {source!r}; expected sklearn:NAME "
+                f"{where} source: unknown data source {shown(source)}; expected sklearn:NAME "
                 f"({', '.join(SKLEARN)}) or a .npz or .csv file"
             )
         if not path.is_file():
-            raise SpecError(f"{where} source: no such file {source!r} (looked for {path})")
+            raise SpecError(f"{where} source: no such file {shown(source)} (looked for {path})")
         one_hot = _one_hot(table.get("one_hot", False), where, inputs)
         columns = _file_columns(table, where, path.suffix.lower(), inputs)
         return cls(where, str(path), inputs, columns, one_hot, split)
@@ -122,7 +122,7 @@ class DataSpec:
         for name, key in self.columns.items():
             if key not in stored:
                 raise SpecError(
-                    f"{self.where} {name}: {self.source} has no array {key!r}"
+                    f"{self.where} {name}: {self.source} has no array {shown(key)}"
                     + _hint(key, sorted(stored))
                 )
             out[name] = stored[key]
@@ -136,7 +136,7 @@ class DataSpec:
             for col in cols:
                 if col not in index:
                     raise SpecError(
-                        f"{self.where} {name}: {self.source} has no column {col!r}"
+                        f"{self.where} {name}: {self.source} has no column {shown(col)}"
                         + _hint(col, header)
                     )
             out[name] = rows[:, [index[c] for c in cols]]
@@ -145,19 +145,19 @@ class DataSpec:
 
 def _split_fraction(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise SpecError(f"{where}: must be a number in [0, 1), got {value!r}")
+        raise SpecError(f"{where}: must be a number in [0, 1), got {shown(value)}")
     return float(value)
 
 
 def _sklearn_columns(table, where, source, inputs, defaults) -> dict[str, str]:
     name = source.split(":", 1)[1]
     if name not in SKLEARN:
-        raise SpecError(f"{where} source: unknown dataset {source!r}" + _hint(name, SKLEARN))
+        raise SpecError(f"{where} source: unknown dataset {shown(source)}" + _hint(name, SKLEARN))
     extra = set(table) - {*_COMMON_KEYS, "features", "targets"}
     if extra:
         key = sorted(extra)[0]
         raise SpecError(
-            f"{where}: unknown key {key!r} for a sklearn source; keys: "
+            f"{where}: unknown key {shown(key)} for a sklearn source; keys: "
             "source, features, targets, validation_split"
         )
     columns = {}
@@ -166,10 +166,12 @@ def _sklearn_columns(table, where, source, inputs, defaults) -> dict[str, str]:
         if value is None:
             raise SpecError(f"{where} {role}: required; the name of the input that gets the {role}")
         if value not in inputs:
-            raise SpecError(f"{where} {role}: no input named {value!r}" + _hint(str(value), inputs))
+            raise SpecError(
+                f"{where} {role}: no input named {shown(value)}" + _hint(str(value), inputs)
+            )
         columns[role] = value
     if columns["features"] == columns["targets"]:
-        raise SpecError(f"{where}: features and targets are both {columns['features']!r}")
+        raise SpecError(f"{where}: features and targets are both {shown(columns['features'])}")
     return columns
 
 
@@ -181,7 +183,7 @@ def _one_hot(value, where: str, inputs) -> frozenset[str] | bool:
         raise SpecError(f"{where} one_hot: expected true, an input name or a list of them")
     for n in names:
         if n not in inputs:
-            raise SpecError(f"{where} one_hot: no input named {n!r}" + _hint(n, inputs))
+            raise SpecError(f"{where} one_hot: no input named {shown(n)}" + _hint(n, inputs))
     return frozenset(names)
 
 
@@ -191,7 +193,7 @@ def _file_columns(table, where, suffix, inputs) -> dict[str, object]:
     if extra:
         key = sorted(extra)[0]
         raise SpecError(
-            f"{where}: unknown key {key!r}; keys are source, validation_split, one_hot "
+            f"{where}: unknown key {shown(key)}; keys are source, validation_split, one_hot "
             f"and input names ({', '.join(inputs)})" + _hint(key, [*inputs, "one_hot"])
         )
     columns: dict[str, object] = {}
@@ -203,11 +205,15 @@ def _file_columns(table, where, suffix, inputs) -> dict[str, object]:
             columns[name] = value or name
             continue
         if value is None:
-            raise SpecError(f"{where} {name}: required; the list of CSV columns for input {name!r}")
+            raise SpecError(
+                f"{where} {name}: required; the list of CSV columns for input {shown(name)}"
+            )
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
-            raise SpecError(f"{where} {name}: expected a list of CSV column names, got {value!r}")
+            raise SpecError(
+                f"{where} {name}: expected a list of CSV column names, got {shown(value)}"
+            )
         columns[name] = value
     return columns
 
@@ -221,7 +227,7 @@ def _to_one_hot(arr: np.ndarray, classes: int, where: str) -> np.ndarray:
     if np.any(bad):
         raise SpecError(
             f"{where}: one_hot labels must be integers in [0, {classes}); found "
-            f"{labels[bad][0]!r} (row {int(np.argmax(bad)) + 1})"
+            f"{shown(labels[bad][0])} (row {int(np.argmax(bad)) + 1})"
         )
     return np.eye(classes, dtype=np.float32)[labels.astype(np.int64)]
 
@@ -267,8 +273,8 @@ def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
                 rows[r, c] = float(cell)
             except ValueError:
                 raise SpecError(
-                    f"{where} source: {path} row {r + 2}, column {header[c]!r}: "
-                    f"{cell.strip()[:30]!r} is not a number"
+                    f"{where} source: {path} row {r + 2}, column {shown(header[c])}: "
+                    f"{shown(cell.strip()[:30])} is not a number"
                 ) from None
     return header, rows
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from graphnn.errors import GraphnnError, SpecError
+from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest
 from graphnn.ir.shapes import show
 from graphnn.optim import optimizers
@@ -71,15 +71,15 @@ def check_keys(table, where: str, allowed, required=(), what: str = "key") -> No
         raise SpecError(f"{where}: must be a table, got {type(table).__name__}")
     for key in table:
         if key not in allowed:
-            raise SpecError(f"{where}: unknown {what} {key!r}; {_suggest(key, allowed)}")
+            raise SpecError(f"{where}: unknown {what} {shown(key)}; {_suggest(key, allowed)}")
     for key in required:
         if key not in table:
-            raise SpecError(f"{where}: missing {what} {key!r}")
+            raise SpecError(f"{where}: missing {what} {shown(key)}")
 
 
 def _int(value, where: str, low: int, high: int = 10**9) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise SpecError(f"{where}: must be an int in [{low}, {high}], got {value!r}")
+        raise SpecError(f"{where}: must be an int in [{low}, {high}], got {shown(value)}")
     return value
 
 
@@ -87,14 +87,14 @@ def _number(value, where: str, positive: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (positive and value == 0):
         kind = "a number > 0" if positive else "a number >= 0"
-        raise SpecError(f"{where}: must be {kind}, got {value!r}")
+        raise SpecError(f"{where}: must be {kind}, got {shown(value)}")
     return float(value)
 
 
 def _choice(value, where: str, options) -> str:
     if value not in options:
         raise SpecError(
-            f"{where}: {value!r} is not one of {', '.join(options)}; "
+            f"{where}: {shown(value)} is not one of {', '.join(options)}; "
             + _suggest(str(value), options)
         )
     return value
@@ -103,7 +103,7 @@ def _choice(value, where: str, options) -> str:
 def _node(value, where: str, nodes: Mapping, leaves: Mapping) -> str:
     if not isinstance(value, str) or value not in nodes:
         what = "an input or parameter" if value in leaves else "not a node of [graph]"
-        raise SpecError(f"{where}: {value!r} is {what}; {_suggest(str(value), nodes)}")
+        raise SpecError(f"{where}: {shown(value)} is {what}; {_suggest(str(value), nodes)}")
     return value
 
 
@@ -117,14 +117,14 @@ def parse_optimizer(table: Mapping, where: str) -> optimizers.Optimizer:
         if "beta1" in table or "beta2" in table:
             raise SpecError(f"{where} betas: give either betas or beta1/beta2, not both")
         if not isinstance(betas, list) or len(betas) != 2:
-            raise SpecError(f"{where} betas: must be a list of two numbers, got {betas!r}")
+            raise SpecError(f"{where} betas: must be a list of two numbers, got {shown(betas)}")
         if "beta1" not in allowed:
-            raise SpecError(f"{where} betas: not a setting of optimizer {name!r}")
+            raise SpecError(f"{where} betas: not a setting of optimizer {shown(name)}")
         settings["beta1"], settings["beta2"] = betas
     for key in SETTINGS:
         if key in table and key not in allowed:
             raise SpecError(
-                f"{where} {key}: not a setting of optimizer {name!r}; its settings: "
+                f"{where} {key}: not a setting of optimizer {shown(name)}; its settings: "
                 f"{', '.join(allowed)}, clip_norm"
             )
         if key in table:
@@ -132,7 +132,7 @@ def parse_optimizer(table: Mapping, where: str) -> optimizers.Optimizer:
     for key, value in settings.items():
         if key == "nesterov":
             if not isinstance(value, bool):
-                raise SpecError(f"{where} nesterov: must be true or false, got {value!r}")
+                raise SpecError(f"{where} nesterov: must be true or false, got {shown(value)}")
         else:
             settings[key] = _number(value, f"{where} {key}", positive=key == "lr")
     if "clip_norm" in table:
@@ -156,14 +156,14 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
     loss = _node(table.get("loss", "loss"), f"{where} loss", nodes, leaves)
     if nodes[loss] is not None and nodes[loss].shape != ():
         raise SpecError(
-            f"{where} loss: node {loss!r} has shape {show(nodes[loss].shape)}, not a "
+            f"{where} loss: node {shown(loss)} has shape {show(nodes[loss].shape)}, not a "
             "scalar; reduce it, e.g. mean(...)"
         )
     batch = table.get("batch_size", 32)
     if batch == "full":
         batch = None
     elif not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise SpecError(f'{where} batch_size: must be a positive int or "full", got {batch!r}')
+        raise SpecError(f'{where} batch_size: must be a positive int or "full", got {shown(batch)}')
     conv = table.get("convergence", {})
     conv_where = where.replace("[train]", "[train.convergence]")
     check_keys(conv, f"{conv_where}", CONVERGENCE_KEYS)

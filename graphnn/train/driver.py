@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphnn.errors import CheckpointError, DataError, GraphnnWarning, RunExistsError
+from graphnn.errors import CheckpointError, DataError, GraphnnWarning, RunExistsError, shown
 from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
@@ -58,6 +58,31 @@ def compile(
     faster for Adam, whose buffers drift into denormals; see :mod:`graphnn.train.denormals`).
     """
     return Model(graph, optimizer or SGD(lr=0.01), backend, dtype, predict, seed, flush_denormals)
+
+
+def _check_seed(seed, none_ok: bool = False) -> None:
+    if not (_is_int(seed) and seed >= 0) and not (none_ok and seed is None):
+        # NumPy's own errors for these ("expected non-negative integer") name no argument
+        more = " (or None for a random shuffle)" if none_ok else ""
+        raise DataError(f"seed must be an int >= 0{more}, got {shown(seed)}")
+
+
+def _checkpoint_dir(directory) -> Path | None:
+    """``directory`` as a Path, made if absent; a CheckpointError naming it if it cannot be
+    one (a file, a path through a file, no permission), before any epoch is spent."""
+    if directory is None:
+        return None
+    try:
+        path = Path(directory)
+    except TypeError:
+        raise DataError(f"checkpoint_dir must be a path, got {shown(directory)}") from None
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"checkpoint_dir {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot make checkpoint_dir {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _is_int(value) -> bool:
@@ -101,6 +126,7 @@ class Model:
     def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
         from codegen import get_backend
 
+        _check_seed(seed)
         self.graph, self.optimizer, self.backend = graph, optimizer, backend
         self.flush_denormals = bool(flush)
         self.dtype = np.dtype(dtype)
@@ -211,6 +237,8 @@ class Model:
         _check_fit_args(
             epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
         )
+        _check_seed(seed, none_ok=True)
+        checkpoint_dir = _checkpoint_dir(checkpoint_dir)
         arrays = check_data(self.graph.forward, data, self.dtype)
         train, val = self._split(arrays, validation_data, validation_split, seed)
         n = _rows(train)
