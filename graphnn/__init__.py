@@ -10,6 +10,7 @@ generated Numba kernels train it.
 """
 
 from graphnn.api import Graph
+from graphnn.budgets import LimitError
 from graphnn.errors import (
     CheckpointError,
     CodegenError,
@@ -71,6 +72,7 @@ __all__ = [
     "GraphError",
     "GraphnnError",
     "GraphnnWarning",
+    "LimitError",
     "NonFiniteError",
     "RunExistsError",
     "ShapeError",

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import sympy
 
+from graphnn import budgets
 from graphnn.derive import autodiff
 from graphnn.errors import GraphError, NameNotFoundError, shown
 from graphnn.ir.graph import LEAF_OPS, GraphIR
@@ -32,6 +34,10 @@ class Graph:
             raise GraphError(f"Graph needs the loss tensor, got {type(loss).__name__}")
         self.loss = loss
         self.forward = GraphIR([loss, *outputs])
+        # before differentiating: a 1000-node chain took minutes and gigabytes to compile
+        budgets.check(
+            "GRAPHNN_MAX_NODES", len(self.forward), f"the graph has {len(self.forward):,} nodes"
+        )
         self.param_names = [n.name for n in self.forward.params]
         if not self.param_names:
             raise GraphError(f"the loss '{loss.label}' depends on no parameter")
@@ -112,8 +118,23 @@ class Graph:
 
     # --- running -------------------------------------------------------------------------------
 
+    def param_bytes(self, dtype=np.float32, buffers: int = 0) -> int:
+        """Bytes of every parameter in ``dtype``, and of ``buffers`` optimizer buffers each."""
+        values = sum(math.prod(n.shape) for n in self.forward.params)
+        return values * np.dtype(dtype).itemsize * (1 + buffers)
+
+    def check_param_bytes(self, dtype=np.float32, optimizer=None) -> None:
+        """LimitError (before anything is allocated) if the parameters, and the optimizer's
+        buffers of them, take more than GRAPHNN_MAX_PARAM_BYTES."""
+        buffers = len(optimizer.state) if optimizer is not None else 0
+        size = self.param_bytes(dtype, buffers)
+        state = f" and {optimizer.name}'s {buffers} buffers of them" if buffers else ""
+        what = f"the parameters{state} take {budgets.nbytes(size)} in {np.dtype(dtype).name}"
+        budgets.check("GRAPHNN_MAX_PARAM_BYTES", size, what)
+
     def init_params(self, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
         """Fresh parameter arrays from each parameter's initializer."""
+        self.check_param_bytes(dtype)
         return {
             n.name: init_array(n.name, n.shape, n.attr("init"), seed, dtype)
             for n in self.forward.params

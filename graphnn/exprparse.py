@@ -247,9 +247,10 @@ def _evaluate(node: ast.AST, src: _Source, names: Mapping, functions: Mapping, f
 
 
 def parse_expression(text: str, *, names: Mapping[str, object], functions: Mapping[str, Callable],
-                     where: str, max_length: int = 2000) -> object:  # fmt: skip
+                     where: str, max_length: int | None = None) -> object:  # fmt: skip
     """Evaluate the spec expression ``text`` over ``names`` and ``functions``, safely.
 
+    ``max_length`` defaults to the budget GRAPHNN_MAX_FORMULA_CHARS (graphnn.budgets).
     Every construct outside the whitelist (see the module docstring) raises :class:`SpecError`
     naming ``where``, the construct and its column, before any object or callable is touched.
     Numeric subexpressions are folded (``2 * 3`` -> 6) with Python semantics (``1/2`` -> 0.5).
@@ -267,8 +268,15 @@ def parse_expression(text: str, *, names: Mapping[str, object], functions: Mappi
     """
     if not isinstance(text, str):
         raise SpecError(f"{where}: expected an expression string, got {type(text).__name__}")
+    if max_length is None:
+        from graphnn.budgets import limit
+
+        max_length = limit("GRAPHNN_MAX_FORMULA_CHARS")
     if len(text) > max_length:
-        raise SpecError(f"{where}: expression has {len(text)} characters; limit {max_length}")
+        raise SpecError(
+            f"{where}: expression has {len(text)} characters; limit {max_length} "
+            "(GRAPHNN_MAX_FORMULA_CHARS)"
+        )
     if not text.strip():
         raise SpecError(f"{where}: empty expression")
     src = _Source(text, where)

@@ -2,7 +2,8 @@
 
 Stages, lowest first (a module may import its own stage and any stage below it):
 
-    0  graphnn.errors, graphnn.exprparse, graphnn.files     vocabulary every stage shares
+    0  graphnn.errors, graphnn.exprparse, graphnn.files,    vocabulary every stage shares
+       graphnn.budgets, graphnn.deadline
     1  graphnn.ir                                           op table, tensors, graph, shapes
     2  graphnn.derive, graphnn.optim                        autodiff, derivative screen; optimizers
     3  codegen                                              plan, printer, back ends, export
@@ -24,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = [
-    ("graphnn.errors", "graphnn.exprparse", "graphnn.files"),
+    ("graphnn.errors", "graphnn.exprparse", "graphnn.files", "graphnn.budgets", "graphnn.deadline"),
     ("graphnn.ir",),
     ("graphnn.derive", "graphnn.optim"),
     ("codegen",),

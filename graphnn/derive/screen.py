@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import mpmath
 import numpy as np
 import sympy
 
+from graphnn.errors import GraphnnWarning
 from graphnn.ir.elementwise import ARGS, Y, erf
 
 
@@ -72,6 +74,7 @@ class Derivative:
     form: str
     candidates: tuple[Candidate, ...]
     references: tuple[sympy.Expr, ...] = ()  # the screen's 50-digit references, in order of use
+    over_budget: bool = False  # the screen ran out of time: sympy.diff's form, unscreened
 
     @property
     def uses_output(self) -> bool:
@@ -291,9 +294,34 @@ def rank(c: Candidate) -> tuple:
 
 
 def derive_form(f: sympy.Expr, i: int, nargs: int) -> Derivative:
-    """Every candidate form of df/d(a_i), screened, and the best one (see the module docstring)."""
+    """Every candidate form of df/d(a_i), screened, and the best one (see the module docstring),
+    within the time budget GRAPHNN_DERIVE_SECONDS; past it (SymPy's solve and simplify, mpmath at
+    6000 digits have no bound of their own: exp(exp(exp(z))) ran for minutes) sympy.diff's form
+    as it comes, unscreened, with a warning."""
+    from graphnn.budgets import limit
+    from graphnn.deadline import DeadlineExceeded, deadline, restore_defaults
+
+    raw = sympy.diff(f, ARGS[i])
+    seconds = limit("GRAPHNN_DERIVE_SECONDS")
+    try:
+        with deadline(seconds):
+            return _screened(f, i, nargs, raw)
+    except DeadlineExceeded:
+        restore_defaults()
+    text = str(f.xreplace({ARGS[0]: sympy.Symbol("z")}) if nargs == 1 else f)
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    which = f" in argument {i + 1}" if nargs > 1 else ""
+    warnings.warn(
+        f"the derivative of {shown}{which} took over {seconds:g} s to simplify and screen "
+        "(GRAPHNN_DERIVE_SECONDS); using it unsimplified and unscreened, as sympy.diff gives it",
+        GraphnnWarning,
+        stacklevel=4,
+    )
+    return Derivative(raw, "input", (Candidate("input", raw),), (raw,), over_budget=True)
+
+
+def _screened(f: sympy.Expr, i: int, nargs: int, raw: sympy.Expr) -> Derivative:
     z = ARGS[i]
-    raw = sympy.diff(f, z)
     forms = {"input": raw}
     simple = sympy.simplify(raw)
     if simple != raw and not simple.has(sympy.cosh, sympy.sinh):

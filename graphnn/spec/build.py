@@ -29,6 +29,7 @@ x^T ((softmax(logits) - y)/n)
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pathlib import Path
 import sympy
 
 from graphnn.api import Graph
+from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
 from graphnn.ir import ops
@@ -124,6 +126,7 @@ def load_spec(path) -> Spec:
 
 def loads_spec(text: str, path="<spec>") -> Spec:
     """Build a spec from TOML ``text``; ``path`` names it in errors and anchors data paths."""
+    _check_nesting(text, path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -131,6 +134,36 @@ def loads_spec(text: str, path="<spec>") -> Spec:
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise SpecError(f"{path}: TOML values are nested too deeply to parse") from None
     return _Builder(doc, Path(path)).build()
+
+
+# What can hold a bracket that is not one: comments and TOML's four kinds of string.
+_NOT_BRACKETS = (
+    r"#[^\n]*",
+    r'"""(?:[^\\]|\\.)*?"""',
+    r"'''.*?'''",
+    r'"(?:[^"\\\n]|\\.)*"',
+    r"'[^'\n]*'",
+)
+_TOKENS = re.compile("|".join([*_NOT_BRACKETS, r"[\[{]", r"[\]}]"]), re.DOTALL)
+
+
+def _check_nesting(text: str, path) -> None:
+    """SpecError naming the line where arrays and inline tables nest deeper than
+    GRAPHNN_MAX_TOML_DEPTH (tomllib recurses once per level: 700 levels overflowed it).
+    Brackets in strings and comments do not count."""
+    most, depth = limit("GRAPHNN_MAX_TOML_DEPTH"), 0
+    for token in _TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > most:
+                line = text.count("\n", 0, token.start()) + 1
+                raise SpecError(
+                    f"{path} line {line}: arrays and tables are nested more than {most} levels "
+                    "deep (GRAPHNN_MAX_TOML_DEPTH)"
+                )
+        elif bracket in ("]", "}"):
+            depth = max(0, depth - 1)
 
 
 def _plain(key: str) -> bool:
@@ -331,9 +364,17 @@ class _Builder:
         # Keep nodes the loss does not use (e.g. probs = softmax(logits)) in the forward graph.
         extra = [t for t in nodes.values() if id(t) not in reached]
         try:
-            return Graph(loss, extra)
+            graph = Graph(loss, extra)
+        except LimitError as exc:
+            raise SpecError(f"{self.file} [graph]: {exc}") from None
         except GraphnnError as exc:
             raise SpecError(f"{self.file} [train] loss: {exc}") from None
+        table = "[[layers]]" if "layers" in self.doc else "[params]"
+        try:  # a spec of a few lines can ask for gigabytes: say so before they are allocated
+            graph.check_param_bytes(train.dtype, train.optimizer)
+        except LimitError as exc:
+            raise SpecError(f"{self.file} {table}: {exc}") from None
+        return graph
 
 
 def _sample_shapes(leaves: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:

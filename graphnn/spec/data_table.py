@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from graphnn import budgets
+from graphnn.budgets import LimitError
 from graphnn.errors import SpecError, shown
 from graphnn.exprparse import _suggest
 
@@ -113,20 +117,38 @@ class DataSpec:
         return len(shape) == 1 and shape[0] > 1 and per_sample == 1
 
     def _load_npz(self) -> dict[str, np.ndarray]:
+        """The arrays the inputs name, and no other: each member's .npy header is read and
+        checked first (a forged one asked for terabytes; an unused member expanded a 1.2 MB
+        file to 1.2 GB), then its data, without pickles."""
         try:
-            with np.load(self.source, allow_pickle=False) as npz:
-                stored = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise SpecError(f"{self.where} source: cannot read {self.source}: {exc}") from None
-        out = {}
-        for name, key in self.columns.items():
-            if key not in stored:
-                raise SpecError(
-                    f"{self.where} {name}: {self.source} has no array {shown(key)}"
-                    + _hint(key, sorted(stored))
+            with zipfile.ZipFile(self.source) as archive:
+                members = {n.removesuffix(".npy"): n for n in archive.namelist()}
+                for name, key in self.columns.items():
+                    if key not in members:
+                        raise SpecError(
+                            f"{self.where} {name}: {self.source} has no array {shown(key)}"
+                            + _hint(key, sorted(members))
+                        )
+                sizes = {key: _npy_size(archive, members[key]) for key in self.columns.values()}
+                total = sum(sizes.values())
+                what = (
+                    f"the arrays {', '.join(sizes)} of {self.source} take {budgets.nbytes(total)}"
                 )
-            out[name] = stored[key]
-        return out
+                budgets.check("GRAPHNN_MAX_DATA_BYTES", total, what)
+                out = {}
+                for name, key in self.columns.items():
+                    with archive.open(members[key]) as f:
+                        out[name] = np.lib.format.read_array(f, allow_pickle=False)
+                return out
+        except SpecError:
+            raise
+        except LimitError as exc:
+            raise SpecError(f"{self.where} source: {exc}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise SpecError(
+                f"{self.where} source: cannot read {self.source} as a .npz file ({reason})"
+            ) from None
 
     def _load_csv(self) -> dict[str, np.ndarray]:
         header, rows = read_csv(self.source, self.where)
@@ -141,6 +163,30 @@ class DataSpec:
                     )
             out[name] = rows[:, [index[c] for c in cols]]
         return out
+
+
+def _npy_size(archive: zipfile.ZipFile, member: str) -> int:
+    """Bytes the .npy ``member`` says its array holds, after checking that it is a plain numeric
+    array (no pickled objects) and that the member holds that many bytes."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{member}: unsupported .npy version {version}")
+        header = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{member} holds Python objects (pickled data), not numbers")
+    size = math.prod(shape) * dtype.itemsize
+    held = archive.getinfo(member).file_size - header
+    if size != held:
+        raise ValueError(
+            f"{member}'s header says shape {shape} of {dtype} ({budgets.nbytes(size)}) but "
+            f"it holds {budgets.nbytes(held)}"
+        )
+    return size
 
 
 def _split_fraction(value, where: str) -> float:
@@ -252,20 +298,48 @@ def _fit_shape(arr: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarra
 
 
 def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
-    """(header, float64 rows) of a CSV file with a header row; errors name row and column."""
+    """(header, float64 rows) of a CSV file with a header row; errors name row and column.
+
+    Read twice, streaming: the first pass counts the rows, so that the array is checked against
+    GRAPHNN_MAX_DATA_BYTES before it is allocated (a list of every cell took about 40 times the
+    file's size).  Blank lines are skipped; a row is numbered by its line in the file.
+    """
     try:
+        size = os.path.getsize(path)
+        budgets.check("GRAPHNN_MAX_DATA_BYTES", size, f"{path} has {budgets.nbytes(size)}")
         with open(path, newline="", encoding="utf-8") as f:
-            lines = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            lines = (r for r in csv.reader(f) if _filled(r))
+            header = [h.strip() for h in next(lines, [])]
+            count = sum(1 for _ in lines)
+        if not header or not count:
+            raise SpecError(f"{where} source: {path} needs a header row and at least one data row")
+        table = f"{path}'s {count:,} rows of {len(header)} columns"
+        budgets.check(
+            "GRAPHNN_MAX_DATA_BYTES",
+            8 * count * len(header),
+            f"{table} take {budgets.nbytes(8 * count * len(header))} as float64",
+        )
+        rows = np.empty((count, len(header)), dtype=np.float64)
+        with open(path, newline="", encoding="utf-8") as f:
+            _fill(rows, csv.reader(f), header, path, where)
+    except LimitError as exc:
+        raise SpecError(f"{where} source: {exc}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SpecError(f"{where} source: cannot read {path}: {exc}") from None
-    if len(lines) < 2:
-        raise SpecError(f"{where} source: {path} needs a header row and at least one data row")
-    header = [h.strip() for h in lines[0]]
-    rows = np.empty((len(lines) - 1, len(header)), dtype=np.float64)
-    for r, line in enumerate(lines[1:]):
+    return header, rows
+
+
+def _filled(row: list[str]) -> bool:
+    return bool(row) and any(c.strip() for c in row)
+
+
+def _fill(rows: np.ndarray, reader, header: list[str], path, where: str) -> None:
+    lines = (r for r in reader if _filled(r))
+    next(lines)  # the header
+    for r, line in zip(range(len(rows)), lines, strict=False):  # the file may have grown
         if len(line) != len(header):
             raise SpecError(
-                f"{where} source: {path} row {r + 2} has {len(line)} fields, "
+                f"{where} source: {path} row {reader.line_num} has {len(line)} fields, "
                 f"the header has {len(header)}"
             )
         for c, cell in enumerate(line):
@@ -273,10 +347,9 @@ def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
                 rows[r, c] = float(cell)
             except ValueError:
                 raise SpecError(
-                    f"{where} source: {path} row {r + 2}, column {shown(header[c])}: "
+                    f"{where} source: {path} row {reader.line_num}, column {shown(header[c])}: "
                     f"{shown(cell.strip()[:30])} is not a number"
                 ) from None
-    return header, rows
 
 
 def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -129,9 +129,13 @@ class Model:
         _check_seed(seed)
         self.graph, self.optimizer, self.backend = graph, optimizer, backend
         self.flush_denormals = bool(flush)
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise DataError(f"dtype must be float32 or float64, got {shown(dtype)}") from None
         if self.dtype not in (np.float32, np.float64):
             raise DataError(f"dtype must be float32 or float64, got {self.dtype}")
+        graph.check_param_bytes(self.dtype, optimizer)  # before generating code or arrays
         fwd = graph.forward
         guess, self.target = prediction_node(fwd, graph.loss_name)
         self.prediction = predict or guess
