@@ -35,6 +35,9 @@ EXAMPLES = """examples:
 """
 
 
+OUTSIDE = "let [data] read a file outside the spec's folder"
+
+
 class _UsageError(Exception):
     pass
 
@@ -82,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the model of a spec file")
     p.add_argument("spec", metavar="SPEC", help="the .toml spec file")
+    p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("--epochs", type=_positive, help="override [train] epochs")
     p.add_argument("--backend", choices=backends, help="override [train] backend")
     p.add_argument("--out", type=Path, help="output directory (default runs/<spec name>)")
@@ -90,16 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grad", help="print each parameter's gradient as a formula")
     p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("--param", metavar="P", help="only this parameter")
     p.add_argument("--format", choices=("text", "latex", "markdown", "html"), default="text")
 
     p = sub.add_parser("graph", help="print the graph's nodes with their ops and shapes")
     p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("--dot", type=Path, metavar="FILE", help="also write Graphviz DOT to FILE")
     p.add_argument("--png", type=Path, metavar="FILE", help="also render a PNG to FILE")
 
     p = sub.add_parser("check", help="check the compiled gradients by finite differences")
     p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("--backend", choices=backends, help="override [train] backend")
     p.add_argument("--rows", type=_positive, default=16, help="batch size (default 16)")
     p.add_argument("--tol", type=float, help="largest error allowed (default by dtype)")
@@ -107,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a standalone training module")
     p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -202,12 +210,12 @@ def _silence_stdout() -> None:
         pass
 
 
-def _load(path):
+def _load(path, args=None):
     """The built spec; any graphnn error while building it is a spec error (exit code 2)."""
     from graphnn.spec.build import load_spec
 
     try:
-        return load_spec(path)
+        return load_spec(path, getattr(args, "allow_outside_data", False))
     except SpecError:
         raise
     except GraphnnError as exc:
@@ -235,7 +243,7 @@ def _inspect(function: str, what: str):
 
 
 def cmd_train(args) -> int:
-    spec = _load(args.spec)
+    spec = _load(args.spec, args)
     out = args.out or Path("runs") / spec.path.stem
     return _train(spec, out, args)
 
@@ -270,7 +278,7 @@ def _train(spec, out: Path, args) -> int:
 
 
 def cmd_grad(args) -> int:
-    spec = _load(args.spec)
+    spec = _load(args.spec, args)
     graph = spec.graph
     if args.param is not None and args.param not in graph.param_names:
         from graphnn.exprparse import _suggest
@@ -299,7 +307,7 @@ def cmd_grad(args) -> int:
 def cmd_graph(args) -> int:
     from graphnn.ir.shapes import show
 
-    spec = _load(args.spec)
+    spec = _load(args.spec, args)
     graph = spec.graph
     rows = [("node", "op", "shape", "inputs")]
     for node in graph.forward.nodes:
@@ -325,7 +333,7 @@ def cmd_graph(args) -> int:
 def cmd_check(args) -> int:
     from graphnn.inspect.gradcheck import TOLERANCE, check_gradients, random_data
 
-    spec = _load(args.spec)
+    spec = _load(args.spec, args)
     backend, dtype = args.backend or spec.train.backend, spec.train.dtype
     if spec.data is not None:
         data = {k: v[: args.rows] for k, v in spec.data.load_all().items()}
@@ -357,7 +365,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
-    spec = _load(args.spec)
+    spec = _load(args.spec, args)
     try:
         from codegen.export.write import export_module  # noqa: F401 - only to see whether it exists
     except ImportError as exc:

@@ -60,8 +60,32 @@ GRAPH_FUNCTIONS |= {"softmax_cross_entropy": ops.softmax_cross_entropy, "mse": o
 GRAPH_FUNCTIONS |= {"binary_cross_entropy_with_logits": ops.binary_cross_entropy_with_logits}
 GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 Z = sympy.Symbol("z")
-FORMULA_FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh}
-FORMULA_FUNCTIONS |= {"sqrt": sympy.sqrt, "erf": sympy.erf, "abs": sympy.Abs}
+
+
+def _one_argument(name: str, fn):
+    """``fn`` taking exactly one argument: sympy.sqrt(z, 3) reads 3 as its ``evaluate`` flag."""
+
+    def call(*args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{name} takes no keyword arguments, got {', '.join(kwargs)}")
+        if len(args) != 1:
+            raise TypeError(f"{name} takes 1 argument, got {len(args)}")
+        return fn(args[0])
+
+    return call
+
+
+FORMULA_FUNCTIONS = {
+    name: _one_argument(name, fn)
+    for name, fn in {
+        "exp": sympy.exp,
+        "log": sympy.log,
+        "tanh": sympy.tanh,
+        "sqrt": sympy.sqrt,
+        "erf": sympy.erf,
+        "abs": sympy.Abs,
+    }.items()
+}
 RESERVED = frozenset({*GRAPH_FUNCTIONS, *ELEMENTWISE, *FORMULA_FUNCTIONS, "matmul", "power"})
 LAYER_LOSSES = ("softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse")
 
@@ -107,8 +131,9 @@ class Spec:
         }
 
 
-def load_spec(path) -> Spec:
-    """Read and build the spec file at ``path``."""
+def load_spec(path, allow_outside_data: bool = False) -> Spec:
+    """Read and build the spec file at ``path``; ``allow_outside_data``: its ``[data]`` file may
+    lie outside the spec's folder (an absolute path, ``..``, a symbolic link out)."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -116,16 +141,17 @@ def load_spec(path) -> Spec:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:
             raise SpecError(f"{path}: spec file has {size:,} bytes; the limit is 1 MB")
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a byte-order mark some editors write
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file: {exc.strerror}") from None
-    return loads_spec(text, path)
+    return loads_spec(text, path, allow_outside_data)
 
 
-def loads_spec(text: str, path="<spec>") -> Spec:
+def loads_spec(text: str, path="<spec>", allow_outside_data: bool = False) -> Spec:
     """Build a spec from TOML ``text``; ``path`` names it in errors and anchors data paths."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark
     _check_nesting(text, path)
     try:
         doc = tomllib.loads(text)
@@ -133,7 +159,7 @@ def loads_spec(text: str, path="<spec>") -> Spec:
         raise SpecError(f"{path}: TOML syntax error: {exc}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise SpecError(f"{path}: TOML values are nested too deeply to parse") from None
-    return _Builder(doc, Path(path)).build()
+    return _Builder(doc, Path(path), allow_outside_data).build()
 
 
 # What can hold a bracket that is not one: comments and TOML's four kinds of string.
@@ -206,8 +232,9 @@ class _Recorder(dict):
 class _Builder:
     """Reads the tables of one parsed spec document, in order, and builds the Spec."""
 
-    def __init__(self, doc: dict, path: Path):
+    def __init__(self, doc: dict, path: Path, allow_outside_data: bool = False):
         self.doc, self.path, self.file = doc, path, str(path)
+        self.allow_outside_data = allow_outside_data
         self.origin: dict[str, str] = {}  # where generated [params]/[graph] entries came from
 
     def at(self, table: str, key: str | None = None) -> str:
@@ -245,6 +272,7 @@ class _Builder:
                 self.table("data"),
                 where=f"{self.file} [data]",
                 base=self.path.parent,
+                allow_outside=self.allow_outside_data,
                 inputs=_sample_shapes(leaves),
                 defaults=defaults,
             )

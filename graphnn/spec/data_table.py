@@ -18,6 +18,7 @@ error is a :class:`~graphnn.errors.SpecError` naming the spec file, ``[data]`` a
 from __future__ import annotations
 
 import csv
+import difflib
 import math
 import os
 import zipfile
@@ -40,6 +41,40 @@ def _hint(word: str, known) -> str:
     return "; " + _suggest(word, known)
 
 
+def _nearest(word: str, found, what: str) -> str:
+    """A hint from a file's own names that says no more of the file than the user asked about:
+    the one name close to ``word``, else how many there are."""
+    close = difflib.get_close_matches(word, [str(f) for f in found], n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {shown(close[0])}?"
+    return f" (it has {len(found)} {what})"
+
+
+def _inside(source, path: Path, base: Path, where: str) -> None:
+    """SpecError unless ``path`` (``source`` under ``base``) stays in ``base``, links followed."""
+    source = Path(source)
+    if source.is_absolute():
+        why = "is an absolute path"
+    elif ".." in source.parts:
+        why = "goes up with '..'"
+    elif not (path.resolve() == base.resolve() or base.resolve() in path.resolve().parents):
+        why = "leads out of it through a symbolic link"
+    else:
+        return
+    raise SpecError(
+        f"{where} source: {shown(str(source))} {why}; a data path is relative to the spec's "
+        f"folder {base} and stays in it (pass --allow-outside-data, or load_spec(..., "
+        "allow_outside_data=True), to read it anyway)"
+    )
+
+
+def _a_file(source: str, path: Path, where: str) -> None:
+    if path.is_dir():
+        raise SpecError(f"{where} source: {shown(source)} is a folder, not a .npz or .csv file")
+    if not path.is_file():
+        raise SpecError(f"{where} source: no such file {shown(source)} (looked for {path})")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A validated ``[data]`` table; :meth:`load` reads the arrays."""
@@ -50,12 +85,19 @@ class DataSpec:
     columns: Mapping[str, object] = field(default_factory=dict)  # input -> columns / array name
     one_hot: frozenset[str] | bool = frozenset()  # True: every 1-column input of width > 1
     validation_split: float = 0.2
+    base: str | None = None  # the spec's folder: a file source must stay inside it ...
+    allow_outside: bool = False  # ... unless this says otherwise
+    given: str | None = None  # the file source as the spec wrote it
 
     @classmethod
-    def from_table(cls, table, *, where: str, base, inputs: Mapping, defaults=None) -> DataSpec:
+    def from_table(
+        cls, table, *, where: str, base, inputs: Mapping, defaults=None, allow_outside=False
+    ) -> DataSpec:
         """Check ``table`` (the parsed ``[data]``) against the spec's ``inputs``.
 
         ``defaults`` may give ``features``/``targets`` (from ``[model]``) for sklearn sources.
+        A file source is a path relative to ``base`` (the spec's folder) that stays inside it:
+        no absolute path, no ``..`` and no symbolic link out, unless ``allow_outside``.
         """
         if not isinstance(table, Mapping):
             raise SpecError(f"{where}: must be a table")
@@ -73,11 +115,14 @@ class DataSpec:
                 f"{where} source: unknown data source {shown(source)}; expected sklearn:NAME "
                 f"({', '.join(SKLEARN)}) or a .npz or .csv file"
             )
-        if not path.is_file():
-            raise SpecError(f"{where} source: no such file {shown(source)} (looked for {path})")
+        if not allow_outside:
+            _inside(source, path, Path(base), where)
+        _a_file(source, path, where)
         one_hot = _one_hot(table.get("one_hot", False), where, inputs)
         columns = _file_columns(table, where, path.suffix.lower(), inputs)
-        return cls(where, str(path), inputs, columns, one_hot, split)
+        return cls(
+            where, str(path), inputs, columns, one_hot, split, str(base), allow_outside, source
+        )
 
     def load(self, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
         """(training arrays, held-out arrays or None), split with ``seed``."""
@@ -92,10 +137,18 @@ class DataSpec:
         if self.source.startswith("sklearn:"):
             features, targets = load_sklearn(self.source.split(":", 1)[1])
             raw = {self.columns["features"]: features, self.columns["targets"]: targets}
-        elif self.source.lower().endswith(".npz"):
+            return self._shaped(raw)
+        path = Path(self.source)
+        if self.base is not None and not self.allow_outside:  # again: a link may have moved
+            _inside(self.given, path, Path(self.base), self.where)
+        _a_file(str(path), path, self.where)
+        if self.source.lower().endswith(".npz"):
             raw = self._load_npz()
         else:
             raw = self._load_csv()
+        return self._shaped(raw)
+
+    def _shaped(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         for name, arr in raw.items():
             if self._is_one_hot(name, arr):
@@ -127,7 +180,7 @@ class DataSpec:
                     if key not in members:
                         raise SpecError(
                             f"{self.where} {name}: {self.source} has no array {shown(key)}"
-                            + _hint(key, sorted(members))
+                            + _nearest(key, members, "arrays")
                         )
                 sizes = {key: _npy_size(archive, members[key]) for key in self.columns.values()}
                 total = sum(sizes.values())
@@ -151,18 +204,7 @@ class DataSpec:
             ) from None
 
     def _load_csv(self) -> dict[str, np.ndarray]:
-        header, rows = read_csv(self.source, self.where)
-        index = {h: k for k, h in enumerate(header)}
-        out = {}
-        for name, cols in self.columns.items():
-            for col in cols:
-                if col not in index:
-                    raise SpecError(
-                        f"{self.where} {name}: {self.source} has no column {shown(col)}"
-                        + _hint(col, header)
-                    )
-            out[name] = rows[:, [index[c] for c in cols]]
-        return out
+        return read_csv(self.source, self.where, self.columns)
 
 
 def _npy_size(archive: zipfile.ZipFile, member: str) -> int:
@@ -272,8 +314,8 @@ def _to_one_hot(arr: np.ndarray, classes: int, where: str) -> np.ndarray:
     bad = (labels != np.round(labels)) | (labels < 0) | (labels >= classes)
     if np.any(bad):
         raise SpecError(
-            f"{where}: one_hot labels must be integers in [0, {classes}); found "
-            f"{shown(labels[bad][0])} (row {int(np.argmax(bad)) + 1})"
+            f"{where}: one_hot labels must be integers in [0, {classes}); data row "
+            f"{int(np.argmax(bad)) + 1} holds another value"
         )
     return np.eye(classes, dtype=np.float32)[labels.astype(np.int64)]
 
@@ -297,8 +339,10 @@ def _fit_shape(arr: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarra
     return np.ascontiguousarray(arr)
 
 
-def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
-    """(header, float64 rows) of a CSV file with a header row; errors name row and column.
+def read_csv(path, where: str, wanted: Mapping[str, list[str]]) -> dict[str, np.ndarray]:
+    """The float64 columns each input of ``wanted`` (input -> column names) reads from a CSV
+    file with a header row; errors name the input, row and column, never a cell's content or
+    a column the spec does not name.
 
     Read twice, streaming: the first pass counts the rows, so that the array is checked against
     GRAPHNN_MAX_DATA_BYTES before it is allocated (a list of every cell took about 40 times the
@@ -307,33 +351,55 @@ def read_csv(path, where: str) -> tuple[list[str], np.ndarray]:
     try:
         size = os.path.getsize(path)
         budgets.check("GRAPHNN_MAX_DATA_BYTES", size, f"{path} has {budgets.nbytes(size)}")
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark
             lines = (r for r in csv.reader(f) if _filled(r))
             header = [h.strip() for h in next(lines, [])]
             count = sum(1 for _ in lines)
         if not header or not count:
             raise SpecError(f"{where} source: {path} needs a header row and at least one data row")
-        table = f"{path}'s {count:,} rows of {len(header)} columns"
-        budgets.check(
-            "GRAPHNN_MAX_DATA_BYTES",
-            8 * count * len(header),
-            f"{table} take {budgets.nbytes(8 * count * len(header))} as float64",
-        )
-        rows = np.empty((count, len(header)), dtype=np.float64)
-        with open(path, newline="", encoding="utf-8") as f:
-            _fill(rows, csv.reader(f), header, path, where)
+        picked = _pick(header, wanted, path, where)
+        table = f"{path}'s {count:,} rows of {len(picked)} columns"
+        need = 8 * count * len(picked)
+        budgets.check("GRAPHNN_MAX_DATA_BYTES", need, f"{table} take {budgets.nbytes(need)}")
+        rows = np.empty((count, len(picked)), dtype=np.float64)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            _fill(rows, csv.reader(f), header, picked, path, where)
     except LimitError as exc:
         raise SpecError(f"{where} source: {exc}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{where} source: {path} is not UTF-8 text (at byte {exc.start})") from None
+    except (OSError, csv.Error) as exc:
         raise SpecError(f"{where} source: cannot read {path}: {exc}") from None
-    return header, rows
+    place = {k: j for j, k in enumerate(picked)}
+    return {name: rows[:, [place[header.index(c)] for c in cols]] for name, cols in wanted.items()}
+
+
+def _pick(header: list[str], wanted: Mapping[str, list[str]], path, where: str) -> list[int]:
+    """The header's indices of every column ``wanted`` names, in file order; a name the header
+    lacks or holds twice is a SpecError (which of two an input reads would be a guess)."""
+    picked = set()
+    for name, cols in wanted.items():
+        for col in cols:
+            at = [k for k, h in enumerate(header, 1) if h == col]
+            if not at:
+                raise SpecError(
+                    f"{where} {name}: {path} has no column {shown(col)}"
+                    + _nearest(col, header, "columns")
+                )
+            if len(at) > 1:
+                raise SpecError(
+                    f"{where} {name}: {path} has the column {shown(col)} twice (columns "
+                    f"{at[0]} and {at[1]}); which one to read would be a guess"
+                )
+            picked.add(at[0] - 1)
+    return sorted(picked)
 
 
 def _filled(row: list[str]) -> bool:
     return bool(row) and any(c.strip() for c in row)
 
 
-def _fill(rows: np.ndarray, reader, header: list[str], path, where: str) -> None:
+def _fill(rows: np.ndarray, reader, header: list[str], picked, path, where: str) -> None:
     lines = (r for r in reader if _filled(r))
     next(lines)  # the header
     for r, line in zip(range(len(rows)), lines, strict=False):  # the file may have grown
@@ -342,13 +408,13 @@ def _fill(rows: np.ndarray, reader, header: list[str], path, where: str) -> None
                 f"{where} source: {path} row {reader.line_num} has {len(line)} fields, "
                 f"the header has {len(header)}"
             )
-        for c, cell in enumerate(line):
+        for j, c in enumerate(picked):
             try:
-                rows[r, c] = float(cell)
+                rows[r, j] = float(line[c])
             except ValueError:
-                raise SpecError(
-                    f"{where} source: {path} row {reader.line_num}, column {shown(header[c])}: "
-                    f"{shown(cell.strip()[:30])} is not a number"
+                raise SpecError(  # the cell itself is not shown: errors never echo data
+                    f"{where} source: {path} row {reader.line_num}, column {shown(header[c])} "
+                    "is not a number"
                 ) from None
 
 
