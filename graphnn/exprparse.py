@@ -139,7 +139,8 @@ def _problem(node: ast.AST, parent: ast.AST | None, names: Mapping, functions: M
         if type(value) not in (int, float):
             kind = _LITERAL_KINDS.get(type(value), type(value).__name__)
             return 1, f"{kind} {shown} is not allowed", "only int and float constants are"
-        if not math.isfinite(value) or abs(value) > MAX_CONSTANT:
+        # abs() first: math.isfinite(10**500) raises OverflowError (an int has no infinity)
+        if abs(value) > MAX_CONSTANT or not math.isfinite(value):
             return 1, f"constant too large: {shown} (limit {MAX_CONSTANT:g})", ""
         return None
     if isinstance(node, ast.BinOp | ast.UnaryOp):

@@ -363,3 +363,8 @@ def test_did_you_mean_only_when_the_suggestion_is_close():
 
     assert _suggest("epoch", ["epochs", "lr"]) == "did you mean 'epochs'?"
     assert _suggest("metrics", ["betas", "lr", "epochs"]) == "known: betas, epochs, lr"
+
+
+def test_an_integer_literal_past_float_range_is_too_large():
+    with pytest.raises(SpecError, match="constant too large"):
+        parse_expression("z + " + "9" * 500, names={"z": 1}, functions={}, where="w")
