@@ -21,7 +21,7 @@ import numpy as np
 import graphnn as gn
 from codegen.signature import forward_inputs
 from graphnn.ir.elementwise import ELEMENTWISE
-from tests import cases
+from tests import cases, reproducers
 
 BATCH = 5
 
@@ -84,6 +84,17 @@ GRAD_CASES = {f"op_{op}": (lambda op=op: _op_case(op), "float32", None) for op i
 GRAD_CASES |= {name: (build, "float32", None) for name, build in STRUCTURAL.items()}
 GRAD_CASES["float64_mlp"] = (_mlp("tanh", "softmax_ce"), "float64", None)
 GRAD_CASES["gpu_launch_mlp"] = (_mlp("tanh", "softmax_ce"), "float32", "gpu")
+
+
+def _reproducer(name: str):
+    case = reproducers.CASES[name]()
+    return case.graph, case.params, case.data
+
+
+GRAD_CASES |= {
+    f"repro_{name}": (lambda name=name: _reproducer(name), "float32", None)
+    for name in reproducers.CASES
+}
 
 
 def _train(act, loss, optimizer, names=None):

@@ -1,0 +1,73 @@
+"""Graphs on which a back end once gave a wrong number or no kernel (issue 15), with their values.
+
+Each case builds a graph, its parameters and one batch of data, and computes the loss it must
+give independently of graphnn, in float64 NumPy (``expect``).  ``tests/test_reproducers.py`` runs
+every case on the NumPy reference (against ``expect`` and central differences) and on the CPU
+back end; ``tests/cuda_cases.py`` runs them on the CUDA simulator.  Batch sizes vary on purpose:
+a value whose rows are not the batch must not follow the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import graphnn as gn
+
+
+@dataclass
+class Case:
+    graph: gn.Graph
+    params: dict
+    data: dict
+    expect: Callable[[dict, dict], float]  # the loss in float64 NumPy, from params and data
+
+
+def _rng(name: str) -> np.random.Generator:
+    return np.random.default_rng(sum(map(ord, name)))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _random(g: gn.Graph, rng, batch: int, scale=1.0) -> tuple[dict, dict]:
+    params = {n.name: rng.normal(size=n.shape) * scale for n in g.forward.params}
+    data = {n.name: rng.normal(size=(batch, *n.shape[1:])) for n in g.forward.inputs}
+    return params, data
+
+
+def softmax_of_param(batch: int) -> Case:
+    """softmax over a (4, 3) parameter: 4 rows whatever the batch (1 read uninitialized rows,
+    6 and 8 wrote past the buffer)."""
+    x, w = gn.input("x", (2,)), gn.param("w", (2,))
+    P, V = gn.param("P", (4, 3)), gn.param("V", (3, 1))
+    g = gn.Graph(gn.mean(gn.softmax(P) @ V) + gn.mean(x * w))
+    params, data = _random(g, _rng(f"softmax_of_param{batch}"), batch)
+
+    def expect(p, d):
+        return np.mean(_softmax(p["P"]) @ p["V"]) + np.mean(d["x"] * p["w"])
+
+    return Case(g, params, data, expect)
+
+
+def softmax_of_batch_sum(batch: int) -> Case:
+    """softmax over a (1, 3) row, the batch summed away first."""
+    x, P = gn.input("x", (3,)), gn.param("P", (3,))
+    V = gn.param("V", (3, 2))
+    g = gn.Graph(gn.mean(gn.softmax(gn.sum(x + P, axis=0, keepdims=True)) @ V))
+    params, data = _random(g, _rng(f"softmax_of_batch_sum{batch}"), batch, 0.5)
+
+    def expect(p, d):
+        return np.mean(_softmax((d["x"] + p["P"]).sum(axis=0, keepdims=True)) @ p["V"])
+
+    return Case(g, params, data, expect)
+
+
+CASES: dict[str, Callable[[], Case]] = {}
+for _b in (1, 4, 6, 8):
+    CASES[f"softmax_of_param_batch{_b}"] = lambda b=_b: softmax_of_param(b)
+    CASES[f"softmax_of_batch_sum_batch{_b}"] = lambda b=_b: softmax_of_batch_sum(b)
