@@ -71,3 +71,25 @@ CASES: dict[str, Callable[[], Case]] = {}
 for _b in (1, 4, 6, 8):
     CASES[f"softmax_of_param_batch{_b}"] = lambda b=_b: softmax_of_param(b)
     CASES[f"softmax_of_batch_sum_batch{_b}"] = lambda b=_b: softmax_of_batch_sum(b)
+
+
+def reduction_of_a_scalar(which: str) -> Case:
+    """A sum or mean of a 0-d value: the CPU kernel indexed it as ``x[]`` (a SyntaxError)."""
+    x, w = gn.input("x", (3,)), gn.param("w", (3,))
+    v = gn.input("v", (2,))
+    losses = {
+        "mean_of_sum": (lambda: gn.mean(gn.sum(x * w)), lambda p, d: np.sum(d["x"] * p["w"])),
+        "sum_of_mean": (lambda: gn.sum(gn.mean(x * w)), lambda p, d: np.mean(d["x"] * p["w"])),
+        "mean_of_mean": (
+            lambda: gn.mean(gn.mean(v * gn.sum(w), 0), 0),
+            lambda p, d: np.mean(np.mean(d["v"] * np.sum(p["w"]), 0), 0),
+        ),
+    }
+    build, expect = losses[which]
+    g = gn.Graph(build())
+    params, data = _random(g, _rng(which), 5)
+    return Case(g, params, data, expect)
+
+
+for _which in ("mean_of_sum", "sum_of_mean", "mean_of_mean"):
+    CASES[f"scalar_{_which}"] = lambda w=_which: reduction_of_a_scalar(w)

@@ -279,6 +279,10 @@ def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
 
 
 def reduce_sum(x: Tensor, axes: tuple[int, ...], keepdims: bool = False) -> Tensor:
+    if not axes:
+        # A sum over no axes (every axis of a 0-d value) is the value itself, as in NumPy; as a
+        # node it had no element to index (the CPU kernel read x[]).
+        return x
     shape = reduced_shape(x.shape, axes, keepdims)
     attrs = {"axes": axes, "keepdims": keepdims}
     return Tensor("reduce_sum", (x,), shape, attrs, None, _label("sum({})", x))
