@@ -93,3 +93,32 @@ def reduction_of_a_scalar(which: str) -> Case:
 
 for _which in ("mean_of_sum", "sum_of_mean", "mean_of_mean"):
     CASES[f"scalar_{_which}"] = lambda w=_which: reduction_of_a_scalar(w)
+
+
+def _softmax_ce(z, t):
+    """PyTorch's cross-entropy with probability targets, mean over the rows of z."""
+    m = z.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[:, 0]
+    return np.mean(t.sum(axis=-1) * lse - (t * z).sum(axis=-1))
+
+
+def ce_without_batch_axis(batch: int) -> Case:
+    """Cross-entropy of (4, 3) logits (a parameter plus the batch mean of x W): the mean over
+    their 4 rows, whatever the batch size (its gradient was divided by n)."""
+    x, y = gn.input("x", (2,)), gn.input("y", (4, 3))
+    P, W = gn.param("P", (4, 3)), gn.param("W", (2, 3))
+    z = P + gn.mean(x @ W, axis=0, keepdims=True)
+    g = gn.Graph(gn.softmax_cross_entropy(z, gn.mean(y, axis=0)))
+    rng = _rng(f"ce_without_batch_axis{batch}")
+    params, data = _random(g, rng, batch)
+    data["y"] = np.eye(3)[rng.integers(0, 3, (batch, 4))]  # one-hot: the mean rows sum to 1
+
+    def expect(p, d):
+        z = p["P"] + (d["x"] @ p["W"]).mean(axis=0, keepdims=True)
+        return _softmax_ce(z, d["y"].mean(axis=0))
+
+    return Case(g, params, data, expect)
+
+
+for _b in (1, 4, 7):
+    CASES[f"ce_without_batch_axis_batch{_b}"] = lambda b=_b: ce_without_batch_axis(b)

@@ -173,6 +173,8 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
     (z, t) = node.inputs
     shape = scope.ir.node(z).shape
     k = shape[-1]
+    # the mean over the logits' rows: the batch only when they have a batch axis
+    rows = "nf" if shape[0] is None else scope.literal(shape[0])
     lines, body = [], _row_stats(z, k, scope, keep=grad.name if grad is not None else None)
     if loss is not None:
         lines += [comment(loss), f"{loss.name} = {scope.literal(0)}"]
@@ -186,12 +188,12 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
         lines += [comment(grad), *scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / nf",
+            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / {rows}",
         ]
     scope.done.update(n.name for n in (loss, grad) if n is not None)
     lines += _over_rows(shape, body)
     if loss is not None:
-        lines.append(f"{loss.name} = {loss.name} / nf")
+        lines.append(f"{loss.name} = {loss.name} / {rows}")
     return lines
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import sympy
 
 from graphnn.derive.formula import Formula, call_tex, column_sum, elementwise, matmul, wrap
 from graphnn.errors import GraphError
@@ -146,7 +147,9 @@ def _softmax_ce_vjp(t: Tensor, g: Tensor) -> list[Tensor | None]:
 def _softmax_ce_grad_display(node: Node, ins: list[Formula]) -> Formula:
     z, t = ins
     sm = numpy_call("softmax", node, [z], lambda node, a, n, dt: softmax(a[0]))
-    return elementwise((ARGS[0] - ARGS[1]) / BATCH, {ARGS[0]: sm, ARGS[1]: t})
+    rows = node.shape[0]  # the mean is over the logits' rows: n if they are the batch
+    rows = BATCH if rows is None else sympy.Integer(rows)
+    return elementwise((ARGS[0] - ARGS[1]) / rows, {ARGS[0]: sm, ARGS[1]: t})
 
 
 def _shown_as_call(fn: str):
@@ -179,7 +182,8 @@ STRUCTURAL: dict[str, Structural] = {
     ),
     "softmax_ce_grad": Structural(
         no_vjp,
-        lambda node, a, n, dt: (softmax(a[0]) - a[1]) / n,
+        # the loss is a mean over the logits' rows, which are the batch only if they have its axis
+        lambda node, a, n, dt: (softmax(a[0]) - a[1]) / len(a[0]),
         _softmax_ce_grad_display,
     ),
 }
