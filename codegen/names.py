@@ -16,6 +16,7 @@ RESERVED = set(keyword.kwlist) | {"np", "math", "njit", "FASTMATH", "range", "ma
 
 
 RESERVED |= {"n", "nf", "m", "s", "d", "j", "t", "t0", "P", "G", "loss", "status", "total"}
+RESERVED |= {"tsum"}  # softmax cross-entropy's row sum of the target
 
 
 RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "clip_norm"}

@@ -122,3 +122,20 @@ def ce_without_batch_axis(batch: int) -> Case:
 
 for _b in (1, 4, 7):
     CASES[f"ce_without_batch_axis_batch{_b}"] = lambda b=_b: ce_without_batch_axis(b)
+
+
+def ce_targets_not_summing_to_one() -> Case:
+    """Target rows of zeros (padding) and multi-label rows summing to 2: PyTorch's loss is
+    sum(t) logsumexp(z) - sum(t z) per row (logsumexp(z) - sum(t z) was negative for the 2s)."""
+    x, y = gn.input("x", (3,)), gn.input("y", (4,))
+    W = gn.param("W", (3, 4))
+    g = gn.Graph(gn.softmax_cross_entropy(x @ W, y))
+    rng = _rng("ce_targets_not_summing_to_one")
+    params, data = _random(g, rng, 5)
+    data["y"] = np.array(
+        [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0.5, 0.25, 0, 0], [1, 1, 1, 0]], float
+    )
+    return Case(g, params, data, lambda p, d: _softmax_ce(d["x"] @ p["W"], d["y"]))
+
+
+CASES["ce_targets_not_summing_to_one"] = ce_targets_not_summing_to_one

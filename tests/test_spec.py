@@ -64,7 +64,7 @@ def test_explicit_spec_builds_the_graph_with_spec_names():
         "W2": "glorot_uniform",
         "b2": "glorot_uniform",
     }
-    assert str(g.gradient("W2")) == "h^T ((softmax(logits) - y)/n)"
+    assert str(g.gradient("W2")) == "h^T ((softmax(logits) ∘ rowsum(y) - y)/n)"
 
 
 def test_train_defaults():

@@ -176,6 +176,9 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
     # the mean over the logits' rows: the batch only when they have a batch axis
     rows = "nf" if shape[0] is None else scope.literal(shape[0])
     lines, body = [], _row_stats(z, k, scope, keep=grad.name if grad is not None else None)
+    # A row's loss is tsum logsumexp(z) - sum(t z), tsum = sum(t): -sum(t log softmax(z)) also
+    # for target rows that do not sum to 1 (padding rows of zeros, multi-label rows), as in torch.
+    body += [f"tsum = {scope.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
     if loss is not None:
         lines += [comment(loss), f"{loss.name} = {scope.literal(0)}"]
         body += [
@@ -183,12 +186,12 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
             f"for j in range({k}):",
             f"    d += {t}[i0, j] * {z}[i0, j]",
         ]
-        body += [f"{loss.name} += m + np.log(s) - d"]
+        body += [f"{loss.name} += tsum * (m + np.log(s)) - d"]
     if grad is not None:
         lines += [comment(grad), *scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / {rows}",
+            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s * tsum - {t}[i0, j]) / {rows}",
         ]
     scope.done.update(n.name for n in (loss, grad) if n is not None)
     lines += _over_rows(shape, body)

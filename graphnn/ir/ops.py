@@ -335,10 +335,13 @@ def softmax(x: Tensor) -> Tensor:
 
 
 def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of -sum(target * log_softmax(logits)); fused and stable (log-sum-exp).
+    """Mean over the rows of -sum(target * log_softmax(logits)); fused and stable (log-sum-exp).
 
-    Target rows are probability distributions (one-hot or soft labels), as in PyTorch: the loss
-    is computed as ``logsumexp(z) - sum(t * z)`` per row and its gradient is ``(softmax(z) - t)/n``.
+    As PyTorch's cross-entropy with probability targets, for any target rows: a row's loss is
+    ``sum(t) * logsumexp(z) - sum(t * z)`` and its gradient ``(softmax(z) * sum(t) - t)/n``,
+    so a row of zeros (padding) adds nothing and a multi-label row summing to 2 counts twice.
+    For one-hot or soft labels ``sum(t)`` is 1.  The mean is over the logits' rows: the batch,
+    or, for logits without a batch axis, their own row count.
     """
     _check_rows("softmax_cross_entropy", logits, target)
     label = _label("softmax_cross_entropy({}, {})", logits, target)

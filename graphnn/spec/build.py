@@ -23,7 +23,7 @@ the key and the offending token.
 >>> spec.graph.param_names, spec.train.optimizer.name
 (['W'], 'sgd')
 >>> print(spec.graph.gradient("W"))
-x^T ((softmax(logits) - y)/n)
+x^T ((softmax(logits) ∘ rowsum(y) - y)/n)
 """
 
 from __future__ import annotations
