@@ -214,6 +214,11 @@ class KernelPrinter(PythonCodePrinter):
             return f"{self._fn('log1p')}({self._print(rest)})"  # exact for small x
         return self._call(expr)
 
+    def _print_Phi(self, expr) -> str:
+        # the normal CDF as erfc(-z/sqrt 2)/2: exact in both tails (1 + erf cancels below -27)
+        (z,) = expr.args
+        return self._print(sympy.erfc(-z / sympy.sqrt(2), evaluate=False) / 2)
+
     def _print_sign(self, expr) -> str:
         x = self._print(expr.args[0])
         if self.fn_module == "np":

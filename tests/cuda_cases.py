@@ -92,8 +92,8 @@ def _reproducer(name: str):
 
 
 GRAD_CASES |= {
-    f"repro_{name}": (lambda name=name: _reproducer(name), "float32", None)
-    for name in reproducers.CASES
+    f"repro_{name}": (lambda name=name: _reproducer(name), case().dtype, None)
+    for name, case in reproducers.CASES.items()
 }
 
 

@@ -9,6 +9,7 @@ a value whose rows are not the batch must not follow the batch size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ class Case:
     params: dict
     data: dict
     expect: Callable[[dict, dict], float]  # the loss in float64 NumPy, from params and data
+    dtype: str = "float32"  # the CUDA simulator's: float64 for values float32 cannot hold
 
 
 def _rng(name: str) -> np.random.Generator:
@@ -139,3 +141,18 @@ def ce_targets_not_summing_to_one() -> Case:
 
 
 CASES["ce_targets_not_summing_to_one"] = ce_targets_not_summing_to_one
+
+
+def gelu_far_left() -> Case:
+    """gelu in float64 for z <= -27: z Phi(z) is about -1e-160 to -1e-265, not 0."""
+    P = gn.param("P", (3,))
+    g = gn.Graph(gn.sum(gn.gelu(P)))
+    params = {"P": np.array([-27.0, -30.0, -35.0])}
+
+    def expect(p, d):
+        return sum(z * math.erfc(-z / math.sqrt(2)) / 2 for z in p["P"])
+
+    return Case(g, params, {}, expect, dtype="float64")
+
+
+CASES["gelu_far_left"] = gelu_far_left

@@ -34,7 +34,7 @@ import mpmath
 import numpy as np
 import sympy
 
-from graphnn.ir.elementwise import ARGS, Y, erf
+from graphnn.ir.elementwise import ARGS, SPECIAL, Y
 
 
 def _code_digest() -> str | None:
@@ -189,12 +189,12 @@ def _piecewise_output_form(f, d, z):
 
 @functools.cache
 def _reference(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify((*args, Y), expr, modules="mpmath")
+    return sympy.lambdify((*args, Y), expr, modules=[{"Phi": mpmath.ncdf}, "mpmath"])
 
 
 @functools.cache
 def _float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify(args, expr, modules=[{"erf": erf}, "numpy"])
+    return sympy.lambdify(args, expr, modules=[SPECIAL, "numpy"])
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,28 @@ HE = "he_normal"  # the init of relu-like layers (He et al.)
 z, t = ARGS[0], ARGS[1]
 
 
+class Phi(sympy.Function):
+    """The standard normal CDF, computed as ``erfc(-z/sqrt(2))/2`` by every back end.
+
+    A function of its own because SymPy rewrites ``erfc(-x)`` as ``2 - erfc(x)`` (and has no
+    other normal CDF): that form, like ``(1 + erf(z/sqrt(2)))/2``, cancels to 0 in float64 for
+    z <= -27, where Phi(-30) is 4.9e-198.
+    """
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return sympy.exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sympy.erfc(-x / sympy.sqrt(2)) / 2
+        return None
+
+    def _eval_rewrite_as_erfc(self, x, **kwargs):
+        return sympy.erfc(-x / sympy.sqrt(2), evaluate=False) / 2
+
+
 @dataclass(frozen=True)
 class Elementwise:
     """One elementwise op: formula(*args, **params) -> SymPy expression in ARGS."""
@@ -69,9 +91,9 @@ ELEMENTWISE: dict[str, Elementwise] = {
         activation=True,
         init=HE,
     ),
-    "gelu": Elementwise(
-        lambda: z * (1 + sympy.erf(z / sympy.sqrt(2))) / 2, activation=True, init=HE
-    ),
+    # z Phi(z), Phi computed as erfc(-z/sqrt 2)/2: 1 + erf(z/sqrt 2) cancels to 0 for z <= -27
+    # in float64, where gelu(-30) is -1.5e-195 (PyTorch's erfc form gives it).
+    "gelu": Elementwise(lambda: z * Phi(z), activation=True, init=HE),
     "silu": Elementwise(lambda: z / (1 + exp(-z)), activation=True, init=HE),
     # Loss terms: binary cross-entropy on logits z against targets t, in its stable form.
     "bce_with_logits": Elementwise(
@@ -90,7 +112,24 @@ def erf(x):
     return scipy.special.erf(x)
 
 
+def erfc(x):
+    """scipy's erfc for lambdified formulas, imported on first use."""
+    import scipy.special
+
+    return scipy.special.erfc(x)
+
+
+def _phi(x):
+    import scipy.special
+
+    return scipy.special.ndtr(x)  # Phi, accurate in both tails
+
+
+# Functions NumPy lacks, for sympy.lambdify's modules.
+SPECIAL = {"erf": erf, "erfc": erfc, "Phi": _phi}
+
+
 @functools.cache
 def numpy_function(expr: sympy.Expr, nargs: int) -> Callable:
     """``expr`` (in ARGS[:nargs] and the batch size n) as a NumPy function of (a0, ..., n)."""
-    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[{"erf": erf}, "numpy"])
+    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[SPECIAL, "numpy"])
