@@ -25,7 +25,7 @@ RESERVED |= {"steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm", "cli
 RESERVED |= {"start", "all_finite", "sum_squares"}  # train_epoch's loop, train_step's helpers
 
 
-RESERVED |= {"tanh_r", "x2", "p", "q"}  # codegen/cpu/approx.py
+RESERVED |= {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 RESERVED |= {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
 
 

@@ -25,6 +25,12 @@ class Case:
     data: dict
     expect: Callable[[dict, dict], float]  # the loss in float64 NumPy, from params and data
     dtype: str = "float32"  # the CUDA simulator's: float64 for values float32 cannot hold
+    # what the CUDA result is compared with: float32 where the float32 value is the point
+    # (1 - tanh(9)^2 is 1.19e-7 in float32, as in PyTorch, and 6.1e-8 in float64)
+    reference: str = "float64"
+    # the gradients in float64 NumPy, where central differences cannot resolve them
+    exact_grads: Callable[[dict, dict], dict] | None = None
+    tol64: float = 1e-12  # CPU against the reference in float64
 
 
 def _rng(name: str) -> np.random.Generator:
@@ -156,3 +162,19 @@ def gelu_far_left() -> Case:
 
 
 CASES["gelu_far_left"] = gelu_far_left
+
+
+def tanh_saturated() -> Case:
+    """mean(tanh(x + b)) at x = (9, 12, 30): float32 dL/db is (1 - y^2)/3 = (3.97e-8, 0, 0), as
+    in NumPy and PyTorch; the CPU's clamped rational tanh gave 1.59e-7 for each."""
+    x, b = gn.input("x", (3,)), gn.param("b", (3,))
+    g = gn.Graph(gn.mean(gn.tanh(x + b)))
+    params, data = {"b": np.zeros(3)}, {"x": np.array([[9.0, 12.0, 30.0]])}
+    expect = lambda p, d: np.mean(np.tanh(d["x"] + p["b"]))  # noqa: E731
+    # tanh moves by 1e-13 over a finite-difference step at 9: sech^2 instead
+    slope = lambda p, d: {"b": np.mean(1 / np.cosh(d["x"] + p["b"]) ** 2, axis=0) / 3}  # noqa: E731
+    # 1 - y^2 at y = 1 - 3e-8 turns an ulp of tanh (libm against NumPy) into 4e-9 relative
+    return Case(g, params, data, expect, reference="float32", exact_grads=slope, tol64=1e-8)
+
+
+CASES["tanh_saturated"] = tanh_saturated

@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 import graphnn as gn
-from codegen.cpu.approx import tanh_source
+from codegen.cpu.approx import CLAMP, tanh_source
 from codegen.cpu.module import FASTMATH
 
 
@@ -34,7 +34,32 @@ def test_rational_tanh_is_within_3e7_of_float64_tanh_everywhere():
     small = np.abs(exact) > 1e-30
     assert (np.abs(out - exact)[small] / np.abs(exact[small])).max() < 3e-7
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
-    assert out[-4] > 0.9999997 and out[-1] < -0.9999997  # saturates, no NaN
+    assert out[-4] == 1 and out[-1] == -1  # saturates exactly, no NaN
+
+
+@njit
+def _libm_tanh(a, out):
+    for i in range(a.size):
+        out[i] = np.tanh(a[i])  # libm's tanhf
+
+
+def test_past_the_rational_range_it_is_float32_tanh_exactly():
+    """Every float32 from the rational's end (7.9053) to 10, and its negative, as libm's tanhf:
+    the steps to 1, and exactly +-1 from 9.0109, so a saturated unit's 1 - y^2 is 0 as in NumPy
+    and PyTorch (the clamp at 7.9053 left 1 - y^2 at 4.8e-7 for every larger input)."""
+    lo, hi = np.float32([CLAMP, 10.0]).view(np.int32)
+    x = np.arange(lo, hi, dtype=np.int32).view(np.float32)
+    x = np.concatenate([x, -x])
+    out, libm = np.empty_like(x), np.empty_like(x)
+    _compiled_tanh()(x, out)
+    _libm_tanh(x, libm)
+    assert np.array_equal(out, libm)
+    assert np.all(np.abs(out[np.abs(x) >= np.float32(9.010914)]) == 1)
+    special = np.float32([np.nan, np.inf, -np.inf, 9.0, 12.0, 30.0])
+    out = np.empty_like(special)
+    _compiled_tanh()(special, out)
+    assert np.isnan(out[0]) and out[1] == 1 and out[2] == -1
+    assert np.array_equal(1 - out[3:] * out[3:], np.float32([1.1920929e-07, 0, 0]))
 
 
 def test_float32_kernels_use_it_and_float64_kernels_do_not():
