@@ -178,3 +178,21 @@ def tanh_saturated() -> Case:
 
 
 CASES["tanh_saturated"] = tanh_saturated
+
+
+def _nan_graph(body: Callable[[gn.Tensor], gn.Tensor]) -> Case:
+    """mse of body(x @ W) on rows where x @ W < 0 (where log is NaN) or large (exp overflows)."""
+    x, t, W = gn.input("x", (2,)), gn.input("t", (2,)), gn.param("W", (2, 2))
+    g = gn.Graph(gn.mse(body(x @ W), t))
+    params = {"W": np.array([[1.0, -1.0], [0.5, 100.0]])}
+    data = {"x": np.array([[1.0, 1.0], [-1.0, 1.0]]), "t": np.zeros((2, 2))}
+    return Case(g, params, data, lambda p, d: math.nan)
+
+
+# Graphs whose loss is NaN or Inf in the reference: every back end must show it (a fast-math
+# flag folded exp(log(z)) into z, relu turned NaN into 0, and training went on, finite).
+NAN_CASES: dict[str, Callable[[], Case]] = {
+    "exp_of_log": lambda: _nan_graph(lambda z: gn.exp(gn.log(z))),
+    "log_of_exp": lambda: _nan_graph(lambda z: gn.log(gn.exp(z))),
+    "elu_of_log": lambda: _nan_graph(lambda z: gn.elu(gn.log(z))),
+}

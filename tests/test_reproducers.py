@@ -8,8 +8,9 @@ CUDA simulator runs the same cases in tests/test_cuda.py.
 import numpy as np
 import pytest
 
+import graphnn as gn
 from tests.finite_diff import numeric_gradients, relative_error
-from tests.reproducers import CASES
+from tests.reproducers import CASES, NAN_CASES
 
 
 def _as(values, dtype):
@@ -41,3 +42,18 @@ def test_cpu_matches_the_reference(name, dtype):
     assert relative_error(loss, want) < tol, (loss, want)  # relative, also for tiny values
     for p in case.graph.param_names:
         assert relative_error(grads[p], want_grads[p]) < tol, p
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("name", sorted(NAN_CASES))
+def test_a_nonfinite_loss_stays_nonfinite(name, backend):
+    """The loss is NaN or Inf on every back end, and fit stops on it (it trained on finite
+    numbers on the CPU while the reference stopped)."""
+    case = NAN_CASES[name]()
+    params, data = _as(case.params, np.float32), _as(case.data, np.float32)
+    loss, _ = case.graph.value_and_grad(params, data, backend=backend)
+    assert not np.isfinite(loss)
+    model = gn.compile(case.graph, gn.SGD(lr=0.01), backend=backend)
+    model.params = params
+    with pytest.raises(gn.NonFiniteError, match="step 1 "):
+        model.fit(data, epochs=2, batch_size=None)
