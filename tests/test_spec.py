@@ -495,6 +495,7 @@ def test_toml_syntax_error_names_the_line():
         ("nesterov = 1\nmomentum = 0.9", "[train] nesterov: must be true or false"),
         ("nesterov = true", "[train] optimizer: SGD: nesterov=True needs momentum > 0"),
         ("betas = [0.9]", "[train] betas: must be a list of two numbers"),
+        ('optimizer = "adam"\neps = 0', "[train] optimizer: Adam: eps must be a finite number > 0"),
         ("convergence = { toll = 1 }", "[train.convergence]: unknown key 'toll'"),
     ],
 )
