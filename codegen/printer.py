@@ -24,6 +24,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 from graphnn.errors import CodegenError
+from graphnn.ir.elementwise import nan_guarded
 
 __all__ = ["KernelPrinter", "UnsupportedExpression", "print_expr"]
 
@@ -111,7 +112,8 @@ class KernelPrinter(PythonCodePrinter):
         except TypeError:  # complex or zoo
             raise self._unsupported(expr) from None
         if math.isnan(value) or math.isinf(value):
-            text = {"nan": "np.nan", "inf": "np.inf", "-inf": "-np.inf"}[str(value)]
+            m = self.fn_module  # math.nan in CUDA kernels, which call math.* only
+            text = {"nan": f"{m}.nan", "inf": f"{m}.inf", "-inf": f"-{m}.inf"}[str(value)]
         elif self.dtype == "float32":
             text = str(np.float32(value))  # shortest literal that round-trips in float32
         else:
@@ -227,9 +229,10 @@ class KernelPrinter(PythonCodePrinter):
         return f"({one} if {x} > 0 else ({minus} if {x} < 0 else {x}))"  # else: 0 or nan
 
     def _print_Piecewise(self, expr) -> str:
-        # A Piecewise without a True branch is undefined elsewhere: NaN says so loudly.
+        # A Piecewise without a True branch is undefined elsewhere: NaN says so loudly.  The
+        # default branch is guarded, so a NaN input, failing every comparison, gives NaN too.
         out = self._print(sympy.S.NaN)
-        for value, cond in reversed(expr.args):
+        for value, cond in reversed(nan_guarded(expr.args)):
             if cond == sympy.true:
                 out = self._print(value)
             else:
@@ -240,11 +243,13 @@ class KernelPrinter(PythonCodePrinter):
         x = self._print(expr.args[0])
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         one, zero = self._print(sympy.S.One), self._print(sympy.S.Zero)
+        nan = self._print(sympy.S.NaN)  # H(NaN) is NaN: the last test fails for NaN only
         if h0 == 0:
-            return f"({one} if {x} > 0 else {zero})"
+            return f"({one} if {x} > 0 else ({zero} if {x} <= 0 else {nan}))"
         if h0 == 1:
-            return f"({one} if {x} >= 0 else {zero})"
-        return f"({one} if {x} > 0 else ({self._print(h0)} if {x} == 0 else {zero}))"
+            return f"({one} if {x} >= 0 else ({zero} if {x} < 0 else {nan}))"
+        inner = f"({self._print(h0)} if {x} == 0 else ({zero} if {x} < 0 else {nan}))"
+        return f"({one} if {x} > 0 else {inner})"
 
     def _minmax(self, expr, op: str) -> str:
         # Constants go in the tested branch so a NaN operand falls through to the else branch
@@ -286,8 +291,9 @@ def print_expr(
 
     >>> import sympy
     >>> z = sympy.Symbol("z")
-    >>> print_expr(sympy.Piecewise((z, z > 0), (0, True)))
-    '(z if (z > np.float32(0.0)) else np.float32(0.0))'
+    >>> relu = print_expr(sympy.Piecewise((z, z > 0), (0, True)))
+    >>> print(relu.replace("np.float32", "f32"))  # NaN fails both tests: relu(NaN) is NaN
+    (z if (z > f32(0.0)) else (f32(0.0) if (z <= f32(0.0)) else f32(np.nan)))
     >>> print_expr(sympy.tanh(z) ** 2, fn_module="math", backend="cuda")
     'math.tanh(z)*math.tanh(z)'
     """

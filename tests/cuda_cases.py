@@ -170,6 +170,12 @@ def _run_grad(name, arrays):
     arrays |= {f"grad/{name}/{p}": v for p, v in grads.items()}
 
 
+def _run_nan(name, arrays):
+    case = reproducers.NAN_OPS[name]()
+    loss, _ = case.graph.value_and_grad(case.params, case.data, backend="cuda", dtype="float32")
+    arrays[f"nan/{name}/loss"] = np.asarray(loss)
+
+
 def _run_train(name, arrays):
     graph, data, optimizer = TRAIN_CASES[name]()
     model, history = run_training(graph, data, optimizer, "cuda")
@@ -189,6 +195,8 @@ def main(out: Path) -> None:
     report["simulator"] = bool(numba.config.ENABLE_CUDASIM)
     jobs = [(f"grad/{n}", _run_grad, n) for n in GRAD_CASES]
     jobs += [(f"train/{n}", _run_train, n) for n in TRAIN_CASES]
+    # NaN inputs only: the simulator runs math.log(-1) and math.exp(1e3) in Python, which raise
+    jobs += [(f"nan/{n}", _run_nan, n) for n in reproducers.NAN_OPS]
     for key, run, name in jobs:
         start = time.perf_counter()
         try:

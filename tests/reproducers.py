@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import graphnn as gn
+from graphnn.ir.elementwise import ELEMENTWISE
 
 
 @dataclass
@@ -195,4 +196,24 @@ NAN_CASES: dict[str, Callable[[], Case]] = {
     "exp_of_log": lambda: _nan_graph(lambda z: gn.exp(gn.log(z))),
     "log_of_exp": lambda: _nan_graph(lambda z: gn.log(gn.exp(z))),
     "elu_of_log": lambda: _nan_graph(lambda z: gn.elu(gn.log(z))),
+    "relu_of_log": lambda: _nan_graph(lambda z: gn.relu(gn.log(z))),
+}
+
+
+def nan_through(op: str, arg: int) -> Case:
+    """sum(op(p0, ...)) with a NaN in argument ``arg``: NaN, as in PyTorch (relu(NaN) was 0)."""
+    row = ELEMENTWISE[op]
+    ps = [gn.param(f"p{k}", (3,)) for k in range(row.arity)]
+    g = gn.Graph(gn.sum(gn.apply(op, *ps)))
+    lo, hi = row.domain
+    params = {f"p{k}": np.array([lo, (lo + hi) / 2, hi]) for k in range(row.arity)}
+    params[f"p{arg}"][1] = np.nan
+    return Case(g, params, {}, lambda p, d: math.nan)
+
+
+# every elementwise op with a NaN in each of its arguments
+NAN_OPS = {
+    f"{op}_arg{k}": lambda op=op, k=k: nan_through(op, k)
+    for op, row in ELEMENTWISE.items()
+    for k in range(row.arity)
 }

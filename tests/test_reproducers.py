@@ -10,7 +10,7 @@ import pytest
 
 import graphnn as gn
 from tests.finite_diff import numeric_gradients, relative_error
-from tests.reproducers import CASES, NAN_CASES
+from tests.reproducers import CASES, NAN_CASES, NAN_OPS
 
 
 def _as(values, dtype):
@@ -42,6 +42,15 @@ def test_cpu_matches_the_reference(name, dtype):
     assert relative_error(loss, want) < tol, (loss, want)  # relative, also for tiny values
     for p in case.graph.param_names:
         assert relative_error(grads[p], want_grads[p]) < tol, p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("name", sorted(NAN_OPS))
+def test_every_elementwise_op_propagates_nan(name, backend, dtype):
+    case = NAN_OPS[name]()
+    loss, _ = case.graph.value_and_grad(_as(case.params, dtype), {}, backend=backend)
+    assert np.isnan(loss)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])

@@ -34,7 +34,7 @@ import mpmath
 import numpy as np
 import sympy
 
-from graphnn.ir.elementwise import ARGS, SPECIAL, Y
+from graphnn.ir.elementwise import ARGS, Y, numpy_lambdify
 
 
 def _code_digest() -> str | None:
@@ -194,7 +194,7 @@ def _reference(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
 
 @functools.cache
 def _float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify(args, expr, modules=[SPECIAL, "numpy"])
+    return numpy_lambdify(args, expr)
 
 
 @dataclass(frozen=True)

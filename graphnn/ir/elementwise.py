@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import sympy
 from sympy import Piecewise, exp, log
+from sympy.printing.numpy import NumPyPrinter
 
 ARGS = sympy.symbols("a0:8", real=True)
 Y = sympy.Symbol("Y", real=True)  # the op's own output, for output-form derivatives
@@ -129,7 +130,45 @@ def _phi(x):
 SPECIAL = {"erf": erf, "erfc": erfc, "Phi": _phi}
 
 
+def nan_guarded(pieces) -> list[tuple[sympy.Expr, sympy.Basic]]:
+    """The (value, condition) pairs of a Piecewise with its default branch guarded.
+
+    NaN fails every comparison, so a NaN input fell through to the default branch: relu(NaN)
+    was its 0, as was relu'(NaN).  The default branch's condition becomes the complement of
+    the others' written as comparisons (z > 0 -> z <= 0), which NaN fails too; taking no
+    branch, a Piecewise is NaN (every printer's rule), so NaN propagates as in PyTorch.  A
+    complement SymPy can only write with a Not is left as the default.
+    """
+    out, prior = [], []
+    for value, cond in pieces:
+        if cond == sympy.true and prior:
+            guard = sympy.And(*[sympy.Not(c) for c in prior]).to_nnf()
+            if not guard.has(sympy.Not) and guard not in (sympy.true, sympy.false):
+                cond = guard
+        out.append((value, cond))
+        prior.append(cond)
+        if cond == sympy.true:
+            break
+    return out
+
+
+class _NanPropagatingPrinter(NumPyPrinter):
+    """NumPy's printer for lambdify, with every Piecewise NaN-guarded (:func:`nan_guarded`)."""
+
+    def _print_Piecewise(self, expr):
+        return super()._print_Piecewise(sympy.Piecewise(*nan_guarded(expr.args), evaluate=False))
+
+
+def numpy_lambdify(args, expr: sympy.Expr):
+    """``expr`` as a NumPy function of ``args``: sympy.lambdify with our special functions and a
+    NaN input giving NaN through every Piecewise."""
+    # the settings lambdify gives its own printer, with our functions named as themselves
+    settings = {"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True}
+    printer = _NanPropagatingPrinter({**settings, "user_functions": {k: k for k in SPECIAL}})
+    return sympy.lambdify(args, expr, modules=[SPECIAL, "numpy"], printer=printer)
+
+
 @functools.cache
 def numpy_function(expr: sympy.Expr, nargs: int) -> Callable:
     """``expr`` (in ARGS[:nargs] and the batch size n) as a NumPy function of (a0, ..., n)."""
-    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[SPECIAL, "numpy"])
+    return numpy_lambdify((*ARGS[:nargs], BATCH), expr)
