@@ -21,6 +21,7 @@ import numpy as np
 import graphnn as gn
 from codegen.signature import forward_inputs
 from graphnn.ir.elementwise import ELEMENTWISE
+from graphnn.optim.schedules import Step
 from tests import cases, reproducers
 
 BATCH = 5
@@ -95,6 +96,12 @@ GRAD_CASES |= {
     f"repro_{name}": (lambda name=name: _reproducer(name), case().dtype, None)
     for name, case in reproducers.CASES.items()
 }
+# the NumPy reference's dtype for a case, where it is not float64
+REFERENCE_DTYPE = {
+    f"repro_{name}": case().reference
+    for name, case in reproducers.CASES.items()
+    if case().reference != "float64"
+}
 
 
 def _train(act, loss, optimizer, names=None):
@@ -131,7 +138,22 @@ def _sqrt_case():
     return g, {"x": np.full((8, 2), 0.1), "t": np.zeros((8, 1))}, gn.SGD(lr=2.0)
 
 
-NONFINITE_CASES = {"inf_loss": _overflow_case, "inf_gradient": _sqrt_case}
+def _update_overflow_case():
+    """Step 3 multiplies the learning rate by 1e38: its update overflows W (the loss and
+    gradients are finite); the model must hold the values of step 2."""
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    g = gn.Graph(gn.mse(x @ W + b, t))
+    rng = np.random.default_rng(42)
+    data = {"x": rng.normal(size=(16, 4)), "t": 100 * rng.normal(size=(16, 3))}
+    return g, data, gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
+
+
+NONFINITE_CASES = {
+    "inf_loss": _overflow_case,
+    "inf_gradient": _sqrt_case,
+    "update_overflow": _update_overflow_case,
+}
 
 
 def run_training(graph, data, optimizer, backend: str):

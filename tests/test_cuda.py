@@ -72,8 +72,9 @@ def _no_error(report, key):
 def _reference_grads(name):
     build, dtype, _ = cases.GRAD_CASES[name]
     g, params, data = build()
-    params = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    loss, grads = g.value_and_grad(params, data, backend="numpy", dtype=np.float64)
+    reference = np.dtype(cases.REFERENCE_DTYPE.get(name, "float64"))
+    params = {k: np.asarray(v, reference) for k, v in params.items()}
+    loss, grads = g.value_and_grad(params, data, backend="numpy", dtype=reference)
     return g, dtype, loss, grads
 
 
