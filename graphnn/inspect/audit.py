@@ -20,14 +20,13 @@ True
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import mpmath
 import numpy as np
 import sympy
 
+from codegen.printer import kernel_float32  # what the kernels run, tanh_r included
 from graphnn.derive.screen import SCREEN_POINTS, Probe, probe
 from graphnn.inspect.chain import local
 from graphnn.ir.elementwise import ARGS, BATCH
@@ -173,24 +172,6 @@ def stability_audit(graph) -> Audit:
     return Audit(graph.loss_name, derivatives, formulas, checks)
 
 
-@functools.cache
-def kernel32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    """``expr`` as the generated kernels compute it: codegen's printer, evaluated in float32.
-
-    The printer is not lambdify: it writes log(1 + x) as log1p(x), types every constant, and
-    turns Piecewise into a ternary, so probing its text is probing what runs.
-    """
-    from codegen.printer import print_expr
-
-    text = print_expr(expr, dtype="float32")
-    body = eval(f"lambda {', '.join(map(str, args))}: {text}", {"np": np, "math": math})  # noqa: S307 - our printer's output, as codegen imports it
-
-    def run(*values):
-        return np.float32(body(*(np.float32(v) for v in values)))
-
-    return run
-
-
 def _batch(e: sympy.Expr) -> sympy.Expr:
     return e.xreplace({BATCH: sympy.Integer(AUDIT_BATCH)})
 
@@ -203,7 +184,7 @@ def _derivative_audit(consumer: Node, i: int, nodes: tuple[str, ...]) -> Formula
         FormProbe(
             c.form,
             loc.named(c.expr),
-            probe(_batch(c.expr), refs, f, i, nargs, kernel32),
+            probe(_batch(c.expr), refs, f, i, nargs, kernel_float32),
             c.form == d.form,
         )
         for c in d.candidates
@@ -215,7 +196,7 @@ def _derivative_audit(consumer: Node, i: int, nodes: tuple[str, ...]) -> Formula
 def _formula_audit(node: Node) -> FormulaAudit:
     """A forward formula probed in each argument; the worst argument is reported."""
     f, nargs = _batch(node.attr("expr")), len(node.inputs)
-    runs = [probe(f, (f,), f, i, nargs, kernel32) for i in range(nargs)]
+    runs = [probe(f, (f,), f, i, nargs, kernel_float32) for i in range(nargs)]
     k = max(range(nargs), key=lambda i: sum(p.status != "ok" for p in runs[i]) * 10 - i)
     names = {ARGS[j]: sympy.Symbol(x) for j, x in enumerate(node.inputs)}
     expr = sympy.sympify(node.attr("expr")).xreplace(names)
