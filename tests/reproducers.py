@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import sympy
 
 import graphnn as gn
 from graphnn.ir.elementwise import ELEMENTWISE
@@ -217,3 +218,17 @@ NAN_OPS = {
     for op, row in ELEMENTWISE.items()
     for k in range(row.arity)
 }
+
+
+def user_mish() -> Case:
+    """A user function z*tanh(log(1 + exp(z))): Inf/NaN in float32 from z = 89 in every derived
+    form; graphnn rewrites log(1 + exp(z)) to its stable softplus."""
+    s = sympy.Symbol("z", real=True)
+    mish = gn.elementwise("mish", s * sympy.tanh(sympy.log(1 + sympy.exp(s))), [s])
+    P = gn.param("P", (6,))
+    g = gn.Graph(gn.sum(mish(P)))
+    params = {"P": np.array([-30.0, 0.5, 87.0, 88.0, 89.0, 100.0])}
+    return Case(g, params, {}, lambda p, d: np.sum(p["P"] * np.tanh(np.logaddexp(0, p["P"]))))
+
+
+CASES["user_mish"] = user_mish

@@ -28,9 +28,11 @@ import sympy
 
 from codegen.printer import kernel_float32  # what the kernels run, tanh_r included
 from graphnn.derive.screen import SCREEN_POINTS, Probe, probe
+from graphnn.derive.store import derivative
 from graphnn.inspect.chain import local
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import Node
+from graphnn.ir.rewrites import EXP_LIMIT, HINT
 
 AUDIT_BATCH = 32  # the batch size n substituted into formulas such as mean's 1/n
 _BAD = {"nan": "NaN", "overflow": "overflow (Inf)", "precision": "precision loss"}
@@ -271,3 +273,62 @@ def _arr(a) -> str:
 
 def _pts(points) -> str:
     return ", ".join(f"{p:g}" for p in points) if points else "-"
+
+
+def user_function_warnings(graph) -> list[str]:
+    """What is NaN or Inf in float32 in the user functions of ``graph`` where the exact value
+    is finite: a function's value, or the chosen form of a derivative (the best the screen
+    found, so every form fails there), each probed as the kernels print it.  One message per
+    function, naming the points, the ``exp`` that overflows there and the rewrite to write."""
+    out, seen = [], set()
+    for node in graph.forward.nodes:
+        user = node.attr("user") if node.op == "ewise" else None
+        if user is None or (node.attr("fn"), user[0]) in seen:
+            continue
+        seen.add((node.attr("fn"), user[0]))
+        out += check_function(node.attr("fn"), *user)
+    return out
+
+
+def check_function(name: str, f: sympy.Expr, args: tuple[str, ...]) -> list[str]:
+    """The warning for function ``name`` (formula ``f`` in ARGS, arguments named ``args``), or
+    none when it is finite in float32 wherever its exact value is."""
+    nargs, problems = len(args), []
+    for i, arg in enumerate(args):
+        value = _nonfinite(probe(f, (f,), f, i, nargs, kernel_float32))
+        if value:
+            problems.append((f"its value is NaN or Inf at {arg} = {_pts(value)}", value, i))
+        d = derivative(f, i, nargs)
+        chosen = next(c for c in d.candidates if c.form == d.form)
+        bad = _nonfinite(probe(chosen.expr, d.references, f, i, nargs, kernel_float32))
+        if bad:
+            what = f"every form of its derivative in {arg} is NaN or Inf"
+            problems.append((f"{what} at {arg} = {_pts(bad)}", bad, i))
+    if not problems:
+        return []
+    names = {ARGS[k]: sympy.Symbol(a) for k, a in enumerate(args)}
+    overflow = {str(e.xreplace(names)) for _, pts, i in problems for e in _overflows(f, i, pts)}
+    where = f" (exp overflows float32 there: {', '.join(sorted(overflow))})" if overflow else ""
+    text = "; ".join(p for p, _, _ in problems)
+    return [
+        f"function '{name}': in float32 {text}, where the exact value is finite{where}. "
+        f"No known rewrite applies: {HINT}"
+    ]
+
+
+def _nonfinite(probes) -> tuple[float, ...]:
+    return tuple(p.point for p in probes if p.status in ("nan", "overflow"))
+
+
+def _overflows(f: sympy.Expr, i: int, points) -> list[sympy.Expr]:
+    """The exp(...) atoms of f whose argument exceeds EXP_LIMIT at one of the points (the other
+    arguments 0.3, as the screen has them)."""
+    out = []
+    for e in f.atoms(sympy.exp):
+        for p in points:
+            at = {a: sympy.Float(p if k == i else 0.3) for k, a in enumerate(ARGS)}
+            value = sympy.sympify(e.args[0].xreplace(at))
+            if value.is_number and value.is_real and float(value) > EXP_LIMIT:
+                out.append(e)
+                break
+    return out

@@ -24,6 +24,7 @@ import sympy
 
 from graphnn.errors import GraphError, ShapeError
 from graphnn.ir.elementwise import ARGS, BATCH, ELEMENTWISE
+from graphnn.ir.rewrites import rewrite
 from graphnn.ir.shapes import (
     Shape,
     broadcast_shapes,
@@ -244,6 +245,11 @@ def power(x: Tensor, exponent: float) -> Tensor:
 def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
     """A user-defined elementwise function from a SymPy formula; its derivative is derived.
 
+    Known unstable patterns are rewritten first (``log(1 + exp(z))`` becomes a stable softplus;
+    :mod:`graphnn.ir.rewrites`), and a graph using a formula still NaN or Inf in float32 where
+    its exact value is finite warns (:class:`~graphnn.errors.StabilityWarning`) with the rewrite
+    to write.
+
     >>> import sympy, graphnn as gn
     >>> s = sympy.Symbol("z")
     >>> swish = gn.elementwise("swish", s / (1 + sympy.exp(-s)), [s])
@@ -256,12 +262,14 @@ def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
         raise GraphError(
             f"function '{name}': formula uses unknown symbols {sorted(map(str, extra))}"
         )
-    formula = sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False)))
+    formula = rewrite(sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False))))
+    names = tuple(str(s) for s in symbols)
 
     def build(*args) -> Tensor:
         if len(args) != len(symbols):
             raise GraphError(f"{name} takes {len(symbols)} argument(s), got {len(args)}")
-        return ewise(name, formula, args)
+        # user=...: screened when a graph is built (graphnn.inspect.audit.user_function_warnings)
+        return ewise(name, formula, args, user=(formula, names))
 
     build.__name__ = name
     return build

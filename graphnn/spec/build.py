@@ -39,7 +39,7 @@ import sympy
 from graphnn.api import Graph
 from graphnn.errors import GraphnnError, SpecError
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import ops
+from graphnn.ir import ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
@@ -60,6 +60,7 @@ GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 Z = sympy.Symbol("z")
 FORMULA_FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "tanh": sympy.tanh}
 FORMULA_FUNCTIONS |= {"sqrt": sympy.sqrt, "erf": sympy.erf, "abs": sympy.Abs}
+FORMULA_FUNCTIONS |= {"softplus": rewrites.softplus, "sigmoid": rewrites.sigmoid}  # stable forms
 RESERVED = frozenset({*GRAPH_FUNCTIONS, *ELEMENTWISE, *FORMULA_FUNCTIONS, "matmul", "power"})
 LAYER_LOSSES = ("softmax_cross_entropy", "binary_cross_entropy_with_logits", "mse")
 
