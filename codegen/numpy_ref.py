@@ -21,7 +21,7 @@ import sympy
 
 from graphnn.derive.structural import STRUCTURAL, concrete
 from graphnn.errors import CodegenError
-from graphnn.ir.elementwise import BATCH, numpy_function
+from graphnn.ir.elementwise import BATCH, numpy_function, numpy_lambdify
 from graphnn.ir.graph import GraphIR, Node
 from graphnn.optim.optimizers import state_key
 
@@ -93,12 +93,8 @@ class Trainer:
             return
         sym = optimizer.symbols
         order = list(sym.values())
-        self._scalars = [
-            (str(k), sympy.lambdify(order, e, "numpy")) for k, e in optimizer.scalars()
-        ]
-        self._updates = [
-            (str(k), sympy.lambdify(order, e, "numpy")) for k, e in optimizer.assignments()
-        ]
+        self._scalars = [(str(k), numpy_lambdify(order, e)) for k, e in optimizer.scalars()]
+        self._updates = [(str(k), numpy_lambdify(order, e)) for k, e in optimizer.assignments()]
         self._names = list(sym)
 
     def apply_update(self, p, g, state: dict, hyper: Mapping, t: int, gscale) -> None:

@@ -13,6 +13,7 @@ np.float32(1.0)/(np.float32(1.0) + np.exp(-z))
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partialmethod
 
@@ -24,6 +25,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 from graphnn.errors import CodegenError
+from graphnn.ir.elementwise import nan_guarded
 
 __all__ = ["KernelPrinter", "UnsupportedExpression", "print_expr"]
 
@@ -64,7 +66,7 @@ class KernelPrinter(PythonCodePrinter):
             raise ValueError(f"fn_module must be 'np' or 'math', not {fn_module!r}")
         super().__init__({"strict": True})
         self.dtype, self.fn_module, self.backend = dtype, fn_module, backend
-        self.fast_tanh = fast_tanh  # tanh as codegen.cpu.approx.tanh_r (vectorizes; 2.6e-7 rel)
+        self.fast_tanh = fast_tanh  # tanh as codegen.cpu.approx.tanh_r (vectorizes; 3.3e-7 rel)
         # Only rules written in KernelPrinter (or a subclass) count: the inherited SymPy rules
         # print things like Sum or gamma in forms Numba cannot compile or that lose float32.
         own = type(self).__mro__[: type(self).__mro__.index(KernelPrinter) + 1]
@@ -111,7 +113,8 @@ class KernelPrinter(PythonCodePrinter):
         except TypeError:  # complex or zoo
             raise self._unsupported(expr) from None
         if math.isnan(value) or math.isinf(value):
-            text = {"nan": "np.nan", "inf": "np.inf", "-inf": "-np.inf"}[str(value)]
+            m = self.fn_module  # math.nan in CUDA kernels, which call math.* only
+            text = {"nan": f"{m}.nan", "inf": f"{m}.inf", "-inf": f"-{m}.inf"}[str(value)]
         elif self.dtype == "float32":
             text = str(np.float32(value))  # shortest literal that round-trips in float32
         else:
@@ -214,6 +217,11 @@ class KernelPrinter(PythonCodePrinter):
             return f"{self._fn('log1p')}({self._print(rest)})"  # exact for small x
         return self._call(expr)
 
+    def _print_Phi(self, expr) -> str:
+        # the normal CDF as erfc(-z/sqrt 2)/2: exact in both tails (1 + erf cancels below -27)
+        (z,) = expr.args
+        return self._print(sympy.erfc(-z / sympy.sqrt(2), evaluate=False) / 2)
+
     def _print_sign(self, expr) -> str:
         x = self._print(expr.args[0])
         if self.fn_module == "np":
@@ -222,9 +230,10 @@ class KernelPrinter(PythonCodePrinter):
         return f"({one} if {x} > 0 else ({minus} if {x} < 0 else {x}))"  # else: 0 or nan
 
     def _print_Piecewise(self, expr) -> str:
-        # A Piecewise without a True branch is undefined elsewhere: NaN says so loudly.
+        # A Piecewise without a True branch is undefined elsewhere: NaN says so loudly.  The
+        # default branch is guarded, so a NaN input, failing every comparison, gives NaN too.
         out = self._print(sympy.S.NaN)
-        for value, cond in reversed(expr.args):
+        for value, cond in reversed(nan_guarded(expr.args)):
             if cond == sympy.true:
                 out = self._print(value)
             else:
@@ -235,11 +244,13 @@ class KernelPrinter(PythonCodePrinter):
         x = self._print(expr.args[0])
         h0 = expr.args[1] if len(expr.args) > 1 else sympy.S.Half
         one, zero = self._print(sympy.S.One), self._print(sympy.S.Zero)
+        nan = self._print(sympy.S.NaN)  # H(NaN) is NaN: the last test fails for NaN only
         if h0 == 0:
-            return f"({one} if {x} > 0 else {zero})"
+            return f"({one} if {x} > 0 else ({zero} if {x} <= 0 else {nan}))"
         if h0 == 1:
-            return f"({one} if {x} >= 0 else {zero})"
-        return f"({one} if {x} > 0 else ({self._print(h0)} if {x} == 0 else {zero}))"
+            return f"({one} if {x} >= 0 else ({zero} if {x} < 0 else {nan}))"
+        inner = f"({self._print(h0)} if {x} == 0 else ({zero} if {x} < 0 else {nan}))"
+        return f"({one} if {x} > 0 else {inner})"
 
     def _minmax(self, expr, op: str) -> str:
         # Constants go in the tested branch so a NaN operand falls through to the else branch
@@ -281,9 +292,40 @@ def print_expr(
 
     >>> import sympy
     >>> z = sympy.Symbol("z")
-    >>> print_expr(sympy.Piecewise((z, z > 0), (0, True)))
-    '(z if (z > np.float32(0.0)) else np.float32(0.0))'
+    >>> relu = print_expr(sympy.Piecewise((z, z > 0), (0, True)))
+    >>> print(relu.replace("np.float32", "f32"))  # NaN fails both tests: relu(NaN) is NaN
+    (z if (z > f32(0.0)) else (f32(0.0) if (z <= f32(0.0)) else f32(np.nan)))
     >>> print_expr(sympy.tanh(z) ** 2, fn_module="math", backend="cuda")
     'math.tanh(z)*math.tanh(z)'
     """
     return KernelPrinter(dtype, fn_module, backend, fast_tanh).doprint(expr)
+
+
+@functools.cache
+def kernel_float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
+    """``expr`` as the float32 CPU kernels compute it: this printer's text (``log1p``, typed
+    constants, ternaries, the rational ``tanh_r``), run on NumPy float32 scalars.
+
+    The stability screen probes this rather than ``sympy.lambdify``, whose NumPy code differs
+    from what runs (``log(1 + x)`` without log1p, libm's tanh).  The kernels compile without
+    fast-math flags (codegen.emit.JIT), so per-operation float32 arithmetic is what they do.
+    """
+    text = print_expr(expr, dtype="float32", fast_tanh=True)
+    namespace = {"np": np, "math": math, "tanh_r": _python_tanh_r()}
+    body = eval(f"lambda {', '.join(map(str, args))}: {text}", namespace)  # noqa: S307 - our printer's text
+
+    def run(*values):
+        with np.errstate(all="ignore"):
+            return np.float32(body(*(np.float32(v) for v in values)))
+
+    return run
+
+
+@functools.cache
+def _python_tanh_r():
+    """codegen.cpu.approx's tanh_r as plain Python on float32 scalars (njit is only a decorator)."""
+    from codegen.cpu.approx import tanh_source
+
+    namespace = {"np": np, "njit": lambda *a, **k: lambda f: f}
+    exec(tanh_source("float32"), namespace)  # noqa: S102 - source generated by codegen.cpu.approx
+    return namespace["tanh_r"]

@@ -85,10 +85,15 @@ class Scope:
         return sympy.Symbol(f"{name}[{', '.join(idx)}]")
 
 
+def extent(d: int | None) -> str:
+    """The size of one dimension as the generated code reads it (the batch dimension is n)."""
+    return "n" if d is None else str(d)
+
+
 def loop_header(shape, index: list[str]) -> list[str]:
     """Nested ``for`` lines over shape; the caller indents the body by len(shape) levels."""
     return [
-        "    " * k + f"for {i} in range({'n' if d is None else d}):"
+        "    " * k + f"for {i} in range({extent(d)}):"
         for k, (i, d) in enumerate(zip(index, shape, strict=True))
     ]
 

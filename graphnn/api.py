@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import sympy
 
 from graphnn import budgets
 from graphnn.derive import autodiff
-from graphnn.errors import GraphError, NameNotFoundError, shown
+from graphnn.errors import GraphError, NameNotFoundError, StabilityWarning, shown
 from graphnn.ir.graph import LEAF_OPS, GraphIR
 from graphnn.ir.init import init_array
 from graphnn.ir.ops import Tensor
@@ -54,6 +55,11 @@ class Graph:
             if id(t) in cotangents and (t.op not in LEAF_OPS or t.op == "param")
         }
         self.loss_name = self.forward.name_of(loss)
+        if any(n.attr("user") is not None for n in self.forward.nodes):
+            from graphnn.inspect.audit import user_function_warnings
+
+            for message in user_function_warnings(self):
+                warnings.warn(message, StabilityWarning, stacklevel=2)
         self.grad_names = {
             p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt, strict=True)
         }

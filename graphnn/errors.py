@@ -54,6 +54,10 @@ class NonFiniteError(GraphnnError, FloatingPointError):
         self.node = node
 
 
+class StabilityWarning(UserWarning):
+    """A user formula is NaN or Inf in float32 where its exact value is finite."""
+
+
 class CudaUnavailableError(CodegenError):
     """The CUDA back end was asked for, but there is no CUDA GPU (and no simulator)."""
 

@@ -21,7 +21,8 @@ import numpy as np
 import graphnn as gn
 from codegen.signature import forward_inputs
 from graphnn.ir.elementwise import ELEMENTWISE
-from tests import cases
+from graphnn.optim.schedules import Step
+from tests import cases, reproducers
 
 BATCH = 5
 
@@ -86,6 +87,23 @@ GRAD_CASES["float64_mlp"] = (_mlp("tanh", "softmax_ce"), "float64", None)
 GRAD_CASES["gpu_launch_mlp"] = (_mlp("tanh", "softmax_ce"), "float32", "gpu")
 
 
+def _reproducer(name: str):
+    case = reproducers.CASES[name]()
+    return case.graph, case.params, case.data
+
+
+GRAD_CASES |= {
+    f"repro_{name}": (lambda name=name: _reproducer(name), case().dtype, None)
+    for name, case in reproducers.CASES.items()
+}
+# the NumPy reference's dtype for a case, where it is not float64
+REFERENCE_DTYPE = {
+    f"repro_{name}": case().reference
+    for name, case in reproducers.CASES.items()
+    if case().reference != "float64"
+}
+
+
 def _train(act, loss, optimizer, names=None):
     mlp = _mlp(act, loss) if names is None else _mlp(act, loss, names=names)
     return lambda: (*mlp()[::2], optimizer)  # (graph, data, optimizer)
@@ -120,7 +138,22 @@ def _sqrt_case():
     return g, {"x": np.full((8, 2), 0.1), "t": np.zeros((8, 1))}, gn.SGD(lr=2.0)
 
 
-NONFINITE_CASES = {"inf_loss": _overflow_case, "inf_gradient": _sqrt_case}
+def _update_overflow_case():
+    """Step 3 multiplies the learning rate by 1e38: its update overflows W (the loss and
+    gradients are finite); the model must hold the values of step 2."""
+    x, t = gn.input("x", (4,)), gn.input("t", (3,))
+    W, b = gn.param("W", (4, 3)), gn.param("b", (3,), init="normal")
+    g = gn.Graph(gn.mse(x @ W + b, t))
+    rng = np.random.default_rng(42)
+    data = {"x": rng.normal(size=(16, 4)), "t": 100 * rng.normal(size=(16, 3))}
+    return g, data, gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
+
+
+NONFINITE_CASES = {
+    "inf_loss": _overflow_case,
+    "inf_gradient": _sqrt_case,
+    "update_overflow": _update_overflow_case,
+}
 
 
 def run_training(graph, data, optimizer, backend: str):
@@ -159,6 +192,12 @@ def _run_grad(name, arrays):
     arrays |= {f"grad/{name}/{p}": v for p, v in grads.items()}
 
 
+def _run_nan(name, arrays):
+    case = reproducers.NAN_OPS[name]()
+    loss, _ = case.graph.value_and_grad(case.params, case.data, backend="cuda", dtype="float32")
+    arrays[f"nan/{name}/loss"] = np.asarray(loss)
+
+
 def _run_train(name, arrays):
     graph, data, optimizer = TRAIN_CASES[name]()
     model, history = run_training(graph, data, optimizer, "cuda")
@@ -178,6 +217,8 @@ def main(out: Path) -> None:
     report["simulator"] = bool(numba.config.ENABLE_CUDASIM)
     jobs = [(f"grad/{n}", _run_grad, n) for n in GRAD_CASES]
     jobs += [(f"train/{n}", _run_train, n) for n in TRAIN_CASES]
+    # NaN inputs only: the simulator runs math.log(-1) and math.exp(1e3) in Python, which raise
+    jobs += [(f"nan/{n}", _run_nan, n) for n in reproducers.NAN_OPS]
     for key, run, name in jobs:
         start = time.perf_counter()
         try:

@@ -237,7 +237,7 @@ def test_grad_text_and_latex(capsys):
         "dloss/dW2",
         "dloss/db2",
     ]
-    assert lines[2] == "dloss/dW2 = h1^T ((softmax(logits) - y)/n)"
+    assert lines[2] == "dloss/dW2 = h1^T ((softmax(logits) ∘ rowsum(y) - y)/n)"
     assert main(["grad", str(EXAMPLES / "digits.toml"), "--format", "latex", "--param", "W2"]) == 0
     latex = capsys.readouterr().out.strip()
     assert latex.startswith(r"\frac{\partial \mathrm{loss}}{\partial \mathrm{W2}} = ")

@@ -72,8 +72,9 @@ def _no_error(report, key):
 def _reference_grads(name):
     build, dtype, _ = cases.GRAD_CASES[name]
     g, params, data = build()
-    params = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    loss, grads = g.value_and_grad(params, data, backend="numpy", dtype=np.float64)
+    reference = np.dtype(cases.REFERENCE_DTYPE.get(name, "float64"))
+    params = {k: np.asarray(v, reference) for k, v in params.items()}
+    loss, grads = g.value_and_grad(params, data, backend="numpy", dtype=reference)
     return g, dtype, loss, grads
 
 
@@ -101,6 +102,13 @@ def test_loss_and_gradients_match_numpy(sim, name):
         assert got.shape == grads[p].shape and got.dtype == np.dtype(dtype)
         err = relative_error(got, grads[p])
         assert err < TOL[dtype], f"{p}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(cases.reproducers.NAN_OPS))
+def test_every_elementwise_op_propagates_nan(sim, name):
+    report, arrays = sim
+    _no_error(report, f"nan/{name}")
+    assert np.isnan(arrays[f"nan/{name}/loss"])
 
 
 def test_the_cases_cover_every_kernel_kind(sim):
@@ -265,6 +273,14 @@ def test_gpu_loss_and_gradients_match_numpy(name):
     assert relative_error(loss, want_loss) < 10 * TOL[dtype]
     for p in g.param_names:
         assert relative_error(grads[p], want[p]) < 10 * TOL[dtype], p
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(cases.reproducers.NAN_CASES))
+def test_gpu_nonfinite_loss_stays_nonfinite(name):
+    case = cases.reproducers.NAN_CASES[name]()
+    loss, _ = case.graph.value_and_grad(case.params, case.data, backend="cuda", dtype="float32")
+    assert not np.isfinite(loss)
 
 
 @needs_gpu

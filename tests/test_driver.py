@@ -272,10 +272,56 @@ def test_overflowing_update_is_caught_before_a_checkpoint(tmp_path, backend):
         "t": 100 * rng.normal(size=(16, 3)).astype(np.float32),
     }
     model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=3e38), backend=backend)
+    before = {k: v.copy() for k, v in model.params.items()}
     with pytest.raises(gn.NonFiniteError, match="the optimizer update made 'W'") as exc:
         model.fit(data, epochs=2, batch_size=None, checkpoint_dir=tmp_path)
     assert (exc.value.step, exc.value.param) == (1, "W")
     assert list(tmp_path.iterdir()) == []  # nothing non-finite was saved
+    assert model.step == 0 and "hold their values from before this step" in str(exc.value)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+
+
+def _overflow_data():
+    rng = np.random.default_rng(42)
+    return {
+        "x": rng.normal(size=(16, 4)).astype(np.float32),
+        "t": 100 * rng.normal(size=(16, 3)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend):
+    """Step 3 of 4 in an epoch multiplies the learning rate by 1e38: its update overflows W, and
+    the model holds the parameters and momentum of step 2 (they were NaN/Inf in memory)."""
+    opt = gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
+    data = _overflow_data()
+    model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    with pytest.raises(gn.NonFiniteError, match="step 3 .*update made 'W'") as exc:
+        model.fit(data, epochs=3, batch_size=4, shuffle=False)
+    assert (exc.value.step, exc.value.param, model.step) == (3, "W", 2)
+    two = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    two.fit({k: v[:8] for k, v in data.items()}, epochs=1, batch_size=4, shuffle=False)
+    assert two.step == 2
+    for k, v in {**two.params, **two.state}.items():
+        got = {**model.params, **model.state}[k]
+        assert np.all(np.isfinite(got)), k
+        np.testing.assert_array_equal(got, v, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_an_update_that_overflows_only_optimizer_state_is_undone(backend):
+    """s overflows to Inf at step 1 while P stays finite: the error names s's parameter."""
+    opt = gn.Optimizer(
+        "sumsq", {"lr": 1e-3, "k": 1e38}, ("s",), (("s", "s + k*G*G"), ("P", "P - lr*G"))
+    )
+    model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    before = {k: v.copy() for k, v in {**model.params, **model.state}.items()}
+    with pytest.raises(gn.NonFiniteError, match="update made 's_W'") as exc:
+        model.fit(_overflow_data(), epochs=1, batch_size=8, shuffle=False)
+    assert (exc.value.step, exc.value.param, model.step) == (1, "W", 0)
+    for k, v in before.items():
+        np.testing.assert_array_equal({**model.params, **model.state}[k], v, err_msg=k)
 
 
 @pytest.mark.parametrize(

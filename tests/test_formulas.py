@@ -11,6 +11,8 @@ import scipy.special
 import sympy
 
 import graphnn as gn
+from codegen.printer import kernel_float32
+from graphnn.derive.screen import SCREEN_POINTS, probe
 from graphnn.derive.store import derivative
 from graphnn.ir.elementwise import ARGS, ELEMENTWISE, Y
 
@@ -162,3 +164,24 @@ def test_silu_derivative_is_finite_at_minus_100():
         np.testing.assert_allclose(got, exact, rtol=1e-3, atol=1e-30)
     raw = candidate(d, "input")
     assert -1e4 in raw.nonfinite or -88.0 in raw.nonfinite  # why the raw form lost
+
+
+# --- what the screen evaluates: the kernels' printed float32 code -------------------------------
+
+
+def test_the_audit_evaluates_the_kernels_own_tanh():
+    """The audit (and the check of user functions) probes the printed float32 code as the CPU
+    kernels run it, their rational tanh included: 1 - tanh(9.5)^2 is 0 there, as with libm's
+    tanhf; it used to print np.tanh, which NumPy saturates only from 10 on."""
+    assert kernel_float32(1 - sympy.tanh(z) ** 2, (z,))(9.5) == 0.0
+    f = sympy.log(1 + sympy.exp(-z))  # and log1p: 2.06e-9 at z = 20, not 0
+    (at20,) = [p for p in probe(f, (f,), f, 0, 1, kernel_float32) if p.point == 20.0]
+    assert at20.status == "ok" and at20.got == pytest.approx(2.0611537e-9, rel=1e-6)
+
+
+def test_the_screen_probes_just_past_float32_exp_overflow():
+    """exp overflows float32 at 88.72: a form that is inf/inf from there on is caught at 89,
+    not only at 1e4 (mish's derivative was NaN in the kernels from z = 89)."""
+    assert {-89.0, 89.0} <= set(SCREEN_POINTS)
+    d = derivative(z * sympy.tanh(sympy.log(1 + sympy.exp(z))), 0, 1)
+    assert all(89.0 in c.nonfinite for c in d.candidates)

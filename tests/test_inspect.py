@@ -21,10 +21,10 @@ import sympy
 
 import graphnn as gn
 from codegen.cpu import backend as cpu_backend
+from codegen.printer import kernel_float32 as kernel32
 from codegen.signature import signature
 from graphnn import inspect as gi
 from graphnn.derive.store import derivative
-from graphnn.inspect.audit import kernel32
 from graphnn.inspect.chain import backward_nodes
 from graphnn.ir.elementwise import ARGS
 
@@ -231,7 +231,7 @@ def test_forms_say_why():
     assert form.derivative.form == "sigmoid"
     assert sympy.simplify(form.expr - (1 / (1 + sympy.exp(-sympy.Symbol("z"))))) != 0
     reasons = gi.why(form.derivative)
-    assert "simplified rejected: NaN/Inf at 10000" in reasons
+    assert "simplified rejected: NaN/Inf at 89, 10000" in reasons
     assert any(r.startswith("input rejected: NaN/Inf at") for r in reasons)
     sig = gi.explain(shared_weight(), "W").forms
     assert any(f.derivative.form == "output" and "sigmoid1" in str(f.expr) for f in sig)
@@ -465,11 +465,11 @@ def test_audit_naive_bce_simplified_form_fixed_by_chosen_form():
     forms = {f.form: f for f in d.forms}
     assert d.chosen.form == "sigmoid" and not d.chosen.failing()
     simplified = {p.point: p.status for p in forms["simplified"].failing()}
-    assert simplified == {1e4: "nan"}  # exp(z)/(exp(z) + 1) is inf/inf at z = 1e4
+    assert simplified == {89.0: "nan", 1e4: "nan"}  # exp(z)/(exp(z) + 1) is inf/inf from 88.7
     assert forms["input"].nonfinite()
     assert "fixed by the chosen 'sigmoid' form" in d.fix(forms["simplified"])
     text = str(audit)
-    assert "NaN at 10000 -> fixed by the chosen 'sigmoid' form" in text
+    assert "NaN at 89, 10000 -> fixed by the chosen 'sigmoid' form" in text
     # The forward formula runs as written and overflows: the audit fails and says why.
     assert not audit.ok
     assert any(e.startswith("naive_bce1 = naive_bce(z, t): overflow (Inf)") for e in audit.errors)

@@ -95,11 +95,13 @@ def normalized(text):
 def test_relu_softmax_ce_w1_text():
     g = two_layer_relu_named()
     text = str(g.gradient("W1"))
-    expected = "x^T ((((softmax(z2) - y)/n) W2^T) ∘ relu'(z1))"
+    expected = "x^T ((((softmax(z2) ∘ rowsum(y) - y)/n) W2^T) ∘ relu'(z1))"
     assert normalized(text) == normalized(expected), text
-    assert normalized(str(g.gradient("W2"))) == normalized("relu1^T ((softmax(z2) - y)/n)")
-    assert normalized(str(g.gradient("b2"))) == normalized("1^T ((softmax(z2) - y)/n)")
-    assert normalized(str(g.gradient("b1"))).startswith("1^Tsoftmaxz2-y/nW2^T∘relu'z1")
+    assert normalized(str(g.gradient("W2"))) == normalized(
+        "relu1^T ((softmax(z2) ∘ rowsum(y) - y)/n)"
+    )
+    assert normalized(str(g.gradient("b2"))) == normalized("1^T ((softmax(z2) ∘ rowsum(y) - y)/n)")
+    assert normalized(str(g.gradient("b1"))).startswith("1^Tsoftmaxz2∘rowsumy-y/nW2^T∘relu'z1")
 
 
 def test_relu_softmax_ce_latex_parses():
@@ -206,3 +208,17 @@ def test_the_batch_size_comes_from_a_batched_node_even_after_parameters():
     assert next(iter(values)) == "W"
     _, grads = g.value_and_grad(params, data, dtype=np.float64)
     assert relative_error(g.gradient("W").evaluate(values), grads["W"]) < TOL
+
+
+def test_cross_entropy_formula_holds_for_targets_that_are_not_distributions():
+    """rowsum(y) is part of the formula: a zero (padding) row and a row summing to 2."""
+    x, y, W = gn.input("x", (3,)), gn.input("y", (2,)), gn.param("W", (3, 2))
+    g = gn.Graph(gn.softmax_cross_entropy(x @ W, y))
+    assert str(g.gradient("W")) == "x^T ((softmax(matmul1) ∘ rowsum(y) - y)/n)"
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(3, 3)), "y": np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])}
+    params = {"W": rng.normal(size=(3, 2))}
+    values = g.evaluate_nodes(params, data, dtype=np.float64)
+    numeric = numeric_gradients(g, params, data)
+    assert relative_error(g.gradient("W").evaluate(values), numeric["W"]) < TOL
+    parse_mathtext(g.gradient("W").latex())

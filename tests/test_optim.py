@@ -273,6 +273,14 @@ def test_builtin_hyper_parameter_checks():
         assert opt.hyper["lr"] == 0.1 and next(iter(opt.hyper)) == "lr"
 
 
+@pytest.mark.parametrize("make", [gn.Adam, gn.AdamW, gn.RMSProp, gn.Adagrad])
+@pytest.mark.parametrize("eps", [0.0, -1e-8, math.nan, math.inf])
+def test_eps_must_be_positive(make, eps):
+    """eps = 0 made step 1 0/0 = NaN for a zero gradient entry, blamed on the learning rate."""
+    with pytest.raises(gn.GraphError, match=r"eps must be a finite number > 0 .* got"):
+        make(0.1, eps=eps)
+
+
 def test_schedule_values():
     assert [Step(every=2, gamma=0.1)(k) for k in range(5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     assert Exponential(gamma=0.5)(3) == 0.125

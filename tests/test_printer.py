@@ -129,8 +129,15 @@ def test_float64(expr, domain, ts):
         (z / t, "z/t"),
         (sigmoid, "np.float32(1.0)/(np.float32(1.0) + np.exp(-z))"),
         (softplus, "np.log1p(np.exp(z))"),
-        (relu, "(z if (z > np.float32(0.0)) else np.float32(0.0))"),
-        (sp.Heaviside(z, 0), "(np.float32(1.0) if z > 0 else np.float32(0.0))"),
+        (
+            relu,  # NaN fails both comparisons: relu(NaN) is NaN
+            "(z if (z > np.float32(0.0)) else "
+            "(np.float32(0.0) if (z <= np.float32(0.0)) else np.float32(np.nan)))",
+        ),
+        (
+            sp.Heaviside(z, 0),
+            "(np.float32(1.0) if z > 0 else (np.float32(0.0) if z <= 0 else np.float32(np.nan)))",
+        ),
         (sp.erf(z), "math.erf(z)"),
         (sp.Abs(z), "abs(z)"),
         (

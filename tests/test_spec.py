@@ -64,7 +64,7 @@ def test_explicit_spec_builds_the_graph_with_spec_names():
         "W2": "glorot_uniform",
         "b2": "glorot_uniform",
     }
-    assert str(g.gradient("W2")) == "h^T ((softmax(logits) - y)/n)"
+    assert str(g.gradient("W2")) == "h^T ((softmax(logits) ∘ rowsum(y) - y)/n)"
 
 
 def test_train_defaults():
@@ -495,6 +495,7 @@ def test_toml_syntax_error_names_the_line():
         ("nesterov = 1\nmomentum = 0.9", "[train] nesterov: must be true or false"),
         ("nesterov = true", "[train] optimizer: SGD: nesterov=True needs momentum > 0"),
         ("betas = [0.9]", "[train] betas: must be a list of two numbers"),
+        ('optimizer = "adam"\neps = 0', "[train] optimizer: Adam: eps must be a finite number > 0"),
         ("convergence = { toll = 1 }", "[train.convergence]: unknown key 'toll'"),
     ],
 )

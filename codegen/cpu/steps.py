@@ -13,7 +13,7 @@ import sympy
 
 from codegen.cpu import matmul
 from codegen.plan import Step
-from codegen.steps import Scope, comment, indent, loop_header
+from codegen.steps import Scope, comment, extent, indent, loop_header
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 
@@ -132,8 +132,14 @@ def emit_softmax(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
     ]
-    lines = [comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
-    return lines + indent(body, 1)
+    lines = [comment(node), *scope.empty(node.name, node.shape)]
+    return lines + _over_rows(node.shape, body)
+
+
+def _over_rows(shape, body: list[str]) -> list[str]:
+    """body once per row i0 of a 2-D value: its own rows, which are the batch only when its
+    first dimension is (a softmax of a parameter has as many rows as the parameter)."""
+    return [f"for i0 in range({extent(shape[0])}):", *indent(body, 1)]
 
 
 def emit_softmax_grad(step: Step, scope: Scope) -> list[str]:
@@ -146,8 +152,7 @@ def emit_softmax_grad(step: Step, scope: Scope) -> list[str]:
         f"for j in range({k}):",
         f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
     ]
-    lines = [comment(node), *scope.empty(node.name, node.shape), "for i0 in range(n):"]
-    return lines + indent(body, 1)
+    return [comment(node), *scope.empty(node.name, node.shape)] + _over_rows(node.shape, body)
 
 
 def _ce_partner(step: Step, scope: Scope, op: str) -> Node | None:
@@ -166,8 +171,14 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
     if node.op == "softmax_ce_grad":
         loss, grad = _ce_partner(step, scope, "softmax_ce"), node
     (z, t) = node.inputs
-    k = scope.ir.node(z).shape[-1]
+    shape = scope.ir.node(z).shape
+    k = shape[-1]
+    # the mean over the logits' rows: the batch only when they have a batch axis
+    rows = "nf" if shape[0] is None else scope.literal(shape[0])
     lines, body = [], _row_stats(z, k, scope, keep=grad.name if grad is not None else None)
+    # A row's loss is tsum logsumexp(z) - sum(t z), tsum = sum(t): -sum(t log softmax(z)) also
+    # for target rows that do not sum to 1 (padding rows of zeros, multi-label rows), as in torch.
+    body += [f"tsum = {scope.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
     if loss is not None:
         lines += [comment(loss), f"{loss.name} = {scope.literal(0)}"]
         body += [
@@ -175,17 +186,17 @@ def emit_softmax_ce(step: Step, scope: Scope) -> list[str]:
             f"for j in range({k}):",
             f"    d += {t}[i0, j] * {z}[i0, j]",
         ]
-        body += [f"{loss.name} += m + np.log(s) - d"]
+        body += [f"{loss.name} += tsum * (m + np.log(s)) - d"]
     if grad is not None:
         lines += [comment(grad), *scope.empty(grad.name, grad.shape)]
         body += [
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s - {t}[i0, j]) / nf",
+            f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s * tsum - {t}[i0, j]) / {rows}",
         ]
     scope.done.update(n.name for n in (loss, grad) if n is not None)
-    lines += ["for i0 in range(n):"] + indent(body, 1)
+    lines += _over_rows(shape, body)
     if loss is not None:
-        lines.append(f"{loss.name} = {loss.name} / nf")
+        lines.append(f"{loss.name} = {loss.name} / {rows}")
     return lines
 
 

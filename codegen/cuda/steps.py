@@ -307,7 +307,11 @@ def emit_softmax_ce(step: Step, scope: CudaScope) -> Piece:
         loss, grad = _partner(step, scope, "softmax_ce"), node
     z, t = node.inputs
     rows_dim, k = scope.ir.node(z).shape
+    # the mean over the logits' rows: the batch only when they have a batch axis
+    denominator = "nf" if rows_dim is None else scope.literal(rows_dim)
     body = _row_stats(z, k, scope)
+    # tsum = sum(t): the general -sum(t log softmax(z)), also for rows that do not sum to 1
+    body += [f"tsum = {scope.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
     extra = []
     if loss is not None:
         extra = [("rows", array_type(scope.dtype, 1))]
@@ -316,11 +320,12 @@ def emit_softmax_ce(step: Step, scope: CudaScope) -> Piece:
             f"for j in range({k}):",
             f"    d += {t}[i0, j] * {z}[i0, j]",
         ]
-        body += ["rows[i0] = m + math.log(s) - d"]
+        body += ["rows[i0] = tsum * (m + math.log(s)) - d"]
     if grad is not None:
+        p = f"math.exp({z}[i0, j] - m) / s"
         body += [
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = (math.exp({z}[i0, j] - m) / s - {t}[i0, j]) / nf",
+            f"    {grad.name}[i0, j] = ({p} * tsum - {t}[i0, j]) / {denominator}",
         ]
     scope.done.update(n.name for n in (loss, grad) if n is not None)
     parts = Step(step.kind, [n for n in (loss, grad) if n is not None])
@@ -329,7 +334,6 @@ def emit_softmax_ce(step: Step, scope: CudaScope) -> Piece:
     if loss is None:
         return piece
     rows = count([rows_dim])
-    denominator = "nf" if rows_dim is None else scope.literal(rows_dim)
     head = [scope.alloc("rows", (rows_dim,), f"{loss.name}/rows")]
     launch = f"batch_mean[1, REDUCE_THREADS](rows, {loss.name}, {rows}, {denominator})"
     host = piece.host[:-1] + head + [piece.host[-1], scope.alloc(loss.name, ()), launch]

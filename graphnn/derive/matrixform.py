@@ -3,14 +3,14 @@
 SymPy's matrix calculus is unreliable (DESIGN.md §2), so the formula is not derived from a matrix
 expression; it is *read off* the backward graph the kernels run: a matmul node with a transposed
 operand prints as ``x^T D``, the cotangent of an elementwise op as ``D ∘ relu'(add1)``, the fused
-softmax cross-entropy as ``(softmax(Z) - Y)/n``.  Every formula can also be evaluated with NumPy
-on the forward values, which is how the tests prove that the displayed formula is the one that
-runs.  Names are graph node names; only the scalar local derivatives are SymPy expressions.
+softmax cross-entropy as ``(softmax(Z) ∘ rowsum(Y) - Y)/n``.  Every formula can also be evaluated
+with NumPy on the forward values, which is how the tests prove that the displayed formula is the
+one that runs.  Names are graph node names; only the scalar local derivatives are SymPy expressions.
 
 >>> import graphnn as gn
 >>> x = gn.input("x", (3,)); t = gn.input("t", (2,)); W = gn.param("W", (3, 2))
 >>> print(gn.Graph(gn.softmax_cross_entropy(x @ W, t)).gradient("W"))
-x^T ((softmax(matmul1) - t)/n)
+x^T ((softmax(matmul1) ∘ rowsum(t) - t)/n)
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import numpy as np
 import sympy
 
 from graphnn.errors import GraphnnWarning
-from graphnn.ir.elementwise import ARGS, Y, erf
+from graphnn.ir.elementwise import ARGS, Y, numpy_lambdify
 
 
 def _code_digest() -> str | None:
@@ -50,7 +50,8 @@ def _code_digest() -> str | None:
 CODE_DIGEST = _code_digest()
 
 # Where every candidate derivative is screened (float32 extremes, then ordinary values).
-SCREEN_POINTS = (-1e4, -88.0, -20.0, -3.0, -1.0, -1e-30, 0.0, 1e-30, 0.5, 1.0, 3.0, 20.0, 88.0, 1e4)
+SCREEN_POINTS = (-1e4, -89.0, -88.0, -20.0, -3.0, -1.0, -1e-30, 0.0, 1e-30, 0.5, 1.0, 3.0, 20.0)
+SCREEN_POINTS += (88.0, 89.0, 1e4)  # exp overflows float32 between 88 and 89
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -192,12 +193,12 @@ def _piecewise_output_form(f, d, z):
 
 @functools.cache
 def _reference(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify((*args, Y), expr, modules="mpmath")
+    return sympy.lambdify((*args, Y), expr, modules=[{"Phi": mpmath.ncdf}, "mpmath"])
 
 
 @functools.cache
 def _float32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    return sympy.lambdify(args, expr, modules=[{"erf": erf}, "numpy"])
+    return numpy_lambdify(args, expr)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ def probe(candidate: sympy.Expr, references, f: sympy.Expr, i: int, nargs: int, 
     """The candidate's :class:`Probe` at each screen point, varying argument i in float32.
 
     ``references`` are equivalent exact forms, tried in order where the first cannot be evaluated.
-    ``float32(expr, args)`` makes the float32 function of an expression (default: lambdify).
+    ``float32(expr, args)`` makes the float32 function of an expression (default: lambdify; the
+    audit passes ``codegen.printer.kernel_float32``, the code the kernels run).
     """
     args = ARGS[:nargs]
     compile32 = float32 or _float32

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphnn.derive.formula import Formula, call_tex, column_sum, elementwise, matmul, wrap
+from graphnn.derive.formula import Formula, call_tex, column_sum, matmul, wrap
 from graphnn.errors import GraphError
 from graphnn.ir import ops
-from graphnn.ir.elementwise import ARGS, BATCH
+from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 from graphnn.ir.ops import Tensor
 
@@ -129,11 +129,19 @@ def _softmax_grad_display(node: Node, ins: list[Formula]) -> Formula:
 
 
 def _softmax_ce_numpy(node: Node, a, n, dtype):
+    """mean over rows of sum(t) logsumexp(z) - sum(t z): -sum(t log softmax(z)) for any t."""
     z, t = a
     m = z.max(axis=-1, keepdims=True)
     lse = m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
-    rows = lse[:, 0] - (t * z).sum(axis=-1)
+    rows = t.sum(axis=-1) * lse[:, 0] - (t * z).sum(axis=-1)
     return np.asarray(rows.mean(), dtype=z.dtype)
+
+
+def _softmax_ce_grad_numpy(node: Node, a, n, dtype):
+    """(softmax(z) sum(t) - t) / rows: the rows of t need not sum to 1; the loss is a mean over
+    the logits' rows, which are the batch only if they have its axis."""
+    z, t = a
+    return (softmax(z) * t.sum(axis=-1, keepdims=True) - t) / len(z)
 
 
 def _softmax_ce_vjp(t: Tensor, g: Tensor) -> list[Tensor | None]:
@@ -146,7 +154,23 @@ def _softmax_ce_vjp(t: Tensor, g: Tensor) -> list[Tensor | None]:
 def _softmax_ce_grad_display(node: Node, ins: list[Formula]) -> Formula:
     z, t = ins
     sm = numpy_call("softmax", node, [z], lambda node, a, n, dt: softmax(a[0]))
-    return elementwise((ARGS[0] - ARGS[1]) / BATCH, {ARGS[0]: sm, ARGS[1]: t})
+    return ce_gradient(sm, t, node.shape[0])
+
+
+def ce_gradient(softmax_z: Formula, t: Formula, rows: int | None) -> Formula:
+    """``(softmax(z) ∘ rowsum(t) - t)/n``, the fused cross-entropy's gradient; rowsum(t) is 1
+    for one-hot or soft-label targets, and ``n`` is the logits' row count if they have no batch
+    axis."""
+    (st, sl), (tt, tl) = wrap(softmax_z), wrap(t)
+    n = "n" if rows is None else str(rows)
+    text = f"({st} ∘ rowsum({t.text}) - {tt})/{n}"
+    tex = rf"\frac{{{sl} \circ \operatorname{{rowsum}}\left({t.latex_text}\right) - {tl}}}{{{n}}}"
+
+    def run(v, n_batch):
+        z, target = softmax_z.run(v, n_batch), t.run(v, n_batch)
+        return (z * target.sum(axis=-1, keepdims=True) - target) / len(z)
+
+    return Formula("elem", text, tex, (softmax_z, t), run)
 
 
 def _shown_as_call(fn: str):
@@ -179,7 +203,7 @@ STRUCTURAL: dict[str, Structural] = {
     ),
     "softmax_ce_grad": Structural(
         no_vjp,
-        lambda node, a, n, dt: (softmax(a[0]) - a[1]) / n,
+        _softmax_ce_grad_numpy,
         _softmax_ce_grad_display,
     ),
 }

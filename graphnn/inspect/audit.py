@@ -20,18 +20,19 @@ True
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import mpmath
 import numpy as np
 import sympy
 
+from codegen.printer import kernel_float32  # what the kernels run, tanh_r included
 from graphnn.derive.screen import SCREEN_POINTS, Probe, probe
+from graphnn.derive.store import derivative
 from graphnn.inspect.chain import local
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import Node
+from graphnn.ir.rewrites import EXP_LIMIT, HINT
 
 AUDIT_BATCH = 32  # the batch size n substituted into formulas such as mean's 1/n
 _BAD = {"nan": "NaN", "overflow": "overflow (Inf)", "precision": "precision loss"}
@@ -173,24 +174,6 @@ def stability_audit(graph) -> Audit:
     return Audit(graph.loss_name, derivatives, formulas, checks)
 
 
-@functools.cache
-def kernel32(expr: sympy.Expr, args: tuple[sympy.Symbol, ...]):
-    """``expr`` as the generated kernels compute it: codegen's printer, evaluated in float32.
-
-    The printer is not lambdify: it writes log(1 + x) as log1p(x), types every constant, and
-    turns Piecewise into a ternary, so probing its text is probing what runs.
-    """
-    from codegen.printer import print_expr
-
-    text = print_expr(expr, dtype="float32")
-    body = eval(f"lambda {', '.join(map(str, args))}: {text}", {"np": np, "math": math})  # noqa: S307 - our printer's output, as codegen imports it
-
-    def run(*values):
-        return np.float32(body(*(np.float32(v) for v in values)))
-
-    return run
-
-
 def _batch(e: sympy.Expr) -> sympy.Expr:
     return e.xreplace({BATCH: sympy.Integer(AUDIT_BATCH)})
 
@@ -203,7 +186,7 @@ def _derivative_audit(consumer: Node, i: int, nodes: tuple[str, ...]) -> Formula
         FormProbe(
             c.form,
             loc.named(c.expr),
-            probe(_batch(c.expr), refs, f, i, nargs, kernel32),
+            probe(_batch(c.expr), refs, f, i, nargs, kernel_float32),
             c.form == d.form,
         )
         for c in d.candidates
@@ -215,7 +198,7 @@ def _derivative_audit(consumer: Node, i: int, nodes: tuple[str, ...]) -> Formula
 def _formula_audit(node: Node) -> FormulaAudit:
     """A forward formula probed in each argument; the worst argument is reported."""
     f, nargs = _batch(node.attr("expr")), len(node.inputs)
-    runs = [probe(f, (f,), f, i, nargs, kernel32) for i in range(nargs)]
+    runs = [probe(f, (f,), f, i, nargs, kernel_float32) for i in range(nargs)]
     k = max(range(nargs), key=lambda i: sum(p.status != "ok" for p in runs[i]) * 10 - i)
     names = {ARGS[j]: sympy.Symbol(x) for j, x in enumerate(node.inputs)}
     expr = sympy.sympify(node.attr("expr")).xreplace(names)
@@ -290,3 +273,62 @@ def _arr(a) -> str:
 
 def _pts(points) -> str:
     return ", ".join(f"{p:g}" for p in points) if points else "-"
+
+
+def user_function_warnings(graph) -> list[str]:
+    """What is NaN or Inf in float32 in the user functions of ``graph`` where the exact value
+    is finite: a function's value, or the chosen form of a derivative (the best the screen
+    found, so every form fails there), each probed as the kernels print it.  One message per
+    function, naming the points, the ``exp`` that overflows there and the rewrite to write."""
+    out, seen = [], set()
+    for node in graph.forward.nodes:
+        user = node.attr("user") if node.op == "ewise" else None
+        if user is None or (node.attr("fn"), user[0]) in seen:
+            continue
+        seen.add((node.attr("fn"), user[0]))
+        out += check_function(node.attr("fn"), *user)
+    return out
+
+
+def check_function(name: str, f: sympy.Expr, args: tuple[str, ...]) -> list[str]:
+    """The warning for function ``name`` (formula ``f`` in ARGS, arguments named ``args``), or
+    none when it is finite in float32 wherever its exact value is."""
+    nargs, problems = len(args), []
+    for i, arg in enumerate(args):
+        value = _nonfinite(probe(f, (f,), f, i, nargs, kernel_float32))
+        if value:
+            problems.append((f"its value is NaN or Inf at {arg} = {_pts(value)}", value, i))
+        d = derivative(f, i, nargs)
+        chosen = next(c for c in d.candidates if c.form == d.form)
+        bad = _nonfinite(probe(chosen.expr, d.references, f, i, nargs, kernel_float32))
+        if bad:
+            what = f"every form of its derivative in {arg} is NaN or Inf"
+            problems.append((f"{what} at {arg} = {_pts(bad)}", bad, i))
+    if not problems:
+        return []
+    names = {ARGS[k]: sympy.Symbol(a) for k, a in enumerate(args)}
+    overflow = {str(e.xreplace(names)) for _, pts, i in problems for e in _overflows(f, i, pts)}
+    where = f" (exp overflows float32 there: {', '.join(sorted(overflow))})" if overflow else ""
+    text = "; ".join(p for p, _, _ in problems)
+    return [
+        f"function '{name}': in float32 {text}, where the exact value is finite{where}. "
+        f"No known rewrite applies: {HINT}"
+    ]
+
+
+def _nonfinite(probes) -> tuple[float, ...]:
+    return tuple(p.point for p in probes if p.status in ("nan", "overflow"))
+
+
+def _overflows(f: sympy.Expr, i: int, points) -> list[sympy.Expr]:
+    """The exp(...) atoms of f whose argument exceeds EXP_LIMIT at one of the points (the other
+    arguments 0.3, as the screen has them)."""
+    out = []
+    for e in f.atoms(sympy.exp):
+        for p in points:
+            at = {a: sympy.Float(p if k == i else 0.3) for k, a in enumerate(ARGS)}
+            value = sympy.sympify(e.args[0].xreplace(at))
+            if value.is_number and value.is_real and float(value) > EXP_LIMIT:
+                out.append(e)
+                break
+    return out

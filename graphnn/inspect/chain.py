@@ -33,7 +33,9 @@ ADJOINTS = {
     "reduce_sum": "sum adjoint: δ repeated over the summed axes",
     "reshape": "reshape adjoint: δ reshaped back",
     "softmax": "softmax adjoint: Y ∘ (δ - rowsum(δ ∘ Y))",
-    "softmax_ce": "fused softmax cross-entropy: (softmax(z) - t)/n, max-subtracted (stable)",
+    "softmax_ce": (
+        "fused softmax cross-entropy: (softmax(z) ∘ rowsum(t) - t)/n, max-subtracted (stable)"
+    ),
 }
 
 

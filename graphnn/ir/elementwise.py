@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import sympy
 from sympy import Piecewise, exp, log
+from sympy.printing.numpy import NumPyPrinter
 
 ARGS = sympy.symbols("a0:8", real=True)
 Y = sympy.Symbol("Y", real=True)  # the op's own output, for output-form derivatives
@@ -27,6 +28,28 @@ BATCH = sympy.Symbol("n", positive=True, integer=True)  # batch size, known only
 HE = "he_normal"  # the init of relu-like layers (He et al.)
 
 z, t = ARGS[0], ARGS[1]
+
+
+class Phi(sympy.Function):
+    """The standard normal CDF, computed as ``erfc(-z/sqrt(2))/2`` by every back end.
+
+    A function of its own because SymPy rewrites ``erfc(-x)`` as ``2 - erfc(x)`` (and has no
+    other normal CDF): that form, like ``(1 + erf(z/sqrt(2)))/2``, cancels to 0 in float64 for
+    z <= -27, where Phi(-30) is 4.9e-198.
+    """
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return sympy.exp(-(x**2) / 2) / sympy.sqrt(2 * sympy.pi)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sympy.erfc(-x / sympy.sqrt(2)) / 2
+        return None
+
+    def _eval_rewrite_as_erfc(self, x, **kwargs):
+        return sympy.erfc(-x / sympy.sqrt(2), evaluate=False) / 2
 
 
 @dataclass(frozen=True)
@@ -69,9 +92,9 @@ ELEMENTWISE: dict[str, Elementwise] = {
         activation=True,
         init=HE,
     ),
-    "gelu": Elementwise(
-        lambda: z * (1 + sympy.erf(z / sympy.sqrt(2))) / 2, activation=True, init=HE
-    ),
+    # z Phi(z), Phi computed as erfc(-z/sqrt 2)/2: 1 + erf(z/sqrt 2) cancels to 0 for z <= -27
+    # in float64, where gelu(-30) is -1.5e-195 (PyTorch's erfc form gives it).
+    "gelu": Elementwise(lambda: z * Phi(z), activation=True, init=HE),
     "silu": Elementwise(lambda: z / (1 + exp(-z)), activation=True, init=HE),
     # Loss terms: binary cross-entropy on logits z against targets t, in its stable form.
     "bce_with_logits": Elementwise(
@@ -90,7 +113,62 @@ def erf(x):
     return scipy.special.erf(x)
 
 
+def erfc(x):
+    """scipy's erfc for lambdified formulas, imported on first use."""
+    import scipy.special
+
+    return scipy.special.erfc(x)
+
+
+def _phi(x):
+    import scipy.special
+
+    return scipy.special.ndtr(x)  # Phi, accurate in both tails
+
+
+# Functions NumPy lacks, for sympy.lambdify's modules.
+SPECIAL = {"erf": erf, "erfc": erfc, "Phi": _phi}
+
+
+def nan_guarded(pieces) -> list[tuple[sympy.Expr, sympy.Basic]]:
+    """The (value, condition) pairs of a Piecewise with its default branch guarded.
+
+    NaN fails every comparison, so a NaN input fell through to the default branch: relu(NaN)
+    was its 0, as was relu'(NaN).  The default branch's condition becomes the complement of
+    the others' written as comparisons (z > 0 -> z <= 0), which NaN fails too; taking no
+    branch, a Piecewise is NaN (every printer's rule), so NaN propagates as in PyTorch.  A
+    complement SymPy can only write with a Not is left as the default.
+    """
+    out, prior = [], []
+    for value, cond in pieces:
+        if cond == sympy.true and prior:
+            guard = sympy.And(*[sympy.Not(c) for c in prior]).to_nnf()
+            if not guard.has(sympy.Not) and guard not in (sympy.true, sympy.false):
+                cond = guard
+        out.append((value, cond))
+        prior.append(cond)
+        if cond == sympy.true:
+            break
+    return out
+
+
+class _NanPropagatingPrinter(NumPyPrinter):
+    """NumPy's printer for lambdify, with every Piecewise NaN-guarded (:func:`nan_guarded`)."""
+
+    def _print_Piecewise(self, expr):
+        return super()._print_Piecewise(sympy.Piecewise(*nan_guarded(expr.args), evaluate=False))
+
+
+def numpy_lambdify(args, expr: sympy.Expr):
+    """``expr`` as a NumPy function of ``args``: sympy.lambdify with our special functions and a
+    NaN input giving NaN through every Piecewise."""
+    # the settings lambdify gives its own printer, with our functions named as themselves
+    settings = {"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True}
+    printer = _NanPropagatingPrinter({**settings, "user_functions": {k: k for k in SPECIAL}})
+    return sympy.lambdify(args, expr, modules=[SPECIAL, "numpy"], printer=printer)
+
+
 @functools.cache
 def numpy_function(expr: sympy.Expr, nargs: int) -> Callable:
     """``expr`` (in ARGS[:nargs] and the batch size n) as a NumPy function of (a0, ..., n)."""
-    return sympy.lambdify((*ARGS[:nargs], BATCH), expr, modules=[{"erf": erf}, "numpy"])
+    return numpy_lambdify((*ARGS[:nargs], BATCH), expr)

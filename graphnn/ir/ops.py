@@ -24,6 +24,7 @@ import sympy
 
 from graphnn.errors import GraphError, ShapeError
 from graphnn.ir.elementwise import ARGS, BATCH, ELEMENTWISE
+from graphnn.ir.rewrites import rewrite
 from graphnn.ir.shapes import (
     Shape,
     broadcast_shapes,
@@ -247,6 +248,11 @@ def power(x: Tensor, exponent: float) -> Tensor:
 def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
     """A user-defined elementwise function from a SymPy formula; its derivative is derived.
 
+    Known unstable patterns are rewritten first (``log(1 + exp(z))`` becomes a stable softplus;
+    :mod:`graphnn.ir.rewrites`), and a graph using a formula still NaN or Inf in float32 where
+    its exact value is finite warns (:class:`~graphnn.errors.StabilityWarning`) with the rewrite
+    to write.
+
     >>> import sympy, graphnn as gn
     >>> s = sympy.Symbol("z")
     >>> swish = gn.elementwise("swish", s / (1 + sympy.exp(-s)), [s])
@@ -259,18 +265,20 @@ def elementwise(name: str, expr: sympy.Expr, symbols: Sequence[sympy.Symbol]):
         raise GraphError(
             f"function '{name}': formula uses unknown symbols {sorted(map(str, extra))}"
         )
-    formula = sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False)))
+    formula = rewrite(sympy.sympify(expr).xreplace(dict(zip(symbols, ARGS, strict=False))))
     infinite = [a for a in (sympy.zoo, sympy.oo, -sympy.oo, sympy.nan) if formula.has(a)]
     if infinite:  # z / 0 is zoo*z: no printer or derivative has a meaning for it
         raise GraphError(
             f"function '{name}': the formula {expr} holds {infinite[0]} (a division by zero?); "
             "it must be finite"
         )
+    names = tuple(str(s) for s in symbols)
 
     def build(*args) -> Tensor:
         if len(args) != len(symbols):
             raise GraphError(f"{name} takes {len(symbols)} argument(s), got {len(args)}")
-        return ewise(name, formula, args)
+        # user=...: screened when a graph is built (graphnn.inspect.audit.user_function_warnings)
+        return ewise(name, formula, args, user=(formula, names))
 
     build.__name__ = name
     return build
@@ -288,6 +296,10 @@ def matmul(a, b, ta: bool = False, tb: bool = False) -> Tensor:
 
 
 def reduce_sum(x: Tensor, axes: tuple[int, ...], keepdims: bool = False) -> Tensor:
+    if not axes:
+        # A sum over no axes (every axis of a 0-d value) is the value itself, as in NumPy; as a
+        # node it had no element to index (the CPU kernel read x[]).
+        return x
     shape = reduced_shape(x.shape, axes, keepdims)
     attrs = {"axes": axes, "keepdims": keepdims}
     return Tensor("reduce_sum", (x,), shape, attrs, None, _label("sum({})", x))
@@ -340,10 +352,13 @@ def softmax(x: Tensor) -> Tensor:
 
 
 def softmax_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of -sum(target * log_softmax(logits)); fused and stable (log-sum-exp).
+    """Mean over the rows of -sum(target * log_softmax(logits)); fused and stable (log-sum-exp).
 
-    Target rows are probability distributions (one-hot or soft labels), as in PyTorch: the loss
-    is computed as ``logsumexp(z) - sum(t * z)`` per row and its gradient is ``(softmax(z) - t)/n``.
+    As PyTorch's cross-entropy with probability targets, for any target rows: a row's loss is
+    ``sum(t) * logsumexp(z) - sum(t * z)`` and its gradient ``(softmax(z) * sum(t) - t)/n``,
+    so a row of zeros (padding) adds nothing and a multi-label row summing to 2 counts twice.
+    For one-hot or soft labels ``sum(t)`` is 1.  The mean is over the logits' rows: the batch,
+    or, for logits without a batch axis, their own row count.
     """
     _check_rows("softmax_cross_entropy", logits, target)
     label = _label("softmax_cross_entropy({}, {})", logits, target)

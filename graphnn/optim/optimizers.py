@@ -141,6 +141,16 @@ def _decayed_gradient(weight_decay: float) -> str:
     return "(G + weight_decay*P)" if weight_decay else "G"
 
 
+def _positive_eps(who: str, eps) -> None:
+    # eps keeps the step finite where a gradient's running square is 0 (at step 1 for a zero
+    # gradient entry): with eps = 0 the update is 0/0 = NaN, reported as a learning-rate problem.
+    if not (_is_number(eps) and 0 < eps < math.inf):
+        raise GraphError(
+            f"{who}: eps must be a finite number > 0 (it keeps the update finite where a "
+            f"gradient's running square is 0), got {eps!r}"
+        )
+
+
 def _below_one(who: str, **values) -> None:
     for key, value in values.items():
         if not (_is_number(value) and 0 <= value < 1):
@@ -171,6 +181,7 @@ def Adam(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, *
     ``w ← w − η (m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε)``.
     """
     _below_one("Adam", beta1=beta1, beta2=beta2)
+    _positive_eps("Adam", eps)
     g = _decayed_gradient(weight_decay)
     hyper = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
     per_step = _ADAM_SCALARS
@@ -185,6 +196,7 @@ def Adam(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, *
 def AdamW(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, **kw):
     """Adam with decoupled weight decay: ``w ← w(1 − η λ)`` before the Adam step (PyTorch)."""
     _below_one("AdamW", beta1=beta1, beta2=beta2)
+    _positive_eps("AdamW", eps)
     hyper = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
     per_step = _ADAM_SCALARS
     updates = (
@@ -198,6 +210,7 @@ def AdamW(lr: float = 1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
 def RMSProp(lr: float = 0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, **kw):
     """RMSProp (PyTorch's): ``v ← αv + (1−α) g²``, ``w ← w − η g / (√v + ε)``."""
     _below_one("RMSProp", alpha=alpha)
+    _positive_eps("RMSProp", eps)
     g = _decayed_gradient(weight_decay)
     hyper = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
     updates = (("v", f"alpha*v + (1 - alpha)*{g}*{g}"), ("P", f"P - lr*{g}/(sqrt(v) + eps)"))
@@ -206,6 +219,7 @@ def RMSProp(lr: float = 0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, **kw):
 
 def Adagrad(lr: float = 0.01, eps=1e-10, weight_decay=0.0, **kw):
     """Adagrad (PyTorch's, no lr decay): ``s ← s + g²``, ``w ← w − η g / (√s + ε)``."""
+    _positive_eps("Adagrad", eps)
     g = _decayed_gradient(weight_decay)
     hyper = {"lr": lr, "eps": eps, "weight_decay": weight_decay}
     updates = (("s", f"s + {g}*{g}"), ("P", f"P - lr*{g}/(sqrt(s) + eps)"))

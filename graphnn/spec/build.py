@@ -23,7 +23,7 @@ the key and the offending token.
 >>> spec.graph.param_names, spec.train.optimizer.name
 (['W'], 'sgd')
 >>> print(spec.graph.gradient("W"))
-x^T ((softmax(logits) - y)/n)
+x^T ((softmax(logits) ∘ rowsum(y) - y)/n)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from graphnn.api import Graph
 from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import ops
+from graphnn.ir import ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
@@ -84,6 +84,8 @@ FORMULA_FUNCTIONS = {
         "sqrt": sympy.sqrt,
         "erf": sympy.erf,
         "abs": sympy.Abs,
+        "softplus": rewrites.softplus,  # stable forms
+        "sigmoid": rewrites.sigmoid,
     }.items()
 }
 RESERVED = frozenset({*GRAPH_FUNCTIONS, *ELEMENTWISE, *FORMULA_FUNCTIONS, "matmul", "power"})

@@ -37,7 +37,7 @@ from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
 from graphnn.train.metrics import accuracy
-from graphnn.train.nonfinite import broken_names, diagnose
+from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -155,6 +155,7 @@ class Model:
         self._rng = None
         self._best = None  # early stopping: the best parameters of the current run
         self._predictors: dict = {}
+        self._snapshot: dict = {}  # parameters and state at the current epoch's start
 
     # --- description ---------------------------------------------------------------------------
 
@@ -367,8 +368,6 @@ class Model:
 
     def _train_epoch(self, train, val, perm, bs, checkpoint_dir) -> dict[str, float]:
         logs = self._run_epoch(train, perm, bs, checkpoint_dir)
-        if broken_names(self):  # an update overflowed at the epoch's last step
-            raise diagnose(self, None, 0, self.step, self.epoch + 1, checkpoint_dir)
         if val:
             logs.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         self.history.record(**logs)
@@ -383,6 +382,7 @@ class Model:
         hyper = dict(self.optimizer.hyper)
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
+        before = self._saved(self._snapshot)
         total, done, status = self.trainer.epoch(
             self.params,
             self.state,
@@ -394,12 +394,56 @@ class Model:
             self.step,
         )
         done = int(done)
+        if broken_names(self):  # an update overflowed: the loss and gradients never showed it
+            raise self._rewind(before, train, perm, bs, hyper, lrs, checkpoint_dir)
         self.step += done
         if status != 0:
             batch = {k: v[perm[done * bs : (done + 1) * bs]] for k, v in train.items()}
             step, epoch = self.step + 1, self.epoch + 1
             raise diagnose(self, batch, int(status), step, epoch, checkpoint_dir, lrs[done])
         return {"loss": total / len(perm), "lr": float(lrs[-1])}
+
+    def _saved(self, buffers: dict) -> dict:
+        """Copies of the parameters and optimizer state in ``buffers``, reused from call to call
+        (copying into them costs no allocation: a few microseconds an epoch for digits)."""
+        arrays = {f"param/{k}": v for k, v in self.params.items()}
+        arrays |= {f"state/{k}": v for k, v in self.state.items()}
+        for key, value in arrays.items():
+            if key not in buffers or buffers[key].shape != value.shape:
+                buffers[key] = np.empty_like(value)
+            np.copyto(buffers[key], value)
+        return buffers
+
+    def _restore(self, saved: dict) -> None:
+        for key, value in saved.items():
+            kind, name = key.split("/", 1)
+            np.copyto((self.params if kind == "param" else self.state)[name], value)
+
+    def _rewind(self, before, train, perm, bs, hyper, lrs, checkpoint_dir) -> Exception:
+        """The error for an update that overflowed, with the model as it was before that step.
+
+        The epoch's steps ran in place, so its start is restored and its steps re-run one at a
+        time (the same kernels on the same batches give the same values) until the one whose
+        update makes a parameter or optimizer buffer NaN/Inf; that step is undone.
+        """
+        bad, start = broken_names(self), self.step
+        self._restore(before)
+        good: dict = {}
+        for k in range(math.ceil(len(perm) / bs)):
+            self._saved(good)
+            idx = perm[k * bs : (k + 1) * bs].astype(np.int64, copy=False)
+            _, _, status = self.trainer.epoch(
+                self.params, self.state, train, idx, bs, hyper, lrs[k : k + 1], self.step
+            )
+            if status != 0 or broken_names(self):
+                bad = broken_names(self) or bad
+                self._restore(good)
+                break
+            self.step += 1
+        else:  # the re-run did not break (it cannot, the steps being deterministic): no step
+            self._restore(before)  # is known, so the whole epoch is undone
+            self.step, k = start, 0
+        return update_overflow(self, bad, self.step + 1, self.epoch + 1, checkpoint_dir, lrs[k])
 
     # --- evaluation ----------------------------------------------------------------------------
 

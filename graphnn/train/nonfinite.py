@@ -4,8 +4,8 @@ Two ways training can break.  Usually a compiled step finds its loss or a gradie
 stops before touching any parameter; the driver then re-runs that batch on the NumPy reference in
 the model's dtype and names the first node, in topological order, whose value is not finite.
 Rarely, the loss and gradients are finite but an optimizer update overflows (a huge learning
-rate times a finite step); then a parameter or optimizer buffer itself holds NaN/Inf and only a
-checkpoint can bring back good values.
+rate times a finite step); then a parameter or optimizer buffer itself holds NaN/Inf, and the
+driver rewinds the epoch to the step before (:func:`update_overflow` words the error).
 
 >>> import numpy as np
 >>> first_nonfinite({"a": np.ones(2), "b": np.array([1.0, np.nan])}, ["a", "b"])
@@ -74,9 +74,7 @@ def _checkpoint_note(checkpoint_dir) -> str:
 
 def diagnose(model, batch, status, step, epoch, checkpoint_dir, lr=None) -> NonFiniteError:
     """The error to raise for step ``step`` that reported ``status`` (-1 loss, k > 0 gradient of
-    parameter k).  ``batch=None``: found after the epoch, not by a step."""
-    if batch is None or broken_names(model):
-        return _broken_update(model, step, epoch, checkpoint_dir, found_by_step=batch is not None)
+    parameter k)."""
     from codegen.numpy_ref import evaluate
     from codegen.steps import describe
 
@@ -109,20 +107,19 @@ def diagnose(model, batch, status, step, epoch, checkpoint_dir, lr=None) -> NonF
     return NonFiniteError(message, step=step, param=param, node=node)
 
 
-def _broken_update(model, step, epoch, checkpoint_dir, found_by_step) -> NonFiniteError:
-    """A parameter or optimizer buffer itself is NaN/Inf: an update overflowed."""
+def update_overflow(model, bad, step, epoch, checkpoint_dir, lr) -> NonFiniteError:
+    """Step ``step``'s optimizer update made ``bad`` (parameters or optimizer buffers) NaN/Inf
+    from a finite loss and gradients; the model holds its values from before that step."""
     graph = model.graph
-    bad = broken_names(model)
     param = next((p for p in graph.param_names if p in bad), None)
     if param is None:  # only optimizer state; name the parameter it belongs to
         buffers = model.optimizer.state
         param = next(p for p in graph.param_names if {state_key(s, p) for s in buffers} & set(bad))
-    # found by a step: the update of the step before it overflowed
-    step = step - 1 if found_by_step else step
     names = ", ".join(repr(b) for b in bad)
     message = (
-        f"training stopped after step {step} (epoch {epoch}): the optimizer update made {names} "
-        "NaN or Inf although the loss and gradients were finite, so the parameters in memory "
-        f"are lost{_checkpoint_note(checkpoint_dir)}. {ADVICE}"
+        f"training stopped at step {step} (epoch {epoch}): the optimizer update made {names} "
+        "NaN or Inf although the loss and gradients were finite. Parameters and optimizer state "
+        f"hold their values from before this step ({_magnitudes(model.params, graph.param_names)}"
+        f"; learning rate at this step {lr:.3g}){_checkpoint_note(checkpoint_dir)}. {ADVICE}"
     )
     return NonFiniteError(message, step=step, param=param, node=param)
