@@ -70,6 +70,12 @@ STRUCTURAL = {
     "softmax": lambda L: gn.sum(gn.softmax(L.x @ L.W) * (L.x @ L.W)),
     "power_div": lambda L: gn.mean((L.x @ L.W) ** 2 / (1.5 + gn.sigmoid(L.x @ L.W))),
     "one_element_param": lambda L: gn.sum(gn.tanh(L.x @ L.W) * L.s) + gn.sum(L.W) * 0.5,
+    # (batch,) * (4, 1) is (4, batch): the batch axis need not lead (found by tests/test_fuzz.py)
+    "batch_not_leading": lambda L: gn.sum(gn.tanh(gn.sum(L.x @ L.W, axis=1) * L.c)),
+    # (batch, batch) scores x W x^T: n * n elements, not n
+    "batch_by_batch": lambda L: gn.sum(
+        gn.tanh(gn.matmul(L.x @ L.W, L.x, tb=True)) * gn.matmul(L.x, L.x, tb=True)
+    ),
 }
 
 LOSSES = {

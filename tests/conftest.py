@@ -12,3 +12,11 @@ _user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
 os.environ.setdefault(
     "GRAPHNN_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"graphnn-test-cache-{_user}")
 )
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="tests/test_fuzz.py: the deep run (thousands of random graphs, a random seed)",
+    )

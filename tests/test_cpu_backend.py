@@ -68,6 +68,23 @@ def test_elementwise_op(op):
         assert_backends_agree(g, wide, data)
 
 
+def test_softplus_far_in_its_tail_on_the_reference_and_the_cpu():
+    """softplus(z) = log(1 + exp(z)) is exp(z) for very negative z, not 0: the NumPy reference
+    rounded 1 + exp(z) to 1 from z = -37 (float64) and -17 (float32), so log(softplus(z)) was
+    -inf and its gradient NaN, where the CPU (log1p) and PyTorch give about z and 1 (found by
+    tests/test_fuzz.py)."""
+    x, w = gn.input("x", (1,)), gn.param("w", (1,))
+    g = gn.Graph(gn.sum(gn.log(gn.softplus(x * w))))
+    z = np.array([[-20.0], [-40.0], [-80.0]])  # exp(-80) is still a normal float32
+    want = np.sum(np.log(np.log1p(np.exp(z))))  # = -140 + 1e-9
+    for backend, dtype in [("numpy", np.float64), ("numpy", np.float32), ("cpu", np.float32)]:
+        params = {"w": np.ones(1, dtype)}
+        loss, grads = g.value_and_grad(params, {"x": z.astype(dtype)}, backend, dtype)
+        assert loss == pytest.approx(want, rel=1e-6), (backend, dtype)
+        # d/dw log(softplus(z w)) = z sigmoid(z w) / softplus(z w), about z for z << 0
+        assert grads["w"] == pytest.approx([np.sum(z)], rel=1e-6), (backend, dtype)
+
+
 # --- structural ops -----------------------------------------------------------------------------
 
 

@@ -106,24 +106,25 @@ def dims_text(shape) -> str:
 
 
 def count(dims) -> str:
-    """The number of elements of dims as an expression (the batch dimension is n)."""
+    """The number of elements of dims as an expression (each batch dimension is n: an
+    (n, n) array, e.g. x @ x^T, has n * n)."""
     known = 1
     for d in dims:
         known *= d or 1
-    if None in dims:
-        return "n" if known == 1 else f"n * {known}"
-    return str(known)
+    factors = ["n"] * sum(d is None for d in dims)
+    return " * ".join(factors + [str(known)] * (known != 1 or not factors))
 
 
 def unravel(flat: str, names: list[str], dims) -> list[str]:
-    """Lines splitting the row-major flat index into one index per dim (only dims[0] may be n)."""
+    """Lines splitting the row-major flat index into one index per dim (a None dim is n: the
+    batch axis need not lead, e.g. a (batch,) input broadcast against a (3, 1) parameter)."""
     lines = []
     for j, name in enumerate(names):
-        stride = 1
-        for d in dims[j + 1 :]:
-            stride *= d
-        value = flat if stride == 1 else f"{flat} // {stride}"
-        lines.append(f"{name} = {value}" if j == 0 else f"{name} = {value} % {dims[j]}")
+        stride = count(dims[j + 1 :])
+        stride = stride if stride.isdigit() else f"({stride})"
+        value = flat if stride == "1" else f"{flat} // {stride}"
+        size = "n" if dims[j] is None else dims[j]
+        lines.append(f"{name} = {value}" if j == 0 else f"{name} = {value} % {size}")
     return lines
 
 

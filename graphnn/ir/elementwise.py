@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import sympy
 from sympy import Piecewise, exp, log
+from sympy.codegen.cfunctions import log1p
 from sympy.printing.numpy import NumPyPrinter
 
 ARGS = sympy.symbols("a0:8", real=True)
@@ -168,7 +169,16 @@ def numpy_lambdify(args, expr: sympy.Expr):
     return sympy.lambdify(args, expr, modules=[SPECIAL, "numpy"], printer=printer)
 
 
+def _log1p(expr: sympy.Expr) -> sympy.Expr:
+    """log(1 + x) as log1p(x), as the kernels' printer writes it: 1 + x rounds a tiny x away, so
+    softplus(-40) was 0 instead of 4.2e-18 (and log(softplus(z)) -inf instead of about z)."""
+    return expr.replace(
+        lambda e: isinstance(e, log) and isinstance(e.args[0], sympy.Add) and 1 in e.args[0].args,
+        lambda e: log1p(e.args[0] - 1),
+    )
+
+
 @functools.cache
 def numpy_function(expr: sympy.Expr, nargs: int) -> Callable:
     """``expr`` (in ARGS[:nargs] and the batch size n) as a NumPy function of (a0, ..., n)."""
-    return numpy_lambdify((*ARGS[:nargs], BATCH), expr)
+    return numpy_lambdify((*ARGS[:nargs], BATCH), _log1p(expr))
