@@ -17,6 +17,7 @@ import sympy
 
 from codegen.plan import Plan
 from codegen.printer import print_expr
+from graphnn.errors import CodegenError
 from graphnn.ir.elementwise import BATCH
 from graphnn.ir.graph import GraphIR, Node
 from graphnn.ir.shapes import show
@@ -88,6 +89,22 @@ class Scope:
 def extent(d: int | None) -> str:
     """The size of one dimension as the generated code reads it (the batch dimension is n)."""
     return "n" if d is None else str(d)
+
+
+class StepEmitter(Scope):
+    """A back end's emitters: ``emit_<kind>`` methods, one per kind of plan step (the SymPy
+    printers' ``_print_<Class>`` pattern).  A kind with no method fails here, naming it."""
+
+    backend = "?"
+
+    def emit(self, step):
+        method = getattr(self, f"emit_{step.kind}", None)
+        if method is None:
+            raise CodegenError(
+                f"the {self.backend} back end has no emitter for op '{step.kind}' "
+                f"(node '{step.node.name}')"
+            )
+        return method(step)
 
 
 def loop_header(shape, index: list[str]) -> list[str]:

@@ -124,3 +124,24 @@ def test_the_checker_sees_an_upward_import(tmp_path, source, problem):
     found = imports(path, {"codegen.plan", "graphnn.train.driver", "graphnn.train"})
     target = next(iter(found))
     assert stage(target) > stage(module_name(ROOT / source))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_an_op_with_no_emitter_fails_naming_op_and_back_end(backend):
+    """One emitter class per back end, dispatching on the step's kind, fails in one place."""
+    import importlib
+    from types import SimpleNamespace
+
+    from graphnn.errors import CodegenError
+
+    steps = importlib.import_module(f"codegen.{backend}.steps")
+    emitter = next(
+        cls
+        for cls in vars(steps).values()
+        if isinstance(cls, type) and cls.__name__.endswith("Steps")
+    )
+    step = SimpleNamespace(kind="conv2d", node=SimpleNamespace(name="conv1"))
+    with pytest.raises(
+        CodegenError, match=f"the {backend} back end has no emitter for op 'conv2d'"
+    ):
+        emitter.emit(object.__new__(emitter), step)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from codegen.cpu.approx import tanh_source
-from codegen.cpu.steps import EMITTERS
+from codegen.cpu.steps import CpuSteps
 from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.signature import Signature, forward_inputs, signature
@@ -65,13 +65,13 @@ def kernel(
     plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
     # float32 tanh as a vectorizable rational function (codegen/cpu/approx.py): libm's tanhf is a
     # scalar call that cost 30% of a step of a wide tanh MLP.
-    scope = Scope(dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace)
+    scope = CpuSteps(dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace)
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
     body = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
     for step in plan.steps:
-        lines = EMITTERS[step.kind](step, scope)
+        lines = scope.emit(step)
         body += lines + ([""] if lines else [])
     body += returned(outputs, returns)
     if not workspace:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import sympy
 
 from codegen.cuda.library import GPU, Launch, array_type, block_sum, library
-from codegen.cuda.steps import CudaScope, Kernel, count, dims_text, emit_step
+from codegen.cuda.steps import CudaSteps, Kernel, count, dims_text
 from codegen.names import RESERVED
 from codegen.plan import make_plan
 from codegen.printer import print_expr
@@ -37,12 +37,12 @@ def cuda_signature(graph, optimizer) -> Signature:
 def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()):
     """(kernels, source lines of the host function, matmul variants used)."""
     plan = make_plan(ir, outputs)
-    scope = CudaScope(dtype, ir, plan, taken, prefix)
+    scope = CudaSteps(dtype, ir, plan, taken, prefix)
     batch = next((a for a in args if ir.node(a).op == "input"), None)
     body = [f'"""{doc}"""', f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
     kernels: list[Kernel] = []
     for step in plan.steps:
-        piece = emit_step(step, scope)
+        piece = scope.emit(step)
         kernels += piece.kernels
         body += piece.host + ([""] if piece.host else [])
     body += returned(outputs, returns, tuple_of_one=True)

@@ -13,7 +13,6 @@ indexing here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sympy
@@ -21,8 +20,7 @@ import sympy
 from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
-from codegen.steps import Scope, describe, indent
-from graphnn.errors import CodegenError
+from codegen.steps import StepEmitter, describe, indent
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node
 
@@ -51,7 +49,7 @@ class Piece:
     host: list[str]
 
 
-class CudaScope(Scope):
+class CudaScope(StepEmitter):
     """Names, types and printing shared by the kernels of one host function."""
 
     def __init__(self, dtype: str, ir: GraphIR, plan: Plan, taken: set[str], prefix: str):
@@ -142,222 +140,196 @@ def grid_stride(shape, body: list[str]) -> list[str]:
     return [head, *indent(unravel("k", index, shape) + body, 1)]
 
 
-def _kernel(step: Step, scope: CudaScope, reads, writes, body, total_shape) -> Piece:
-    args = [scope.array_arg(x) for x in [*reads, *writes]] + scope.sizes(body)
-    name = scope.kernel_name(step.nodes[-1])
-    comments = [comment(n) for n in step.nodes]
-    kernel = Kernel(name, args, body, comments)
-    host = comments + [scope.alloc(w, scope.ir.node(w).shape) for w in writes]
-    total = count(total_shape) if total_shape else None
-    return Piece([kernel], host + launch_lines(name, [a for a, _ in args], total))
+class CudaSteps(CudaScope):
+    """``@cuda.jit`` kernels and host lines of each kind of plan step: an ``emit_<kind>`` each."""
 
+    backend = "cuda"
 
-def emit_group(step: Step, scope: CudaScope) -> Piece:
-    """One thread per element computes the whole fused chain; stored members go to arrays."""
-    shape = step.shape
-    index = [f"i{k}" for k in range(len(shape))]
-    at = f"[{', '.join(index)}]" if shape else "[0]"
-    members = {n.name for n in step.nodes}
-    stored = [n.name for n in step.nodes if n.name in scope.plan.stored]
-    read_in_group = {i for n in step.nodes for i in n.inputs if i in members}
-    local = {n.name: f"{n.name}_v" if n.name in stored else n.name for n in step.nodes}
-    reads: dict[str, None] = {}
-    body: list[str] = []
-    for node in step.nodes:
-        subs = {}
-        for k, i in enumerate(node.inputs):
-            if i in members:
-                subs[ARGS[k]] = sympy.Symbol(local[i])
+    def _kernel(self, step: Step, reads, writes, body, total_shape) -> Piece:
+        args = [self.array_arg(x) for x in [*reads, *writes]] + self.sizes(body)
+        name = self.kernel_name(step.nodes[-1])
+        comments = [comment(n) for n in step.nodes]
+        kernel = Kernel(name, args, body, comments)
+        host = comments + [self.alloc(w, self.ir.node(w).shape) for w in writes]
+        total = count(total_shape) if total_shape else None
+        return Piece([kernel], host + launch_lines(name, [a for a, _ in args], total))
+
+    def emit_group(self, step: Step) -> Piece:
+        """One thread per element computes the whole fused chain; stored members go to arrays."""
+        shape = step.shape
+        index = [f"i{k}" for k in range(len(shape))]
+        at = f"[{', '.join(index)}]" if shape else "[0]"
+        members = {n.name for n in step.nodes}
+        stored = [n.name for n in step.nodes if n.name in self.plan.stored]
+        read_in_group = {i for n in step.nodes for i in n.inputs if i in members}
+        local = {n.name: f"{n.name}_v" if n.name in stored else n.name for n in step.nodes}
+        reads: dict[str, None] = {}
+        body: list[str] = []
+        for node in step.nodes:
+            subs = {}
+            for k, i in enumerate(node.inputs):
+                if i in members:
+                    subs[ARGS[k]] = sympy.Symbol(local[i])
+                else:
+                    subs[ARGS[k]] = self.value(i, shape, index)
+                    if not self.inline(i):
+                        reads[i] = None
+            text = self.expr(node.attr("expr").xreplace(subs))
+            if node.name not in stored:
+                body.append(f"{node.name} = {text}")
+            elif node.name in read_in_group:
+                body += [f"{local[node.name]} = {text}", f"{node.name}{at} = {local[node.name]}"]
             else:
-                subs[ARGS[k]] = scope.value(i, shape, index)
-                if not scope.inline(i):
-                    reads[i] = None
-        text = scope.expr(node.attr("expr").xreplace(subs))
-        if node.name not in stored:
-            body.append(f"{node.name} = {text}")
-        elif node.name in read_in_group:
-            body += [f"{local[node.name]} = {text}", f"{node.name}{at} = {local[node.name]}"]
-        else:
-            body.append(f"{node.name}{at} = {text}")
-    return _kernel(step, scope, list(reads), stored, grid_stride(shape, body), shape)
+                body.append(f"{node.name}{at} = {text}")
+        return self._kernel(step, list(reads), stored, grid_stride(shape, body), shape)
 
+    def emit_const(self, step: Step) -> Piece:
+        node = step.node
+        index = [f"i{k}" for k in range(len(node.shape))]
+        at = f"[{', '.join(index)}]" if node.shape else "[0]"
+        value = self.expr(sympy.sympify(node.attr("value")))
+        body = grid_stride(node.shape, [f"{node.name}{at} = {value}"])
+        return self._kernel(step, [], [node.name], body, node.shape)
 
-def emit_const(step: Step, scope: CudaScope) -> Piece:
-    node = step.node
-    index = [f"i{k}" for k in range(len(node.shape))]
-    at = f"[{', '.join(index)}]" if node.shape else "[0]"
-    value = scope.expr(sympy.sympify(node.attr("value")))
-    body = grid_stride(node.shape, [f"{node.name}{at} = {value}"])
-    return _kernel(step, scope, [], [node.name], body, node.shape)
+    def emit_matmul(self, step: Step) -> Piece:
+        node = step.node
+        ta, tb = bool(node.attr("ta")), bool(node.attr("tb"))
+        self.matmuls.add((ta, tb))
+        rows, cols = (count([d]) for d in node.shape)
+        kernel = "matmul_" + ("t" if ta else "n") + ("t" if tb else "n")
+        a, b = node.inputs
+        host = [comment(node), self.alloc(node.name, node.shape)]
+        host.append(f"{kernel}[tiles({rows}, {cols}), (TILE, TILE)]({a}, {b}, {node.name})")
+        return Piece([], host)
 
-
-def emit_matmul(step: Step, scope: CudaScope) -> Piece:
-    node = step.node
-    ta, tb = bool(node.attr("ta")), bool(node.attr("tb"))
-    scope.matmuls.add((ta, tb))
-    rows, cols = (count([d]) for d in node.shape)
-    kernel = "matmul_" + ("t" if ta else "n") + ("t" if tb else "n")
-    a, b = node.inputs
-    host = [comment(node), scope.alloc(node.name, node.shape)]
-    host.append(f"{kernel}[tiles({rows}, {cols}), (TILE, TILE)]({a}, {b}, {node.name})")
-    return Piece([], host)
-
-
-def emit_reduce_sum(step: Step, scope: CudaScope) -> Piece:
-    """One block per output element (grid-stride over outputs); its threads stride over the
-    summed elements and combine their partial sums in a shared-memory tree."""
-    node = step.node
-    (x,) = node.inputs
-    src = scope.ir.node(x).shape
-    axes, keep = node.attr("axes"), node.attr("keepdims")
-    index = [f"i{k}" for k in range(len(src))]
-    kept = [k for k in range(len(src)) if k not in axes]
-    out = [("0" if keep else None) if k in axes else i for k, i in enumerate(index)]
-    out = [i for i in out if i is not None] or ["0"]
-    summed = [src[k] for k in axes]
-    loop = [f"for r in range(tid, {count(summed)}, REDUCE_THREADS):"]
-    loop += indent(unravel("r", [index[k] for k in axes], summed), 1)
-    loop += [f"    acc += {x}[{', '.join(index)}]"]
-    per_output = unravel("o", [index[k] for k in kept], [src[k] for k in kept])
-    per_output += [f"acc = {scope.literal(0)}", *loop, *block_sum("acc", "total")]
-    per_output += ["if tid == 0:", f"    {node.name}[{', '.join(out)}] = total"]
-    n_out = count([src[k] for k in kept])
-    body = [
-        f"part = cuda.shared.array(REDUCE_THREADS, np.{scope.dtype})",
-        "tid = cuda.threadIdx.x",
-        f"for {'o' if kept else '_'} in range(cuda.blockIdx.x, {n_out}, cuda.gridDim.x):"
-        "  # one block per output",
-        *indent(per_output, 1),
-    ]
-    args = [scope.array_arg(x), scope.array_arg(node.name), *scope.sizes(body)]
-    name = scope.kernel_name(node)
-    config = f"min({n_out}, MAX_BLOCKS), REDUCE_THREADS"
-    host = [comment(node), scope.alloc(node.name, node.shape)]
-    host.append(f"{name}[{config}]({', '.join(a for a, _ in args)})")
-    return Piece([Kernel(name, args, body, [comment(node)])], host)
-
-
-def emit_reshape(step: Step, scope: CudaScope) -> Piece:
-    node = step.node
-    reshape = f"{node.name} = {node.inputs[0]}.reshape({dims_text(node.shape)})"
-    return Piece([], [comment(node), reshape])
-
-
-def _row_stats(z: str, k: int, scope: CudaScope) -> list[str]:
-    """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z."""
-    return [
-        f"m = {z}[i0, 0]",
-        f"for j in range(1, {k}):",
-        f"    m = max(m, {z}[i0, j])",
-        f"s = {scope.literal(0)}",
-        f"for j in range({k}):",
-        f"    s += math.exp({z}[i0, j] - m)",
-    ]
-
-
-def emit_softmax(step: Step, scope: CudaScope) -> Piece:
-    node = step.node
-    (z,), k = node.inputs, node.shape[-1]
-    body = _row_stats(z, k, scope) + [
-        f"for j in range({k}):",
-        f"    {node.name}[i0, j] = math.exp({z}[i0, j] - m) / s",
-    ]
-    return _rows_kernel(step, scope, [z], [node.name], body, node.shape[0])
-
-
-def emit_softmax_grad(step: Step, scope: CudaScope) -> Piece:
-    node = step.node
-    (y, g), k = node.inputs, node.shape[-1]
-    body = [
-        f"d = {scope.literal(0)}",
-        f"for j in range({k}):",
-        f"    d += {g}[i0, j] * {y}[i0, j]",
-        f"for j in range({k}):",
-        f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
-    ]
-    return _rows_kernel(step, scope, [y, g], [node.name], body, node.shape[0])
-
-
-def _rows_kernel(step, scope, reads, writes, body, rows_dim, extra=()) -> Piece:
-    rows = count([rows_dim])
-    loop = [f"for i0 in range(cuda.grid(1), {rows}, cuda.gridsize(1)):  # one thread per row"]
-    body = loop + indent(body, 1)
-    args = [scope.array_arg(x) for x in [*reads, *writes]] + list(extra) + scope.sizes(body)
-    name = scope.kernel_name(step.nodes[-1])
-    comments = [comment(n) for n in step.nodes]
-    host = comments + [scope.alloc(w, scope.ir.node(w).shape) for w in writes]
-    host += launch_lines(name, [a for a, _ in args], rows)
-    return Piece([Kernel(name, args, body, comments)], host)
-
-
-def _partner(step: Step, scope: CudaScope, op: str) -> Node | None:
-    for other in scope.plan.steps:
-        if other.kind == op and other.node.inputs == step.node.inputs:
-            return other.node
-    return None
-
-
-def emit_softmax_ce(step: Step, scope: CudaScope) -> Piece:
-    """Per-row losses (and the gradient rows, when the plan needs them) in one pass, then the
-    mean of the row losses in one block."""
-    node = step.node
-    if node.name in scope.done:
-        return Piece([], [])
-    loss, grad = node, _partner(step, scope, "softmax_ce_grad")
-    if node.op == "softmax_ce_grad":
-        loss, grad = _partner(step, scope, "softmax_ce"), node
-    z, t = node.inputs
-    rows_dim, k = scope.ir.node(z).shape
-    # the mean over the logits' rows: the batch only when they have a batch axis
-    denominator = "nf" if rows_dim is None else scope.literal(rows_dim)
-    body = _row_stats(z, k, scope)
-    # tsum = sum(t): the general -sum(t log softmax(z)), also for rows that do not sum to 1
-    body += [f"tsum = {scope.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
-    extra = []
-    if loss is not None:
-        extra = [("rows", array_type(scope.dtype, 1))]
-        body += [
-            f"d = {scope.literal(0)}",
-            f"for j in range({k}):",
-            f"    d += {t}[i0, j] * {z}[i0, j]",
+    def emit_reduce_sum(self, step: Step) -> Piece:
+        """One block per output element (grid-stride over outputs); its threads stride over the
+        summed elements and combine their partial sums in a shared-memory tree."""
+        node = step.node
+        (x,) = node.inputs
+        src = self.ir.node(x).shape
+        axes, keep = node.attr("axes"), node.attr("keepdims")
+        index = [f"i{k}" for k in range(len(src))]
+        kept = [k for k in range(len(src)) if k not in axes]
+        out = [("0" if keep else None) if k in axes else i for k, i in enumerate(index)]
+        out = [i for i in out if i is not None] or ["0"]
+        summed = [src[k] for k in axes]
+        loop = [f"for r in range(tid, {count(summed)}, REDUCE_THREADS):"]
+        loop += indent(unravel("r", [index[k] for k in axes], summed), 1)
+        loop += [f"    acc += {x}[{', '.join(index)}]"]
+        per_output = unravel("o", [index[k] for k in kept], [src[k] for k in kept])
+        per_output += [f"acc = {self.literal(0)}", *loop, *block_sum("acc", "total")]
+        per_output += ["if tid == 0:", f"    {node.name}[{', '.join(out)}] = total"]
+        n_out = count([src[k] for k in kept])
+        body = [
+            f"part = cuda.shared.array(REDUCE_THREADS, np.{self.dtype})",
+            "tid = cuda.threadIdx.x",
+            f"for {'o' if kept else '_'} in range(cuda.blockIdx.x, {n_out}, cuda.gridDim.x):"
+            "  # one block per output",
+            *indent(per_output, 1),
         ]
-        body += ["rows[i0] = tsum * (m + math.log(s)) - d"]
-    if grad is not None:
-        p = f"math.exp({z}[i0, j] - m) / s"
-        body += [
+        args = [self.array_arg(x), self.array_arg(node.name), *self.sizes(body)]
+        name = self.kernel_name(node)
+        config = f"min({n_out}, MAX_BLOCKS), REDUCE_THREADS"
+        host = [comment(node), self.alloc(node.name, node.shape)]
+        host.append(f"{name}[{config}]({', '.join(a for a, _ in args)})")
+        return Piece([Kernel(name, args, body, [comment(node)])], host)
+
+    def emit_reshape(self, step: Step) -> Piece:
+        node = step.node
+        reshape = f"{node.name} = {node.inputs[0]}.reshape({dims_text(node.shape)})"
+        return Piece([], [comment(node), reshape])
+
+    def _row_stats(self, z: str, k: int) -> list[str]:
+        """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z."""
+        return [
+            f"m = {z}[i0, 0]",
+            f"for j in range(1, {k}):",
+            f"    m = max(m, {z}[i0, j])",
+            f"s = {self.literal(0)}",
             f"for j in range({k}):",
-            f"    {grad.name}[i0, j] = ({p} * tsum - {t}[i0, j]) / {denominator}",
+            f"    s += math.exp({z}[i0, j] - m)",
         ]
-    scope.done.update(n.name for n in (loss, grad) if n is not None)
-    parts = Step(step.kind, [n for n in (loss, grad) if n is not None])
-    writes = [grad.name] if grad is not None else []
-    piece = _rows_kernel(parts, scope, [z, t], writes, body, rows_dim, extra)
-    if loss is None:
-        return piece
-    rows = count([rows_dim])
-    head = [scope.alloc("rows", (rows_dim,), f"{loss.name}/rows")]
-    launch = f"batch_mean[1, REDUCE_THREADS](rows, {loss.name}, {rows}, {denominator})"
-    host = piece.host[:-1] + head + [piece.host[-1], scope.alloc(loss.name, ()), launch]
-    return Piece(piece.kernels, host)
 
+    def emit_softmax(self, step: Step) -> Piece:
+        node = step.node
+        (z,), k = node.inputs, node.shape[-1]
+        body = self._row_stats(z, k) + [
+            f"for j in range({k}):",
+            f"    {node.name}[i0, j] = math.exp({z}[i0, j] - m) / s",
+        ]
+        return self._rows_kernel(step, [z], [node.name], body, node.shape[0])
 
-EMITTERS: dict[str, Callable[[Step, CudaScope], Piece]] = {
-    "group": emit_group,
-    "matmul": emit_matmul,
-    "reduce_sum": emit_reduce_sum,
-    "reshape": emit_reshape,
-    "const": emit_const,
-    "softmax": emit_softmax,
-    "softmax_grad": emit_softmax_grad,
-    "softmax_ce": emit_softmax_ce,
-    "softmax_ce_grad": emit_softmax_ce,
-}
+    def emit_softmax_grad(self, step: Step) -> Piece:
+        node = step.node
+        (y, g), k = node.inputs, node.shape[-1]
+        body = [
+            f"d = {self.literal(0)}",
+            f"for j in range({k}):",
+            f"    d += {g}[i0, j] * {y}[i0, j]",
+            f"for j in range({k}):",
+            f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
+        ]
+        return self._rows_kernel(step, [y, g], [node.name], body, node.shape[0])
 
+    def _rows_kernel(self, step, reads, writes, body, rows_dim, extra=()) -> Piece:
+        rows = count([rows_dim])
+        loop = [f"for i0 in range(cuda.grid(1), {rows}, cuda.gridsize(1)):  # one thread per row"]
+        body = loop + indent(body, 1)
+        args = [self.array_arg(x) for x in [*reads, *writes]] + list(extra) + self.sizes(body)
+        name = self.kernel_name(step.nodes[-1])
+        comments = [comment(n) for n in step.nodes]
+        host = comments + [self.alloc(w, self.ir.node(w).shape) for w in writes]
+        host += launch_lines(name, [a for a, _ in args], rows)
+        return Piece([Kernel(name, args, body, comments)], host)
 
-def emit_step(step: Step, scope: CudaScope) -> Piece:
-    emitter = EMITTERS.get(step.kind)
-    if emitter is None:
-        raise CodegenError(
-            f"the cuda back end has no kernel for op '{step.kind}' ({step.node.name})"
-        )
-    return emitter(step, scope)
+    def _partner(self, step: Step, op: str) -> Node | None:
+        for other in self.plan.steps:
+            if other.kind == op and other.node.inputs == step.node.inputs:
+                return other.node
+        return None
+
+    def emit_softmax_ce(self, step: Step) -> Piece:
+        """Per-row losses (and the gradient rows, when the plan needs them) in one pass, then the
+        mean of the row losses in one block."""
+        node = step.node
+        if node.name in self.done:
+            return Piece([], [])
+        loss, grad = node, self._partner(step, "softmax_ce_grad")
+        if node.op == "softmax_ce_grad":
+            loss, grad = self._partner(step, "softmax_ce"), node
+        z, t = node.inputs
+        rows_dim, k = self.ir.node(z).shape
+        # the mean over the logits' rows: the batch only when they have a batch axis
+        denominator = "nf" if rows_dim is None else self.literal(rows_dim)
+        body = self._row_stats(z, k)
+        # tsum = sum(t): the general -sum(t log softmax(z)), also for rows that do not sum to 1
+        body += [f"tsum = {self.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
+        extra = []
+        if loss is not None:
+            extra = [("rows", array_type(self.dtype, 1))]
+            body += [
+                f"d = {self.literal(0)}",
+                f"for j in range({k}):",
+                f"    d += {t}[i0, j] * {z}[i0, j]",
+            ]
+            body += ["rows[i0] = tsum * (m + math.log(s)) - d"]
+        if grad is not None:
+            p = f"math.exp({z}[i0, j] - m) / s"
+            body += [
+                f"for j in range({k}):",
+                f"    {grad.name}[i0, j] = ({p} * tsum - {t}[i0, j]) / {denominator}",
+            ]
+        self.done.update(n.name for n in (loss, grad) if n is not None)
+        parts = Step(step.kind, [n for n in (loss, grad) if n is not None])
+        writes = [grad.name] if grad is not None else []
+        piece = self._rows_kernel(parts, [z, t], writes, body, rows_dim, extra)
+        if loss is None:
+            return piece
+        rows = count([rows_dim])
+        head = [self.alloc("rows", (rows_dim,), f"{loss.name}/rows")]
+        launch = f"batch_mean[1, REDUCE_THREADS](rows, {loss.name}, {rows}, {denominator})"
+        host = piece.host[:-1] + head + [piece.host[-1], self.alloc(loss.name, ()), launch]
+        return Piece(piece.kernels, host)
+
+    emit_softmax_ce_grad = emit_softmax_ce
