@@ -35,10 +35,6 @@ class Graph:
             raise GraphError(f"Graph needs the loss tensor, got {type(loss).__name__}")
         self.loss = loss
         self.forward = GraphIR([loss, *outputs])
-        # before differentiating: a 1000-node chain took minutes and gigabytes to compile
-        budgets.check(
-            "GRAPHNN_MAX_NODES", len(self.forward), f"the graph has {len(self.forward):,} nodes"
-        )
         self.param_names = [n.name for n in self.forward.params]
         if not self.param_names:
             raise GraphError(f"the loss '{loss.label}' depends on no parameter")
@@ -137,6 +133,12 @@ class Graph:
         state = f" and {optimizer.name}'s {buffers} buffers of them" if buffers else ""
         what = f"the parameters{state} take {budgets.nbytes(size)} in {np.dtype(dtype).name}"
         budgets.check("GRAPHNN_MAX_PARAM_BYTES", size, what)
+
+    def check_node_budget(self) -> None:
+        """LimitError if the forward graph has more nodes than GRAPHNN_MAX_NODES: a compiled back
+        end then generates and compiles code for minutes (a 1000-node chain took 7 GB)."""
+        size = len(self.forward)
+        budgets.check("GRAPHNN_MAX_NODES", size, f"the graph has {size:,} nodes")
 
     def init_params(self, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
         """Fresh parameter arrays from each parameter's initializer."""

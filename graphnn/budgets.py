@@ -11,7 +11,7 @@ variable to change a limit, e.g. ``GRAPHNN_MAX_PARAM_BYTES=8e9``.
 variable                    default  bounds
 ==========================  =======  ==================================================
 GRAPHNN_DERIVE_SECONDS      10       simplifying and screening one derivative (wall clock)
-GRAPHNN_MAX_NODES           500      nodes of a model's forward graph
+GRAPHNN_MAX_NODES           500      nodes of a forward graph built from a spec or compiled
 GRAPHNN_MAX_PARAM_BYTES     1 GiB    the parameters and the optimizer's buffers of them
 GRAPHNN_MAX_DATA_BYTES      2 GiB    a spec's data file, and the arrays read from it
 GRAPHNN_MAX_TOML_DEPTH      32       nesting of arrays and tables in a spec file

@@ -395,10 +395,12 @@ class _Builder:
         extra = [t for t in nodes.values() if id(t) not in reached]
         try:
             graph = Graph(loss, extra)
-        except LimitError as exc:
-            raise SpecError(f"{self.file} [graph]: {exc}") from None
         except GraphnnError as exc:
             raise SpecError(f"{self.file} [train] loss: {exc}") from None
+        try:  # a spec is for training: fail now rather than after minutes of compiling
+            graph.check_node_budget()
+        except LimitError as exc:
+            raise SpecError(f"{self.file} [graph]: {exc}") from None
         table = "[[layers]]" if "layers" in self.doc else "[params]"
         try:  # a spec of a few lines can ask for gigabytes: say so before they are allocated
             graph.check_param_bytes(train.dtype, train.optimizer)

@@ -136,6 +136,8 @@ class Model:
         if self.dtype not in (np.float32, np.float64):
             raise DataError(f"dtype must be float32 or float64, got {self.dtype}")
         graph.check_param_bytes(self.dtype, optimizer)  # before generating code or arrays
+        if backend != "numpy":  # the numpy reference compiles nothing: it runs any size
+            graph.check_node_budget()
         fwd = graph.forward
         guess, self.target = prediction_node(fwd, graph.loss_name)
         self.prediction = predict or guess
