@@ -27,8 +27,12 @@ import threading
 from contextlib import contextmanager
 
 
-class DeadlineExceeded(Exception):
-    """Raised inside a :func:`deadline` block whose time ran out."""
+class DeadlineExceeded(BaseException):
+    """Raised inside a :func:`deadline` block whose time ran out.
+
+    A BaseException, as KeyboardInterrupt is: SymPy's simplify and solve catch ``Exception`` in
+    places and carry on, which swallowed the first request and let the block run for minutes.
+    """
 
 
 @contextmanager
