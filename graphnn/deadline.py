@@ -37,30 +37,42 @@ class DeadlineExceeded(BaseException):
 
 @contextmanager
 def deadline(seconds: float):
-    """Run the block; raise DeadlineExceeded in it after ``seconds`` (wall clock)."""
+    """Run the block; raise DeadlineExceeded in it after ``seconds`` (wall clock).
+
+    The request is repeated every 0.1 s until the block ends: SymPy has bare ``except:``
+    clauses that swallow one.  Ending the block withdraws a pending request, retrying if one
+    lands while it does.
+    """
     thread = ctypes.c_ulong(threading.get_ident())
     lock = threading.Lock()
     state = {"done": False, "fired": False}
+    ended = threading.Event()
 
     def fire():
-        with lock:
-            if not state["done"]:
+        while not ended.wait(0.1 if state["fired"] else seconds):
+            with lock:
+                if state["done"]:
+                    return
                 state["fired"] = True
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     thread, ctypes.py_object(DeadlineExceeded)
                 )
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
+    timer = threading.Thread(target=fire, daemon=True)
     timer.start()
     try:
         yield
     finally:
-        timer.cancel()
-        with lock:
-            state["done"] = True
-            if state["fired"]:  # asked for, perhaps not yet delivered: withdraw it
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
+        while True:
+            try:
+                with lock:
+                    state["done"] = True
+                    if state["fired"]:  # asked for, perhaps not yet delivered: withdraw it
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
+                ended.set()
+                break
+            except DeadlineExceeded:  # delivered while ending: the block still ends here
+                continue
 
 
 def restore_defaults() -> None:

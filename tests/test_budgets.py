@@ -243,3 +243,21 @@ def test_an_npz_that_is_no_zip(tmp_path):
     (tmp_path / "d.npz").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(SpecError, match=r"cannot read .*d.npz as a .npz file \(BadZipFile"):
         data_spec(tmp_path, "d.npz").load_data()
+
+
+def test_deadline_stops_a_block_that_swallows_the_first_request():
+    """SymPy has bare except clauses: a block that swallows one request is asked again."""
+    from graphnn.deadline import DeadlineExceeded, deadline
+
+    swallowed = 0
+    with pytest.raises(DeadlineExceeded):
+        with deadline(0.05):
+            while True:
+                try:
+                    time.sleep(0.001)
+                except BaseException:  # noqa: BLE001 - what the block under test does
+                    swallowed += 1
+                    if swallowed > 1:
+                        raise
+    assert swallowed == 2
+    time.sleep(0.3)  # no request arrives after the block ended
