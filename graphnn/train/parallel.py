@@ -1,0 +1,401 @@
+"""Data-parallel training over MPI: each rank steps on its share of every global batch, and one
+in-place all-reduce of one flat buffer (every gradient, then the loss) per step makes the step the
+global batch's.
+
+The global batch is ``batch_size`` rows of one permutation that every rank draws from the same
+seed; rank r takes rows r, r+N, ... of it.  The generated kernels return the mean loss and
+gradients over the rows they are given, so a rank weights its share by its rows over the global
+batch's: the sum over ranks is the global batch's mean, uneven splits included.  (When the split
+is even, the 1/N goes into the update's gradient scale instead, which saves a pass over the
+buffer.)  The gradient buffers the kernel writes are views of the flat buffer: no copy.
+
+Every branch is decided on reduced values, so every rank takes the same one: the NaN/Inf guard,
+clipping, the epoch's loss, the validation metrics.  The update is the generated ``apply_update``
+that the fused step calls, on one flat array: with one rank the steps are bitwise those of
+``fit`` without MPI.  ``zero=True`` shards the optimizer (ZeRO stage 1): a reduce-scatter instead
+of the all-reduce, each rank updates its 1/N of the flat parameters and optimizer state, and an
+all-gather brings back the parameters (the optimizer state is gathered once per epoch, for
+checkpoints).
+
+This module is the engine of ``Model.fit(distributed=...)``; ``graphnn.train.distributed`` holds
+the MPI plumbing.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from graphnn.errors import DataError, DistributedError, NonFiniteError
+from graphnn.optim.optimizers import state_key
+from graphnn.train import distributed as mpi
+from graphnn.train.history import History
+from graphnn.train.metrics import accuracy
+from graphnn.train.nonfinite import diagnose
+
+
+def _rows(arrays) -> int:
+    return len(next(iter(arrays.values()))) if arrays else 1
+
+
+def _block(n: int, parts: int, k: int) -> tuple[int, int]:
+    """Rows [lo, hi) of the k-th of ``parts`` nearly equal contiguous blocks of ``n`` rows."""
+    return n * k // parts, n * (k + 1) // parts
+
+
+def loss_kind(loss_of, n: int, dtype) -> str:
+    """'mean' if the loss is a mean over rows (plus terms without data), 'sum' if it is a sum
+    over rows, else 'coupled'; ``loss_of(rows)`` is the loss on those rows of the data.
+
+    It says how a rank's share must be weighted.  A coupled loss (say, the square of a batch
+    mean) is not made of its rows' losses, and splitting its batches would silently train
+    another model.  Two rows a, b tell: L(a, b) is (L(a) + L(b)) / 2 for a mean, their sum for a
+    sum (two equal rows with a zero loss cannot tell, and pass as a mean).
+
+    >>> loss_kind(lambda rows: sum(r + 1.0 for r in rows) / len(rows), 5, np.float64)
+    'mean'
+    """
+    one, two, both = loss_of([0]), loss_of([n - 1]), loss_of([0, n - 1])
+    tol = (1e-3 if np.dtype(dtype) == np.float32 else 1e-9) * max(abs(one), abs(two), 1e-30)
+    if abs(both - (one + two) / 2) <= tol:
+        return "mean"
+    if abs(both - (one + two)) <= tol:
+        return "sum"
+    return "coupled"
+
+
+class DataParallel:
+    """Flat buffers, kernels and collectives of one distributed ``fit`` call.
+
+    ``model.params`` and ``model.state`` entries become views of flat arrays (one for the
+    parameters, one per optimizer buffer), laid out like the gradient buffer.
+    """
+
+    def __init__(self, model, comm, train, batch_size: int, zero: bool = False):
+        self.model, self.comm, self.zero = model, comm, bool(zero)
+        self.MPI = mpi._mpi()
+        self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
+        self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
+        module = model.trainer.module
+        self.module = module
+        graph = model.graph
+        self.inputs = [n.name for n in graph.forward.inputs]
+        self.names = list(graph.param_names)
+        self.shapes = [model.params[p].shape for p in self.names]
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.total = int(self.offsets[-1])
+        self.P = self._flatten(model.params, self.names)
+        buffers = model.optimizer.state
+        self.S = [
+            self._flatten(model.state, [state_key(s, p) for p in self.names]) for s in buffers
+        ]
+        self.G = np.zeros(self.total + 1, self.dtype)  # every gradient, then the loss
+        self.grads = [self.G[a:b].reshape(s) for a, b, s in self._spans()]
+        counts = [_block(self.total, self.ranks, k) for k in range(self.ranks)]
+        self.counts = [hi - lo for lo, hi in counts]
+        self.displs = [lo for lo, _ in counts]
+        self.lo, self.hi = counts[self.rank]
+        self.gslice = np.zeros(self.hi - self.lo, self.dtype)  # ZeRO: this rank's reduced part
+        rows = -(-batch_size // self.ranks)  # the most rows a rank takes from one global batch
+        self.batch = {i: np.empty((rows, *train[i].shape[1:]), self.dtype) for i in self.inputs}
+        self.ws = module.workspace(rows)
+        self.copied = list(range(len(self.names)))  # gradients not written into G's views
+        self.local_rows = np.arange(0)
+        self.kind = "mean"
+        opt = model.optimizer
+        self.other_hyper = [self.dtype.type(opt.hyper[h]) for h in opt.hyper if h != "lr"]
+        clip = opt.clip_norm
+        self.clip = None if clip is None else float(self.dtype.type(clip))
+        self._compile_in_rank_order()
+        self._check_ranks_agree()
+        self._share_run_state()
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _spans(self):
+        return zip(self.offsets[:-1], self.offsets[1:], self.shapes, strict=True)
+
+    def _flatten(self, arrays: dict, keys: list[str]) -> np.ndarray:
+        """One flat array holding ``arrays[k]`` for ``keys``; the dict entries become its views."""
+        flat = np.empty(self.total, self.dtype)
+        for key, (a, b, shape) in zip(keys, self._spans(), strict=True):
+            flat[a:b] = arrays[key].reshape(-1)
+            arrays[key] = flat[a:b].reshape(shape)
+        return flat
+
+    def _compile_in_rank_order(self) -> None:
+        """Rank 0 compiles the kernels (into the shared cache) while the others wait; then they
+        load them from the cache instead of compiling the same code at the same time."""
+        if self.rank == 0:
+            self._warm_up()
+        self.comm.Barrier()
+        if self.rank != 0:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Call every kernel the steps call, with the steps' argument types, on scratch or
+        read-only data; place the gradients in G; find what kind of mean the loss is."""
+        first = np.arange(min(self.batch_size, _rows(self.train)))[self.rank :: self.ranks]
+        if len(first):
+            self._gradients(first)  # the kernel returns its workspace buffers: make them views
+            self._place_gradients()
+        one = [np.zeros(1, self.dtype) for _ in range(2 + len(self.S))]
+        scalar = self.dtype.type(1.0)
+        self.module.apply_update(*one, scalar, *self.other_hyper, scalar, scalar)
+        self.module.all_finite(self.G)
+        self.module.sum_squares(self.G[:-1])
+        self.kind = self._loss_kind()
+
+    def _place_gradients(self) -> None:
+        """Make the workspace buffers that the kernel returns gradients in views of G."""
+        args = self._kernel_args(len(self.local_rows))
+        _, *grads = self.module.loss_and_grads(*args)
+        ws, where = list(self.ws), {b.ctypes.data: k for k, b in enumerate(self.ws)}
+        for j, g in enumerate(grads):
+            k = where.pop(g.ctypes.data, None)
+            if k is not None and ws[k].shape == g.shape:
+                ws[k] = self.grads[j]
+        self.ws = tuple(ws)
+        _, *grads = self.module.loss_and_grads(*args)  # check: which ones land in G now
+        views = [v.ctypes.data for v in self.grads]
+        self.copied = [j for j, g in enumerate(grads) if g.ctypes.data != views[j]]
+
+    def _loss_kind(self) -> str:
+        n, trainer = _rows(self.train), self.model.trainer
+        if n < 2 or not self.inputs:
+            return "mean"
+
+        def loss_of(rows):
+            data = {k: np.ascontiguousarray(self.train[k][rows]) for k in self.inputs}
+            return float(trainer.forward(self.model.params, data)[self.model.graph.loss_name])
+
+        return loss_kind(loss_of, n, self.dtype)
+
+    def _check_ranks_agree(self) -> None:
+        """Collective: the ranks compiled the same kernels and hold data of the same shapes."""
+        mine = {
+            "kernels": self.module.__name__,
+            "data": {k: v.shape for k, v in self.train.items()},
+            "batch_size": self.batch_size,
+            "loss": self.kind,
+        }
+        every = self.comm.allgather(mine)
+        problems = []
+        for key, what in (("kernels", "kernels (graph, optimizer or dtype)"), ("data", "data")):
+            if any(e[key] != every[0][key] for e in every):
+                shown = "; ".join(f"rank {r}: {e[key]}" for r, e in enumerate(every))
+                problems.append(f"the ranks hold different {what} ({shown})")
+        if problems:
+            raise mpi.on_every_rank(
+                DistributedError(
+                    "data-parallel training needs the same model and data on every rank: "
+                    + "; ".join(problems)
+                )
+            )
+        if self.batch_size < self.ranks:
+            raise mpi.on_every_rank(
+                DataError(
+                    f"the global batch of {self.batch_size} rows is smaller than the "
+                    f"{self.ranks} ranks: every rank needs rows of every batch (batch_size >= "
+                    f"{self.ranks}, or fewer ranks)"
+                )
+            )
+        if every[0]["loss"] == "coupled":
+            raise mpi.on_every_rank(
+                DataError(
+                    f"the loss '{self.model.graph.loss_name}' is neither a mean nor a sum over "
+                    "rows, so a batch's loss is not made of its rows' losses and cannot be "
+                    "split across ranks: train it with distributed=None"
+                )
+            )
+        self.kind = every[0]["loss"]
+
+    def _share_run_state(self) -> None:
+        """Collective: rank 0's parameters, optimizer state, counters, history and RNG (a new
+        run's, or the checkpoint's it resumed from) on every rank."""
+        model = self.model
+        for flat in [self.P, *self.S]:
+            self.comm.Bcast(flat, root=0)
+        rng = model._rng.bit_generator.state if model._rng is not None else None
+        run = (model.epoch, model.step, dict(model.history), rng, model._best)
+        run = self.comm.bcast(run if self.rank == 0 else None, root=0)
+        if self.rank != 0:
+            model.epoch, model.step, history, rng, model._best = run
+            model.history = History(history)
+            model._rng = None if rng is None else np.random.default_rng()
+            if rng is not None:
+                model._rng.bit_generator.state = rng
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _kernel_args(self, n: int) -> list:
+        data = [self.batch[i][:n] for i in self.inputs]
+        return [*data, *(self.model.params[p] for p in self.names), self.ws]
+
+    def _gradients(self, rows) -> None:
+        """This rank's rows ``rows``: their loss and gradients into G, unweighted."""
+        self.local_rows = rows
+        n = len(rows)
+        if n == 0:  # the last batch of an epoch may have fewer rows than there are ranks
+            self.G[:] = 0
+            return
+        for i in self.inputs:
+            np.take(self.train[i], rows, axis=0, out=self.batch[i][:n])
+        loss, *grads = self.module.loss_and_grads(*self._kernel_args(n))
+        for j in self.copied:
+            self.grads[j][...] = grads[j]
+        self.G[-1] = loss
+
+    def _weigh(self, n_local: int, n_batch: int) -> float:
+        """Weight this rank's G for a sum over ranks; returns the factor still to apply to it."""
+        if self.kind == "sum":
+            return 1.0
+        if n_batch % self.ranks == 0:
+            return 1.0 / self.ranks  # every rank has n_batch / ranks rows
+        if n_local:
+            self.G *= self.dtype.type(n_local / n_batch)
+        return 1.0
+
+    def gradients(self, rows_of_batch) -> tuple[float, dict[str, np.ndarray]]:
+        """Collective: the global batch's loss and gradients (rows ``rows_of_batch`` of the
+        training data), reduced over the ranks; for tests and inspection."""
+        rows_of_batch = np.asarray(rows_of_batch, np.int64)
+        self._gradients(rows_of_batch[self.rank :: self.ranks])
+        unit = self._weigh(len(self.local_rows), len(rows_of_batch))
+        self.comm.Allreduce(self.MPI.IN_PLACE, self.G, op=self.MPI.SUM)
+        grads = {p: g * self.dtype.type(unit) for p, g in zip(self.names, self.grads, strict=True)}
+        return float(self.G[-1] * self.dtype.type(unit)), grads
+
+    def _step(self, rows_of_batch, lr, t) -> tuple[int, float]:
+        """One optimizer step on a global batch; (status as train_step's, reduced loss)."""
+        self._gradients(rows_of_batch[self.rank :: self.ranks])
+        unit = self._weigh(len(self.local_rows), len(rows_of_batch))
+        if self.zero:
+            status, loss, sumsq = self._reduce_scatter()
+        else:
+            status, loss, sumsq = self._all_reduce()
+        loss *= unit
+        if status != 0:
+            return status, loss
+        gscale = unit
+        if self.clip is not None:
+            norm = math.sqrt(sumsq) * unit
+            gscale = unit * min(1.0, self.clip / (norm + 1e-6))
+        gscale = self.dtype.type(gscale)
+        hyper = [lr, *self.other_hyper, self.dtype.type(t), gscale]
+        if self.zero:
+            lo, hi = self.lo, self.hi
+            self.module.apply_update(
+                self.P[lo:hi], self.gslice, *(s[lo:hi] for s in self.S), *hyper
+            )
+            self.comm.Allgatherv(self.MPI.IN_PLACE, self._parts(self.P))
+        else:
+            self.module.apply_update(self.P, self.G[:-1], *self.S, *hyper)
+        return 0, loss
+
+    def _parts(self, flat: np.ndarray) -> list:
+        """``flat`` as an MPI buffer cut into the ranks' parts."""
+        kind = self.MPI.FLOAT if self.dtype == np.float32 else self.MPI.DOUBLE
+        return [flat, self.counts, self.displs, kind]
+
+    def _all_reduce(self) -> tuple[int, float, float]:
+        self.comm.Allreduce(self.MPI.IN_PLACE, self.G, op=self.MPI.SUM)
+        loss = float(self.G[-1])
+        if not self.module.all_finite(self.G):
+            if not math.isfinite(loss):
+                return -1, loss, 0.0
+            bad = [j for j, g in enumerate(self.grads) if not self.module.all_finite(g.reshape(-1))]
+            return bad[0] + 1, loss, 0.0
+        sumsq = self.module.sum_squares(self.G[:-1]) if self.clip is not None else 0.0
+        return 0, loss, sumsq
+
+    def _reduce_scatter(self) -> tuple[int, float, float]:
+        """ZeRO: this rank's part of the reduced gradients, and one small all-reduce of the
+        loss, the squared norm and which parameters' gradients are not finite."""
+        self.comm.Reduce_scatter(self.G[:-1], self.gslice, self.counts, op=self.MPI.SUM)
+        small = np.zeros(2 + len(self.names))
+        small[0] = self.G[-1]
+        if not self.module.all_finite(self.gslice):
+            for j, (a, b, _) in enumerate(self._spans()):
+                a, b = max(a, self.lo) - self.lo, min(b, self.hi) - self.lo
+                if a < b and not self.module.all_finite(self.gslice[a:b]):
+                    small[2 + j] = 1.0
+        elif self.clip is not None:
+            small[1] = self.module.sum_squares(self.gslice)
+        self.comm.Allreduce(self.MPI.IN_PLACE, small, op=self.MPI.SUM)
+        loss = float(small[0])
+        if not math.isfinite(loss):
+            return -1, loss, 0.0
+        bad = np.flatnonzero(small[2:])
+        return (int(bad[0]) + 1 if len(bad) else 0), loss, float(small[1])
+
+    def epoch(self, perm, lrs, t0: int) -> tuple[float, int, int]:
+        """Collective: the epoch's steps; (loss sum, steps done, status) as the fused epoch."""
+        bs, total, done, status = self.batch_size, 0.0, 0, 0
+        lrs = np.asarray(lrs, dtype=self.dtype)
+        for start in range(0, len(perm), bs):
+            rows = perm[start : start + bs]
+            status, loss = self._step(rows, lrs[done], t0 + done + 1)
+            if status != 0:
+                break
+            total += loss * len(rows)
+            done += 1
+        if self.zero:  # every rank's optimizer state whole again, for checkpoints and checks
+            for flat in self.S:
+                self.comm.Allgatherv(self.MPI.IN_PLACE, self._parts(flat))
+        self._check_same_parameters()
+        return total, done, status
+
+    def _check_same_parameters(self) -> None:
+        """Collective: a CRC-32 of the parameters, compared across ranks."""
+        hashes = self.comm.allgather(zlib.crc32(self.P))
+        if len(set(hashes)) > 1:
+            shown = ", ".join(f"rank {r}: {h:08x}" for r, h in enumerate(hashes))
+            raise mpi.on_every_rank(
+                DistributedError(
+                    f"after epoch {self.model.epoch + 1} the ranks' parameters differ "
+                    f"(CRC-32 {shown}): the ranks no longer train one model (something changed "
+                    "parameters on one rank, or the MPI reduction is not the same on every rank)"
+                )
+            )
+
+    # --- results shared by every rank ----------------------------------------------------------
+
+    def diagnose(self, status: int, step: int, epoch: int, checkpoint_dir, lr):
+        """Collective: the NonFiniteError of a failed step, the same on every rank (diagnosed on
+        the first rank whose rows show where the NaN/Inf starts)."""
+        n = len(self.local_rows)
+        mine = None
+        if n:
+            batch = {i: self.batch[i][:n] for i in self.inputs}
+            err = diagnose(self.model, batch, status, step, epoch, checkpoint_dir, lr)
+            mine = (str(err), err.step, err.param, err.node)
+        every = self.comm.allgather(mine)
+        found = [(r, e) for r, e in enumerate(every) if e is not None]
+        rank, (message, step, param, node) = next(
+            ((r, e) for r, e in found if e[3] is not None), found[0]
+        )
+        if self.ranks > 1:
+            message += f" (diagnosed on rank {rank}'s rows of the batch)"
+        return mpi.on_every_rank(NonFiniteError(message, step=step, param=param, node=node))
+
+    def evaluate(self, data) -> dict[str, float]:
+        """Collective: mean loss (and accuracy) on ``data``, each rank evaluating a block."""
+        model, n = self.model, _rows(data)
+        lo, hi = _block(n, self.ranks, self.rank)
+        sums = np.zeros(3)
+        if hi > lo:
+            part = {k: v[lo:hi] for k, v in data.items()}
+            out = model._forward(part)
+            sums[0] = out["loss"] * (hi - lo)
+            if model.accuracy_kind and model.target:
+                hit = accuracy(out["prediction"], part[model.target], model.accuracy_kind)
+                sums[1] = round(hit * (hi - lo))
+        self.comm.Allreduce(self.MPI.IN_PLACE, sums, op=self.MPI.SUM)
+        metrics = {"loss": float(sums[0] / n)}
+        if model.accuracy_kind and model.target:
+            metrics["accuracy"] = float(sums[1] / n)
+        return metrics

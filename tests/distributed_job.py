@@ -1,0 +1,146 @@
+"""The MPI job that tests/test_distributed.py launches: ``mpiexec -n N python THIS JOB OUT``.
+
+Every rank trains the iris example's network (examples/iris.toml: 4 -> 16 tanh -> 3, Adam) and
+writes what it ended with to ``OUT/<what>-<size>-<rank>.npz``; the tests compare the files.
+Jobs: ``train`` (most checks, in one job so the ranks start once), ``reference`` (one rank: the
+fused single-process fit next to the data-parallel one), ``raise`` (rank 1 raises mid-run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import graphnn as gn
+from graphnn.spec.build import load_spec
+from graphnn.train import distributed
+from graphnn.train.parallel import DataParallel
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = load_spec(ROOT / "examples" / "iris.toml")
+TRAIN, HELD_OUT = SPEC.load_data()
+ROWS = 66  # batch 7: 9 full batches split unevenly, and a last one of 3 rows (fewer than 4 ranks)
+GRAD_ROWS = np.arange(13)
+
+
+def model(dtype="float32", seed=0):
+    return gn.compile(SPEC.graph, **{**SPEC.compile_options(), "dtype": dtype, "seed": seed})
+
+
+def save(out: Path, what: str, **arrays) -> None:
+    name = f"{what}-{distributed.size()}-{distributed.rank()}.npz"
+    np.savez(out / name, **arrays)
+
+
+def params(m) -> dict:
+    return {k: v.copy() for k, v in m.params.items()}
+
+
+def adam_steps(out: Path, zero: bool, distributed_mode="mpi") -> None:
+    """20 Adam steps in float64 (2 epochs of 10 batches of 7 rows over 66 rows)."""
+    m = model("float64")
+    data = {k: v[:ROWS] for k, v in TRAIN.items()}
+    m.fit(data, epochs=2, batch_size=7, distributed=distributed_mode, zero=zero)
+    what = "fused" if distributed_mode is None else ("zero" if zero else "adam")
+    save(out, what, **params(m))
+
+
+def gradients(out: Path) -> None:
+    """float32 gradients of one global batch of 13 rows, reduced over the ranks."""
+    m = model("float32")
+    m._trainable_arrays()
+    dp = DataParallel(m, distributed._mpi().COMM_WORLD, TRAIN, len(GRAD_ROWS))
+    loss, grads = dp.gradients(GRAD_ROWS)
+    save(out, "grads", loss=np.float64(loss), **grads)
+
+
+def resume(out: Path) -> None:
+    """2+2 epochs with a checkpoint in between against 4 epochs at once (early stopping on)."""
+    options = dict(batch_size=16, validation_data=HELD_OUT, early_stopping=True, distributed="mpi")
+    whole = model()
+    whole.fit(TRAIN, epochs=4, checkpoint_dir=out / "whole", **options)
+    first = model()
+    first.fit(TRAIN, epochs=2, checkpoint_dir=out / "parts", **options)
+    again = model(seed=7)  # other initial values: every rank must take the checkpoint's
+    again.fit(TRAIN, epochs=4, checkpoint_dir=out / "parts", resume=True, **options)
+    arrays = {f"whole/{k}": v for k, v in params(whole).items()}
+    arrays |= {f"resumed/{k}": v for k, v in params(again).items()}
+    save(out, "resume", history=np.array(json.dumps([whole.history, again.history])), **arrays)
+
+
+def files(out: Path) -> None:
+    """Checkpoints, history, curves and model files: each rank is given a directory of its own,
+    so a file in any but rank 0's shows which rank wrote it."""
+    from graphnn.spec.runner import run_spec
+
+    rank = distributed.rank()
+    m = model()
+    m.fit(TRAIN, epochs=2, batch_size=16, validation_data=HELD_OUT, early_stopping=True,
+          checkpoint_dir=out / f"fit-{rank}", distributed="mpi")  # fmt: skip
+    run_spec(SPEC, out / f"spec-{rank}", epochs=2)
+
+
+def nan_on_rank_1(out: Path) -> None:
+    """Rank 1's copy of the data has a NaN in the row it takes from the first batch."""
+    m = model()
+    data = {k: v.copy() for k, v in TRAIN.items()}
+    if distributed.rank() == 1:
+        data["x"][1, 2] = np.nan
+    try:
+        m.fit(data, epochs=1, batch_size=16, shuffle=False, distributed="mpi")
+        message = "no error"
+    except gn.NonFiniteError as exc:
+        message = f"NonFiniteError: {exc}"
+    save(out, "nan", message=np.array(message))
+
+
+def batch_smaller_than_ranks(out: Path) -> None:
+    try:
+        model().fit(TRAIN, epochs=1, batch_size=distributed.size() - 1, distributed="mpi")
+        message = "no error"
+    except gn.DataError as exc:
+        message = f"DataError: {exc}"
+    save(out, "small", message=np.array(message))
+
+
+def raise_on_rank_1(out: Path) -> None:
+    def fail(model, epoch, logs):
+        if distributed.rank() == 1 and epoch == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+
+    model().fit(TRAIN, epochs=50, batch_size=16, callbacks=[fail], distributed="mpi")
+
+
+def main(job: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if job == "train":
+        adam_steps(out, zero=False)
+        adam_steps(out, zero=True)
+        gradients(out)
+        resume(out)
+        files(out)
+        nan_on_rank_1(out)
+        from graphnn.cli import main as cli
+
+        code = cli(["train", str(ROOT / "examples" / "iris.toml"), "--epochs", "2", "--quiet",
+                    "--out", str(out / "cli")])  # fmt: skip
+        save(out, "cli", code=np.int64(code))
+    elif job == "adam":
+        adam_steps(out, zero=False)
+        gradients(out)
+        batch_smaller_than_ranks(out)
+    elif job == "reference":  # one rank: the fused fit, the data-parallel engine, its gradients
+        adam_steps(out, zero=False, distributed_mode=None)
+        adam_steps(out, zero=False)
+        gradients(out)
+    elif job == "raise":
+        raise_on_rank_1(out)
+    else:
+        raise SystemExit(f"unknown job {job!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
