@@ -9,6 +9,7 @@ generated Numba kernels train it.
 ['W', 'b']
 """
 
+from graphnn import distributed
 from graphnn.api import Graph
 from graphnn.budgets import LimitError
 from graphnn.errors import (
@@ -65,6 +66,7 @@ __all__ = [
     "Optimizer",
     "RMSProp",
     "compile",
+    "distributed",
     "ACTIVATIONS",
     "CheckpointError",
     "CodegenError",

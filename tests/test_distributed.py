@@ -255,3 +255,18 @@ def test_loss_kind_tells_means_sums_and_losses_that_couple_rows(loss, kind):
         )
 
     assert loss_kind(loss_of, 5, np.float64) == kind
+
+
+@pytest.mark.parametrize(
+    "module", ["graphnn.distributed", "graphnn.train.distributed", "graphnn.train.parallel"]
+)
+def test_docstring_examples_run(module, monkeypatch):
+    import doctest
+    import importlib
+
+    for name in (*distributed.SIZE_VARIABLES, *distributed.RANK_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    if "mpi4py.MPI" in sys.modules:
+        pytest.skip("MPI is running in this process")
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted and not result.failed
