@@ -24,6 +24,7 @@ the MPI plumbing.
 from __future__ import annotations
 
 import math
+import time
 import zlib
 
 import numpy as np
@@ -109,6 +110,9 @@ class DataParallel:
         self.other_hyper = [self.dtype.type(opt.hyper[h]) for h in opt.hyper if h != "lr"]
         clip = opt.clip_norm
         self.clip = None if clip is None else float(self.dtype.type(clip))
+        # seconds of the steps so far: the rows' loss and gradients (compute), the collectives
+        # and checks on reduced values (communication), apply_update (update)
+        self.seconds = {"compute": 0.0, "communication": 0.0, "update": 0.0}
         self._compile_in_rank_order()
         self._check_ranks_agree()
         self._share_run_state()
@@ -271,13 +275,18 @@ class DataParallel:
 
     def _step(self, rows_of_batch, lr, t) -> tuple[int, float]:
         """One optimizer step on a global batch; (status as train_step's, reduced loss)."""
+        started = time.perf_counter()
         self._gradients(rows_of_batch[self.rank :: self.ranks])
         unit = self._weigh(len(self.local_rows), len(rows_of_batch))
+        computed = time.perf_counter()
         if self.zero:
             status, loss, sumsq = self._reduce_scatter()
         else:
             status, loss, sumsq = self._all_reduce()
         loss *= unit
+        reduced = time.perf_counter()
+        self.seconds["compute"] += computed - started
+        self.seconds["communication"] += reduced - computed
         if status != 0:
             return status, loss
         gscale = unit
@@ -291,9 +300,13 @@ class DataParallel:
             self.module.apply_update(
                 self.P[lo:hi], self.gslice, *(s[lo:hi] for s in self.S), *hyper
             )
+            updated = time.perf_counter()
             self.comm.Allgatherv(self.MPI.IN_PLACE, self._parts(self.P))
+            self.seconds["communication"] += time.perf_counter() - updated
         else:
             self.module.apply_update(self.P, self.G[:-1], *self.S, *hyper)
+            updated = time.perf_counter()
+        self.seconds["update"] += updated - reduced
         return 0, loss
 
     def _parts(self, flat: np.ndarray) -> list:
