@@ -74,13 +74,21 @@ def resume(out: Path) -> None:
 def files(out: Path) -> None:
     """Checkpoints, history, curves and model files: each rank is given a directory of its own,
     so a file in any but rank 0's shows which rank wrote it."""
+    from threadpoolctl import threadpool_info
+
     from graphnn.spec.runner import run_spec
 
-    rank = distributed.rank()
+    rank, threads = distributed.rank(), []
+
+    def blas_threads(model, epoch, logs):  # while fit runs
+        threads.append(max(pool["num_threads"] for pool in threadpool_info()))
+
+    options = dict(validation_data=HELD_OUT, early_stopping=True, callbacks=[blas_threads])
     m = model()
-    m.fit(TRAIN, epochs=2, batch_size=16, validation_data=HELD_OUT, early_stopping=True,
-          checkpoint_dir=out / f"fit-{rank}", distributed="mpi")  # fmt: skip
+    m.fit(TRAIN, epochs=2, batch_size=16, checkpoint_dir=out / f"fit-{rank}", distributed="mpi",
+          **options)  # fmt: skip
     run_spec(SPEC, out / f"spec-{rank}", epochs=2)
+    save(out, "threads", threads=np.array(threads))
 
 
 def nan_on_rank_1(out: Path) -> None:

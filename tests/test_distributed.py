@@ -148,6 +148,14 @@ def test_only_rank_0_writes_files(two):
     assert not (two / "spec-1").exists()
 
 
+def test_blas_threads_times_ranks_do_not_exceed_the_cores(two):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for rank in (0, 1):
+        threads = load(two, "threads", 2, rank)["threads"]
+        assert len(threads) == 2
+        assert max(threads) * 2 <= max(cores, 2), (threads, cores)
+
+
 def test_graphnn_train_under_mpiexec_reports_once(two):
     stdout = (two / "stdout.txt").read_text()
     assert stdout.count("trained ") == 1, stdout

@@ -205,9 +205,9 @@ def blas_threads(comm) -> int:
 
 @contextlib.contextmanager
 def limit_blas_threads(threads: int):
-    """Limit the BLAS thread pools (OpenBLAS, MKL) to ``threads`` within the block."""
+    """Limit the BLAS (OpenBLAS, MKL) and OpenMP thread pools to ``threads`` in the block."""
     import scipy.linalg  # noqa: F401  the BLAS Numba's np.dot calls: loaded, so it is limited
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=threads, user_api="blas"):
+    with threadpool_limits(limits=threads):
         yield

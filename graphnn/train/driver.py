@@ -246,7 +246,8 @@ class Model:
         ``distributed``: "auto" trains data-parallel over MPI when an MPI launcher (mpiexec,
         srun) started more than one rank, "mpi" always, None never (see
         :mod:`graphnn.train.parallel`): ``batch_size`` is then the global batch, every rank
-        must pass the same data, and only rank 0 writes checkpoints and shows progress.
+        must pass the same data, and only rank 0 writes checkpoints and shows progress
+        (callbacks run on every rank: ``gn.distributed.is_main()`` picks rank 0).
         ``zero``: with MPI, each rank updates only its share of the parameters (ZeRO-1).
         """
         comm = mpi.communicator(distributed)  # None: this process trains alone
