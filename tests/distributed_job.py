@@ -16,7 +16,7 @@ import numpy as np
 
 import graphnn as gn
 from graphnn.spec.build import load_spec
-from graphnn.train import distributed
+from graphnn.train import distributed, exchange, parallel
 from graphnn.train.parallel import DataParallel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +39,23 @@ def params(m) -> dict:
     return {k: v.copy() for k, v in m.params.items()}
 
 
-def adam_steps(out: Path, zero: bool, distributed_mode="mpi") -> None:
-    """20 Adam steps in float64 (2 epochs of 10 batches of 7 rows over 66 rows)."""
+def adam_steps(out: Path, what: str = "adam") -> None:
+    """20 Adam steps in float64 (2 epochs of 10 batches of 7 rows over 66 rows): ``what`` is
+    "adam" (all-reduce), "fused" (no MPI), "zero" (sharded; in shared memory on one node) or
+    "zero-mpi" (sharded over MPI messages, as across nodes)."""
     m = model("float64")
+    own = {**m.params, **m.state}
     data = {k: v[:ROWS] for k, v in TRAIN.items()}
-    m.fit(data, epochs=2, batch_size=7, distributed=distributed_mode, zero=zero)
-    what = "fused" if distributed_mode is None else ("zero" if zero else "adam")
+    mode = None if what == "fused" else "mpi"
+    if what == "zero-mpi":  # as across nodes: sharded over MPI messages, not shared memory
+        parallel.exchange = lambda comm, zero, *args: exchange.ReduceScatter(comm, *args)
+    try:
+        m.fit(data, epochs=2, batch_size=7, distributed=mode, zero=what.startswith("zero"))
+    finally:
+        parallel.exchange = exchange.exchange
     save(out, what, **params(m))
+    same = all(v is own[k] for k, v in {**m.params, **m.state}.items())
+    save(out, f"{what}-arrays", same=np.array(same))
 
 
 def gradients(out: Path) -> None:
@@ -125,8 +135,8 @@ def raise_on_rank_1(out: Path) -> None:
 def main(job: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if job == "train":
-        adam_steps(out, zero=False)
-        adam_steps(out, zero=True)
+        for what in ("adam", "zero", "zero-mpi"):
+            adam_steps(out, what)
         gradients(out)
         resume(out)
         files(out)
@@ -137,12 +147,13 @@ def main(job: str, out: Path) -> None:
                     "--out", str(out / "cli")])  # fmt: skip
         save(out, "cli", code=np.int64(code))
     elif job == "adam":
-        adam_steps(out, zero=False)
+        adam_steps(out, "adam")
+        adam_steps(out, "zero")
         gradients(out)
         batch_smaller_than_ranks(out)
     elif job == "reference":  # one rank: the fused fit, the data-parallel engine, its gradients
-        adam_steps(out, zero=False, distributed_mode=None)
-        adam_steps(out, zero=False)
+        adam_steps(out, "fused")
+        adam_steps(out, "adam")
         gradients(out)
     elif job == "raise":
         raise_on_rank_1(out)

@@ -102,9 +102,19 @@ def test_float64_adam_steps_agree_on_1_2_and_4_ranks(one, two, four):
     assert_close(reference, load(four, "adam", 4), 1e-10)
 
 
-def test_sharded_optimizer_takes_the_same_steps(two):
+def test_sharded_optimizer_takes_the_same_steps(two, four):
+    """In shared memory (one node) and over MPI messages (as across nodes)."""
     for rank in (0, 1):
         assert_close(load(two, "adam", 2, rank), load(two, "zero", 2, rank), 1e-10)
+        assert_close(load(two, "adam", 2, rank), load(two, "zero-mpi", 2, rank), 1e-10)
+    assert_close(load(four, "adam", 4), load(four, "zero", 4), 1e-10)
+
+
+def test_fit_trains_the_models_own_arrays_in_place(two):
+    """The engine trains views of flat (or shared) buffers; the values end in the arrays
+    model.params and model.state held before fit, as without MPI."""
+    for what in ("adam", "zero", "zero-mpi"):
+        assert bool(load(two, f"{what}-arrays", 2, 1)["same"]), what
 
 
 def test_float32_gradients_of_one_global_batch_agree(one, two, four):
@@ -115,7 +125,8 @@ def test_float32_gradients_of_one_global_batch_agree(one, two, four):
 
 
 def test_every_rank_holds_the_same_parameters_bitwise(two, four):
-    for out, ranks, whats in ((two, 2, ("adam", "zero", "resume")), (four, 4, ("adam",))):
+    cases = ((two, 2, ("adam", "zero", "zero-mpi", "resume")), (four, 4, ("adam", "zero")))
+    for out, ranks, whats in cases:
         for what in whats:
             first = load(out, what, ranks, 0)
             for rank in range(1, ranks):

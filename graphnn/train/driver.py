@@ -277,16 +277,18 @@ class Model:
                 else:
                     self._new_run(files, seed)
                 self._trainable_arrays()
-            dp = DataParallel(self, comm, train, bs, zero) if comm is not None else None
-            watch = Watch(tol, patience, early_stopping, monitor)
-            reason = watch.replay(self.history) if resume else None
-            self.history["stopped"] = reason
             threads = mpi.blas_threads(comm) if comm is not None else None
+            # the run's state from rank 0; the model's own arrays hold the values after the block
+            dp = DataParallel(self, comm, train, bs, zero) if comm is not None else None
             with (
+                dp or contextlib.nullcontext(),
                 flush_denormals(self.flush_denormals),
                 mpi.limit_blas_threads(threads) if threads else contextlib.nullcontext(),
                 ProgressBar(progress and main, self.epoch, epochs) as bar,
             ):
+                watch = Watch(tol, patience, early_stopping, monitor)
+                reason = watch.replay(self.history) if resume else None
+                self.history["stopped"] = reason
                 while reason is None and self.epoch < epochs:
                     perm = self._rng.permutation(n) if shuffle else np.arange(n)
                     logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)

@@ -12,10 +12,8 @@ buffer.)  The gradient buffers the kernel writes are views of the flat buffer: n
 Every branch is decided on reduced values, so every rank takes the same one: the NaN/Inf guard,
 clipping, the epoch's loss, the validation metrics.  The update is the generated ``apply_update``
 that the fused step calls, on one flat array: with one rank the steps are bitwise those of
-``fit`` without MPI.  ``zero=True`` shards the optimizer (ZeRO stage 1): a reduce-scatter instead
-of the all-reduce, each rank updates its 1/N of the flat parameters and optimizer state, and an
-all-gather brings back the parameters (the optimizer state is gathered once per epoch, for
-checkpoints).
+``fit`` without MPI.  ``zero=True`` shards the optimizer (ZeRO-1): each rank reduces and updates
+its 1/N of the parameters and optimizer state (:mod:`graphnn.train.exchange` says how).
 
 This module is the engine of ``Model.fit(distributed=...)``; ``graphnn.train.distributed`` holds
 the MPI plumbing.
@@ -32,6 +30,7 @@ import numpy as np
 from graphnn.errors import DataError, DistributedError, NonFiniteError
 from graphnn.optim.optimizers import state_key
 from graphnn.train import distributed as mpi
+from graphnn.train.exchange import block, exchange
 from graphnn.train.history import History
 from graphnn.train.metrics import accuracy
 from graphnn.train.nonfinite import diagnose
@@ -39,11 +38,6 @@ from graphnn.train.nonfinite import diagnose
 
 def _rows(arrays) -> int:
     return len(next(iter(arrays.values()))) if arrays else 1
-
-
-def _block(n: int, parts: int, k: int) -> tuple[int, int]:
-    """Rows [lo, hi) of the k-th of ``parts`` nearly equal contiguous blocks of ``n`` rows."""
-    return n * k // parts, n * (k + 1) // parts
 
 
 def loss_kind(loss_of, n: int, dtype) -> str:
@@ -70,8 +64,9 @@ def loss_kind(loss_of, n: int, dtype) -> str:
 class DataParallel:
     """Flat buffers, kernels and collectives of one distributed ``fit`` call.
 
-    ``model.params`` and ``model.state`` entries become views of flat arrays (one for the
-    parameters, one per optimizer buffer), laid out like the gradient buffer.
+    While it is open, ``model.params`` and ``model.state`` entries are views of flat arrays
+    (one for the parameters, one per optimizer buffer) laid out like the gradient buffer;
+    :meth:`close` copies the values back into the model's own arrays.
     """
 
     def __init__(self, model, comm, train, batch_size: int, zero: bool = False):
@@ -88,18 +83,15 @@ class DataParallel:
         sizes = [int(np.prod(s)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         self.total = int(self.offsets[-1])
-        self.P = self._flatten(model.params, self.names)
         buffers = model.optimizer.state
-        self.S = [
-            self._flatten(model.state, [state_key(s, p) for p in self.names]) for s in buffers
-        ]
-        self.G = np.zeros(self.total + 1, self.dtype)  # every gradient, then the loss
+        spans = list(zip(self.offsets[:-1], self.offsets[1:], strict=True))
+        self.x = exchange(comm, zero, self.dtype, self.total, len(buffers), spans)
+        self.P, self.S, self.G = self.x.P, self.x.S, self.x.G  # G: every gradient, then the loss
+        self._originals = []  # (dict, key, the model's own array) for close()
+        self._flatten(model.params, self.names, self.P)
+        for s, flat in zip(buffers, self.S, strict=True):
+            self._flatten(model.state, [state_key(s, p) for p in self.names], flat)
         self.grads = [self.G[a:b].reshape(s) for a, b, s in self._spans()]
-        counts = [_block(self.total, self.ranks, k) for k in range(self.ranks)]
-        self.counts = [hi - lo for lo, hi in counts]
-        self.displs = [lo for lo, _ in counts]
-        self.lo, self.hi = counts[self.rank]
-        self.gslice = np.zeros(self.hi - self.lo, self.dtype)  # ZeRO: this rank's reduced part
         rows = -(-batch_size // self.ranks)  # the most rows a rank takes from one global batch
         self.batch = {i: np.empty((rows, *train[i].shape[1:]), self.dtype) for i in self.inputs}
         self.ws = module.workspace(rows)
@@ -113,22 +105,44 @@ class DataParallel:
         # seconds of the steps so far: the rows' loss and gradients (compute), the collectives
         # and checks on reduced values (communication), apply_update (update)
         self.seconds = {"compute": 0.0, "communication": 0.0, "update": 0.0}
-        self._compile_in_rank_order()
-        self._check_ranks_agree()
-        self._share_run_state()
+        try:
+            self._compile_in_rank_order()
+            self._check_ranks_agree()
+            self._share_run_state()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            raise
 
     # --- setup ---------------------------------------------------------------------------------
 
     def _spans(self):
         return zip(self.offsets[:-1], self.offsets[1:], self.shapes, strict=True)
 
-    def _flatten(self, arrays: dict, keys: list[str]) -> np.ndarray:
-        """One flat array holding ``arrays[k]`` for ``keys``; the dict entries become its views."""
-        flat = np.empty(self.total, self.dtype)
+    def _flatten(self, arrays: dict, keys: list[str], flat: np.ndarray) -> None:
+        """``arrays[k]`` for ``keys`` into ``flat`` (unless another rank's copy is shared), and
+        the dict entries become views of it."""
+        own = self.x.holds_own_copy()
         for key, (a, b, shape) in zip(keys, self._spans(), strict=True):
-            flat[a:b] = arrays[key].reshape(-1)
+            self._originals.append((arrays, key, arrays[key]))
+            if own:
+                flat[a:b] = arrays[key].reshape(-1)
             arrays[key] = flat[a:b].reshape(shape)
-        return flat
+
+    def close(self, clean: bool = True) -> None:
+        """The trained values back in the model's own arrays (``fit`` hands back the arrays it
+        was given, updated in place), and the flat buffers released (collective if ``clean``:
+        no rank is aborting the job)."""
+        for arrays, key, own in self._originals:
+            own[...] = arrays[key]
+            arrays[key] = own
+        self._originals = []
+        self.x.close(clean)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        self.close(clean=exc is None or getattr(exc, "graphnn_every_rank", False))
 
     def _compile_in_rank_order(self) -> None:
         """Rank 0 compiles the kernels (into the shared cache) while the others wait; then they
@@ -221,8 +235,7 @@ class DataParallel:
         """Collective: rank 0's parameters, optimizer state, counters, history and RNG (a new
         run's, or the checkpoint's it resumed from) on every rank."""
         model = self.model
-        for flat in [self.P, *self.S]:
-            self.comm.Bcast(flat, root=0)
+        self.x.share()
         rng = model._rng.bit_generator.state if model._rng is not None else None
         run = (model.epoch, model.step, dict(model.history), rng, model._best)
         run = self.comm.bcast(run if self.rank == 0 else None, root=0)
@@ -279,10 +292,7 @@ class DataParallel:
         self._gradients(rows_of_batch[self.rank :: self.ranks])
         unit = self._weigh(len(self.local_rows), len(rows_of_batch))
         computed = time.perf_counter()
-        if self.zero:
-            status, loss, sumsq = self._reduce_scatter()
-        else:
-            status, loss, sumsq = self._all_reduce()
+        status, loss, sumsq = self.x.reduce(self.module, self.clip is not None)
         loss *= unit
         reduced = time.perf_counter()
         self.seconds["compute"] += computed - started
@@ -295,55 +305,12 @@ class DataParallel:
             gscale = unit * min(1.0, self.clip / (norm + 1e-6))
         gscale = self.dtype.type(gscale)
         hyper = [lr, *self.other_hyper, self.dtype.type(t), gscale]
-        if self.zero:
-            lo, hi = self.lo, self.hi
-            self.module.apply_update(
-                self.P[lo:hi], self.gslice, *(s[lo:hi] for s in self.S), *hyper
-            )
-            updated = time.perf_counter()
-            self.comm.Allgatherv(self.MPI.IN_PLACE, self._parts(self.P))
-            self.seconds["communication"] += time.perf_counter() - updated
-        else:
-            self.module.apply_update(self.P, self.G[:-1], *self.S, *hyper)
-            updated = time.perf_counter()
+        self.module.apply_update(*self.x.part(), *hyper)
+        updated = time.perf_counter()
+        self.x.gather_parameters()
         self.seconds["update"] += updated - reduced
+        self.seconds["communication"] += time.perf_counter() - updated
         return 0, loss
-
-    def _parts(self, flat: np.ndarray) -> list:
-        """``flat`` as an MPI buffer cut into the ranks' parts."""
-        kind = self.MPI.FLOAT if self.dtype == np.float32 else self.MPI.DOUBLE
-        return [flat, self.counts, self.displs, kind]
-
-    def _all_reduce(self) -> tuple[int, float, float]:
-        self.comm.Allreduce(self.MPI.IN_PLACE, self.G, op=self.MPI.SUM)
-        loss = float(self.G[-1])
-        if not self.module.all_finite(self.G):
-            if not math.isfinite(loss):
-                return -1, loss, 0.0
-            bad = [j for j, g in enumerate(self.grads) if not self.module.all_finite(g.reshape(-1))]
-            return bad[0] + 1, loss, 0.0
-        sumsq = self.module.sum_squares(self.G[:-1]) if self.clip is not None else 0.0
-        return 0, loss, sumsq
-
-    def _reduce_scatter(self) -> tuple[int, float, float]:
-        """ZeRO: this rank's part of the reduced gradients, and one small all-reduce of the
-        loss, the squared norm and which parameters' gradients are not finite."""
-        self.comm.Reduce_scatter(self.G[:-1], self.gslice, self.counts, op=self.MPI.SUM)
-        small = np.zeros(2 + len(self.names))
-        small[0] = self.G[-1]
-        if not self.module.all_finite(self.gslice):
-            for j, (a, b, _) in enumerate(self._spans()):
-                a, b = max(a, self.lo) - self.lo, min(b, self.hi) - self.lo
-                if a < b and not self.module.all_finite(self.gslice[a:b]):
-                    small[2 + j] = 1.0
-        elif self.clip is not None:
-            small[1] = self.module.sum_squares(self.gslice)
-        self.comm.Allreduce(self.MPI.IN_PLACE, small, op=self.MPI.SUM)
-        loss = float(small[0])
-        if not math.isfinite(loss):
-            return -1, loss, 0.0
-        bad = np.flatnonzero(small[2:])
-        return (int(bad[0]) + 1 if len(bad) else 0), loss, float(small[1])
 
     def epoch(self, perm, lrs, t0: int) -> tuple[float, int, int]:
         """Collective: the epoch's steps; (loss sum, steps done, status) as the fused epoch."""
@@ -356,9 +323,7 @@ class DataParallel:
                 break
             total += loss * len(rows)
             done += 1
-        if self.zero:  # every rank's optimizer state whole again, for checkpoints and checks
-            for flat in self.S:
-                self.comm.Allgatherv(self.MPI.IN_PLACE, self._parts(flat))
+        self.x.gather_state()  # every rank's optimizer state whole, for checkpoints and checks
         self._check_same_parameters()
         return total, done, status
 
@@ -398,7 +363,7 @@ class DataParallel:
     def evaluate(self, data) -> dict[str, float]:
         """Collective: mean loss (and accuracy) on ``data``, each rank evaluating a block."""
         model, n = self.model, _rows(data)
-        lo, hi = _block(n, self.ranks, self.rank)
+        lo, hi = block(n, self.ranks, self.rank)
         sums = np.zeros(3)
         if hi > lo:
             part = {k: v[lo:hi] for k, v in data.items()}
