@@ -70,7 +70,7 @@ class DataParallel:
     """
 
     def __init__(self, model, comm, train, batch_size: int, zero: bool = False):
-        self.model, self.comm, self.zero = model, comm, bool(zero)
+        self.model, self.comm = model, comm
         self.MPI = mpi._mpi()
         self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
         self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
