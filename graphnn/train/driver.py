@@ -269,7 +269,8 @@ class Model:
                 monitor = self._monitor(monitor, val)
                 if comm is not None and self.backend != "cpu":
                     raise DataError(
-                        f"distributed training runs on the cpu back end, not {self.backend!r}"
+                        f"data-parallel training runs on the cpu back end, not {self.backend!r} "
+                        "(distributed=None trains every rank alone)"
                     )
                 files = checkpoint_dir if main else None  # only rank 0 reads and writes files
                 if resume:
