@@ -124,6 +124,16 @@ def batch_smaller_than_ranks(out: Path) -> None:
     save(out, "small", message=np.array(message))
 
 
+def numpy_backend(out: Path) -> None:
+    m = gn.compile(SPEC.graph, **{**SPEC.compile_options(), "backend": "numpy"})
+    try:
+        m.fit(TRAIN, epochs=1, batch_size=16, distributed="mpi")
+        message = "no error"
+    except gn.DataError as exc:
+        message = f"DataError: {exc}"
+    save(out, "backend", message=np.array(message))
+
+
 def raise_on_rank_1(out: Path) -> None:
     def fail(model, epoch, logs):
         if distributed.rank() == 1 and epoch == 1:
@@ -141,6 +151,7 @@ def main(job: str, out: Path) -> None:
         resume(out)
         files(out)
         nan_on_rank_1(out)
+        numpy_backend(out)
         from graphnn.cli import main as cli
 
         code = cli(["train", str(ROOT / "examples" / "iris.toml"), "--epochs", "2", "--quiet",

@@ -192,6 +192,12 @@ def test_a_global_batch_smaller_than_the_ranks_is_an_error_on_every_rank(four):
     assert "global batch of 3 rows is smaller than the 4 ranks" in messages.pop()
 
 
+def test_data_parallel_needs_the_cpu_back_end(two):
+    messages = {str(load(two, "backend", 2, rank)["message"]) for rank in (0, 1)}
+    assert len(messages) == 1
+    assert "runs on the cpu back end, not 'numpy'" in messages.pop()
+
+
 def test_a_rank_that_raises_ends_the_job(tmp_path):
     started = time.perf_counter()
     try:
