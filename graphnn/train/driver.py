@@ -445,7 +445,7 @@ class Model:
             np.copyto(buffers[key], value)
         return buffers
 
-    def _restore(self, saved: dict) -> None:
+    def _restore_saved(self, saved: dict) -> None:
         for key, value in saved.items():
             kind, name = key.split("/", 1)
             np.copyto((self.params if kind == "param" else self.state)[name], value)
@@ -458,7 +458,7 @@ class Model:
         update makes a parameter or optimizer buffer NaN/Inf; that step is undone.
         """
         bad, start = broken_names(self), self.step
-        self._restore(before)
+        self._restore_saved(before)
         good: dict = {}
         for k in range(math.ceil(len(perm) / bs)):
             self._saved(good)
@@ -471,11 +471,11 @@ class Model:
                 )
             if status != 0 or broken_names(self):
                 bad = broken_names(self) or bad
-                self._restore(good)
+                self._restore_saved(good)
                 break
             self.step += 1
         else:  # the re-run did not break (it cannot, the steps being deterministic): no step
-            self._restore(before)  # is known, so the whole epoch is undone
+            self._restore_saved(before)  # is known, so the whole epoch is undone
             self.step, k = start, 0
         return update_overflow(self, bad, self.step + 1, self.epoch + 1, checkpoint_dir, lrs[k])
 
