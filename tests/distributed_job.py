@@ -124,6 +124,22 @@ def batch_smaller_than_ranks(out: Path) -> None:
     save(out, "small", message=np.array(message))
 
 
+def update_overflow(out: Path, zero: bool) -> None:
+    """The learning rate times 1e38 every 2 steps: an update overflows to Inf from finite
+    gradients; every rank re-runs the epoch's steps together to the one that did it."""
+    from graphnn.optim.schedules import Step
+
+    optimizer = gn.Adam(lr=0.01, schedule=Step(every=2, gamma=1e38))
+    m = gn.compile(SPEC.graph, **{**SPEC.compile_options(), "optimizer": optimizer})
+    try:
+        m.fit(TRAIN, epochs=1, batch_size=16, shuffle=False, distributed="mpi", zero=zero)
+        message = "no error"
+    except gn.NonFiniteError as exc:
+        message = f"NonFiniteError: {exc} (model.step {m.step})"
+    finite = all(np.all(np.isfinite(v)) for v in {**m.params, **m.state}.values())
+    save(out, f"overflow-{int(zero)}", message=np.array(message), finite=np.array(finite))
+
+
 def numpy_backend(out: Path) -> None:
     m = gn.compile(SPEC.graph, **{**SPEC.compile_options(), "backend": "numpy"})
     try:
@@ -152,6 +168,8 @@ def main(job: str, out: Path) -> None:
         files(out)
         nan_on_rank_1(out)
         numpy_backend(out)
+        update_overflow(out, zero=False)
+        update_overflow(out, zero=True)
         from graphnn.cli import main as cli
 
         code = cli(["train", str(ROOT / "examples" / "iris.toml"), "--epochs", "2", "--quiet",

@@ -192,6 +192,18 @@ def test_a_global_batch_smaller_than_the_ranks_is_an_error_on_every_rank(four):
     assert "global batch of 3 rows is smaller than the 4 ranks" in messages.pop()
 
 
+@pytest.mark.parametrize("zero", [0, 1])
+def test_an_overflowing_update_is_undone_on_every_rank(two, zero):
+    saved = [load(two, f"overflow-{zero}", 2, rank) for rank in (0, 1)]
+    messages = {str(s["message"]) for s in saved}
+    assert len(messages) == 1
+    message = messages.pop()
+    assert "the optimizer update made" in message, message
+    step = int(message.split("training stopped at step ")[1].split()[0])
+    assert message.endswith(f"(model.step {step - 1})")
+    assert all(bool(s["finite"]) for s in saved)
+
+
 def test_data_parallel_needs_the_cpu_back_end(two):
     messages = {str(load(two, "backend", 2, rank)["message"]) for rank in (0, 1)}
     assert len(messages) == 1
