@@ -70,9 +70,10 @@ def _check_seed(seed, none_ok: bool = False) -> None:
         raise DataError(f"seed must be an int >= 0{more}, got {shown(seed)}")
 
 
-def _checkpoint_dir(directory) -> Path | None:
-    """``directory`` as a Path, made if absent; a CheckpointError naming it if it cannot be
-    one (a file, a path through a file, no permission), before any epoch is spent."""
+def _checkpoint_dir(directory, make: bool = True) -> Path | None:
+    """``directory`` as a Path, made if absent (if ``make``: rank 0 alone writes files under
+    MPI); a CheckpointError naming it if it cannot be one (a file, a path through a file, no
+    permission), before any epoch is spent."""
     if directory is None:
         return None
     try:
@@ -82,7 +83,8 @@ def _checkpoint_dir(directory) -> Path | None:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"checkpoint_dir {path} is a file, not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if make:
+            path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot make checkpoint_dir {path}: {exc.strerror or exc}") from None
     return path
@@ -261,7 +263,7 @@ class Model:
                     epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
                 )
                 _check_seed(seed, none_ok=True)
-                checkpoint_dir = _checkpoint_dir(checkpoint_dir)
+                checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
                 arrays = check_data(self.graph.forward, data, self.dtype)
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
