@@ -27,7 +27,7 @@ from graphnn.train.parallel import loss_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "distributed_job.py"
-TIMEOUT = 300  # seconds for one job; a cold kernel cache on a busy 2-core machine is slow
+TIMEOUT = 180  # seconds for one job; a cold kernel cache on a busy 2-core machine is slow
 
 
 def _mpiexec() -> str | None:

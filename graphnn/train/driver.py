@@ -447,10 +447,14 @@ class Model:
             np.copyto(buffers[key], value)
         return buffers
 
-    def _restore_saved(self, saved: dict) -> None:
+    def _restore_saved(self, saved: dict, dp=None) -> None:
+        if dp is not None:  # with shared memory: no rank still reads what is overwritten
+            dp.x.fence()
         for key, value in saved.items():
             kind, name = key.split("/", 1)
             np.copyto((self.params if kind == "param" else self.state)[name], value)
+        if dp is not None:  # and none reads before every rank has written it
+            dp.x.fence()
 
     def _rewind(self, before, train, perm, bs, hyper, lrs, checkpoint_dir, dp=None) -> Exception:
         """The error for an update that overflowed, with the model as it was before that step.
@@ -460,7 +464,7 @@ class Model:
         update makes a parameter or optimizer buffer NaN/Inf; that step is undone.
         """
         bad, start = broken_names(self), self.step
-        self._restore_saved(before)
+        self._restore_saved(before, dp)
         good: dict = {}
         for k in range(math.ceil(len(perm) / bs)):
             self._saved(good)
@@ -473,11 +477,11 @@ class Model:
                 )
             if status != 0 or broken_names(self):
                 bad = broken_names(self) or bad
-                self._restore_saved(good)
+                self._restore_saved(good, dp)
                 break
             self.step += 1
         else:  # the re-run did not break (it cannot, the steps being deterministic): no step
-            self._restore_saved(before)  # is known, so the whole epoch is undone
+            self._restore_saved(before, dp)  # is known, so the whole epoch is undone
             self.step, k = start, 0
         return update_overflow(self, bad, self.step + 1, self.epoch + 1, checkpoint_dir, lrs[k])
 

@@ -90,6 +90,10 @@ class AllReduce:
     def gather_state(self) -> None:
         """Collective: every rank's optimizer state whole (for checkpoints)."""
 
+    def fence(self) -> None:
+        """Collective where the ranks share memory: every rank's loads and stores of the
+        parameters and optimizer state so far are done.  Around a write outside the steps."""
+
     def close(self, clean: bool) -> None:
         """Collective when ``clean`` (no rank is aborting): release the buffers."""
 
@@ -228,6 +232,9 @@ class SharedMemory(AllReduce):
 
     def gather_parameters(self):
         self._sync()  # every part is updated before any rank reads the parameters again
+
+    def fence(self):
+        self._sync()
 
     def close(self, clean):
         if not clean:  # a rank is aborting the job: no collective may run
