@@ -9,12 +9,14 @@ generated Numba kernels train it.
 ['W', 'b']
 """
 
+from graphnn import distributed
 from graphnn.api import Graph
 from graphnn.budgets import LimitError
 from graphnn.errors import (
     CheckpointError,
     CodegenError,
     DataError,
+    DistributedError,
     GraphError,
     GraphnnError,
     GraphnnWarning,
@@ -64,10 +66,12 @@ __all__ = [
     "Optimizer",
     "RMSProp",
     "compile",
+    "distributed",
     "ACTIVATIONS",
     "CheckpointError",
     "CodegenError",
     "DataError",
+    "DistributedError",
     "Graph",
     "GraphError",
     "GraphnnError",

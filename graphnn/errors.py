@@ -85,3 +85,7 @@ def one_line(message: str, limit: int = 1000) -> str:
     if len(text) > limit:
         text = f"{text[: limit - 30]}... ({len(text):,} characters)"
     return text
+
+
+class DistributedError(GraphnnError, RuntimeError):
+    """Data-parallel training cannot start or the ranks disagree (parameters, data, code)."""

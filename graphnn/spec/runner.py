@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphnn.errors import RunExistsError
-from graphnn.train import driver
+from graphnn.train import distributed, driver
 from graphnn.train.checkpoint import checkpoint_name, checkpoints_newest_first
 from graphnn.train.history import History
 
@@ -101,6 +101,12 @@ def _clear_checkpoints(directory: Path) -> None:
     (directory / driver.BEST).unlink(missing_ok=True)
 
 
+def _prepare(checkpoints: Path, overwrite: bool) -> None:
+    if overwrite:
+        _clear_checkpoints(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+
 def run_spec(
     spec, out=None, *, epochs=None, backend=None, progress=False, resume=False, overwrite=False
 ) -> RunResult:
@@ -108,12 +114,14 @@ def run_spec(
 
     An ``out`` that holds a run (checkpoints or a model) is continued with ``resume`` (to the
     same result as a run never interrupted), replaced with ``overwrite``, and otherwise refused
-    with :class:`~graphnn.errors.RunExistsError` before anything is read or written.
+    with :class:`~graphnn.errors.RunExistsError` before anything is read or written.  Under an
+    MPI launcher (``mpiexec -n 4 graphnn train spec.toml``) every rank trains its share of each
+    batch and only rank 0 writes files.
     """
     if resume and overwrite:
         raise ValueError("pass resume or overwrite, not both")
     if out is not None and not (resume or overwrite):
-        held = run_state(Path(out))
+        held = distributed.from_main(lambda: run_state(Path(out)))  # the files rank 0 writes
         if held:
             raise RunExistsError(
                 f"{out} holds a run ({held[0].name}, {len(held)} files); pass --resume to "
@@ -135,9 +143,8 @@ def run_spec(
     if out is not None:
         out = Path(out)
         checkpoints = out / "checkpoints"
-        if overwrite:
-            _clear_checkpoints(checkpoints)
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        # rank 0 writes (the others wait: none looks for checkpoints before they are cleared)
+        distributed.from_main(lambda: _prepare(checkpoints, overwrite))
     history = model.fit(
         train,
         validation_data=heldout,
@@ -159,7 +166,7 @@ def run_spec(
         0.0,
         out,
     )
-    if out is not None:
+    if out is not None and distributed.is_main():
         final = model.save(out / "model.npz")
         if not (checkpoints / checkpoint_name(model.step)).exists():
             model.save(checkpoints / checkpoint_name(model.step))

@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -33,11 +34,13 @@ from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
 from graphnn.train import checkpoint as ckpt
+from graphnn.train import distributed as mpi
 from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
 from graphnn.train.metrics import accuracy
 from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
+from graphnn.train.parallel import DataParallel
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -67,9 +70,10 @@ def _check_seed(seed, none_ok: bool = False) -> None:
         raise DataError(f"seed must be an int >= 0{more}, got {shown(seed)}")
 
 
-def _checkpoint_dir(directory) -> Path | None:
-    """``directory`` as a Path, made if absent; a CheckpointError naming it if it cannot be
-    one (a file, a path through a file, no permission), before any epoch is spent."""
+def _checkpoint_dir(directory, make: bool = True) -> Path | None:
+    """``directory`` as a Path, made if absent (if ``make``: rank 0 alone writes files under
+    MPI); a CheckpointError naming it if it cannot be one (a file, a path through a file, no
+    permission), before any epoch is spent."""
     if directory is None:
         return None
     try:
@@ -79,7 +83,8 @@ def _checkpoint_dir(directory) -> Path | None:
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"checkpoint_dir {path} is a file, not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if make:
+            path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"cannot make checkpoint_dir {path}: {exc.strerror or exc}") from None
     return path
@@ -224,6 +229,8 @@ class Model:
         resume: bool = False,
         callbacks: Sequence[Callable] = (),
         progress: bool = False,
+        distributed: str | None = "auto",
+        zero: bool = False,
     ) -> History:
         """Train until the run has ``epochs`` epochs; ``batch_size=None`` is batch gradient descent.
 
@@ -237,48 +244,70 @@ class Model:
         ``resume``: continue the run of the latest checkpoint in ``checkpoint_dir`` (or the
         model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
         ``progress``: a tqdm bar on stderr.
+
+        ``distributed``: "auto" trains data-parallel over MPI when an MPI launcher (mpiexec,
+        srun) started more than one rank, "mpi" always, None never (see
+        :mod:`graphnn.train.parallel`): ``batch_size`` is then the global batch, every rank
+        must pass the same data, and only rank 0 writes checkpoints and shows progress
+        (callbacks run on every rank: ``gn.distributed.is_main()`` picks rank 0).
+        ``zero``: with MPI, each rank updates only its share of the parameters (ZeRO-1).
         """
-        if not isinstance(data, Mapping):  # fit(X, Y, ...): Y arrived as epochs
-            targets = None if isinstance(epochs, numbers.Real) else epochs
-            data, epochs = self._as_mapping(data, targets), 20
-        _check_fit_args(
-            epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
-        )
-        _check_seed(seed, none_ok=True)
-        checkpoint_dir = _checkpoint_dir(checkpoint_dir)
-        arrays = check_data(self.graph.forward, data, self.dtype)
-        train, val = self._split(arrays, validation_data, validation_split, seed)
-        n = _rows(train)
-        bs = n if batch_size is None else min(int(batch_size), n)
-        monitor = self._monitor(monitor, val)
-        if resume:
-            self._resume(checkpoint_dir, seed, early_stopping)
-        else:
-            self._new_run(checkpoint_dir, seed)
-        self._trainable_arrays()
-        watch = Watch(tol, patience, early_stopping, monitor)
-        reason = watch.replay(self.history) if resume else None
-        self.history["stopped"] = reason
-        with (
-            flush_denormals(self.flush_denormals),
-            ProgressBar(progress, self.epoch, epochs) as bar,
-        ):
-            while reason is None and self.epoch < epochs:
-                perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                logs = self._train_epoch(train, val, perm, bs, checkpoint_dir)
-                reason = watch.update(logs)
-                if watch.is_best and early_stopping:
-                    self._best = {k: v.copy() for k, v in self.params.items()}
-                ended = reason or ("epochs" if self.epoch >= epochs else None)
-                self.history["stopped"] = ended
-                bar.update(logs)
-                # Before the checkpoint: what a callback records in the history is the epoch's,
-                # and a resumed run must find it there.
-                for callback in callbacks:
-                    callback(self, self.epoch, logs)
-                if checkpoint_dir is not None:
-                    every, keep = checkpoint_every, checkpoint_keep
-                    self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
+        comm = mpi.communicator(distributed)  # None: this process trains alone
+        main = comm is None or comm.Get_rank() == 0
+        with mpi.abort_on_error(comm):  # one rank's exception ends the job instead of hanging it
+            with mpi.agreement(comm):  # an error here is raised on every rank alike
+                if not isinstance(data, Mapping):  # fit(X, Y, ...): Y arrived as epochs
+                    targets = None if isinstance(epochs, numbers.Real) else epochs
+                    data, epochs = self._as_mapping(data, targets), 20
+                _check_fit_args(
+                    epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
+                )
+                _check_seed(seed, none_ok=True)
+                checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
+                arrays = check_data(self.graph.forward, data, self.dtype)
+                train, val = self._split(arrays, validation_data, validation_split, seed)
+                n = _rows(train)
+                bs = n if batch_size is None else min(int(batch_size), n)
+                monitor = self._monitor(monitor, val)
+                if comm is not None and self.backend != "cpu":
+                    raise DataError(
+                        f"data-parallel training runs on the cpu back end, not {self.backend!r} "
+                        "(distributed=None trains every rank alone)"
+                    )
+                files = checkpoint_dir if main else None  # only rank 0 reads and writes files
+                if resume:
+                    self._resume(files, seed, early_stopping)
+                else:
+                    self._new_run(files, seed)
+                self._trainable_arrays()
+            threads = mpi.blas_threads(comm) if comm is not None else None
+            # the run's state from rank 0; the model's own arrays hold the values after the block
+            dp = DataParallel(self, comm, train, bs, zero) if comm is not None else None
+            with (
+                dp or contextlib.nullcontext(),
+                flush_denormals(self.flush_denormals),
+                mpi.limit_blas_threads(threads) if threads else contextlib.nullcontext(),
+                ProgressBar(progress and main, self.epoch, epochs) as bar,
+            ):
+                watch = Watch(tol, patience, early_stopping, monitor)
+                reason = watch.replay(self.history) if resume else None
+                self.history["stopped"] = reason
+                while reason is None and self.epoch < epochs:
+                    perm = self._rng.permutation(n) if shuffle else np.arange(n)
+                    logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)
+                    reason = watch.update(logs)
+                    if watch.is_best and early_stopping:
+                        self._best = {k: v.copy() for k, v in self.params.items()}
+                    ended = reason or ("epochs" if self.epoch >= epochs else None)
+                    self.history["stopped"] = ended
+                    bar.update(logs)
+                    # Before the checkpoint: what a callback records in the history is the
+                    # epoch's, and a resumed run must find it there.
+                    for callback in callbacks:
+                        callback(self, self.epoch, logs)
+                    if checkpoint_dir is not None and main:
+                        every, keep = checkpoint_every, checkpoint_keep
+                        self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
         self.history["stopped"] = reason or "epochs"
         if early_stopping and self._best is not None:
             for name, value in self._best.items():
@@ -368,15 +397,16 @@ class Model:
         if self._rng is None:  # nothing to resume: a new run
             self._rng = np.random.default_rng(seed)
 
-    def _train_epoch(self, train, val, perm, bs, checkpoint_dir) -> dict[str, float]:
-        logs = self._run_epoch(train, perm, bs, checkpoint_dir)
+    def _train_epoch(self, train, val, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
+        logs = self._run_epoch(train, perm, bs, checkpoint_dir, dp)
         if val:
-            logs.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+            metrics = dp.evaluate(val) if dp else self.evaluate(val)
+            logs.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.record(**logs)
         self.epoch += 1
         return logs
 
-    def _run_epoch(self, train, perm, bs, checkpoint_dir) -> dict[str, float]:
+    def _run_epoch(self, train, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
         steps = math.ceil(len(perm) / bs)
         schedule = self.optimizer.schedule
         mult = schedule.multipliers(self.step, steps) if schedule else np.ones(steps)
@@ -385,20 +415,21 @@ class Model:
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
         before = self._saved(self._snapshot)
-        total, done, status = self.trainer.epoch(
-            self.params,
-            self.state,
-            train,
-            perm.astype(np.int64, copy=False),
-            bs,
-            hyper,
-            lrs,
-            self.step,
-        )
+        perm = perm.astype(np.int64, copy=False)
+        if dp is not None:
+            total, done, status = dp.epoch(perm, lrs, self.step)
+        else:
+            args = (self.params, self.state, train, perm, bs, hyper, lrs, self.step)
+            total, done, status = self.trainer.epoch(*args)
         done = int(done)
         if broken_names(self):  # an update overflowed: the loss and gradients never showed it
-            raise self._rewind(before, train, perm, bs, hyper, lrs, checkpoint_dir)
+            # (with MPI every rank holds the same values and raises this alike)
+            args = (before, train, perm, bs, hyper, lrs, checkpoint_dir, dp)
+            raise mpi.on_every_rank(self._rewind(*args))
         self.step += done
+        if status != 0 and dp is not None:
+            step, epoch = self.step + 1, self.epoch + 1
+            raise dp.diagnose(int(status), step, epoch, checkpoint_dir, lrs[done])
         if status != 0:
             batch = {k: v[perm[done * bs : (done + 1) * bs]] for k, v in train.items()}
             step, epoch = self.step + 1, self.epoch + 1
@@ -416,12 +447,16 @@ class Model:
             np.copyto(buffers[key], value)
         return buffers
 
-    def _restore(self, saved: dict) -> None:
+    def _restore_saved(self, saved: dict, dp=None) -> None:
+        if dp is not None:  # with shared memory: no rank still reads what is overwritten
+            dp.x.fence()
         for key, value in saved.items():
             kind, name = key.split("/", 1)
             np.copyto((self.params if kind == "param" else self.state)[name], value)
+        if dp is not None:  # and none reads before every rank has written it
+            dp.x.fence()
 
-    def _rewind(self, before, train, perm, bs, hyper, lrs, checkpoint_dir) -> Exception:
+    def _rewind(self, before, train, perm, bs, hyper, lrs, checkpoint_dir, dp=None) -> Exception:
         """The error for an update that overflowed, with the model as it was before that step.
 
         The epoch's steps ran in place, so its start is restored and its steps re-run one at a
@@ -429,21 +464,24 @@ class Model:
         update makes a parameter or optimizer buffer NaN/Inf; that step is undone.
         """
         bad, start = broken_names(self), self.step
-        self._restore(before)
+        self._restore_saved(before, dp)
         good: dict = {}
         for k in range(math.ceil(len(perm) / bs)):
             self._saved(good)
             idx = perm[k * bs : (k + 1) * bs].astype(np.int64, copy=False)
-            _, _, status = self.trainer.epoch(
-                self.params, self.state, train, idx, bs, hyper, lrs[k : k + 1], self.step
-            )
+            if dp is not None:  # the ranks' same steps again, together
+                _, _, status = dp.epoch(idx, lrs[k : k + 1], self.step)
+            else:
+                _, _, status = self.trainer.epoch(
+                    self.params, self.state, train, idx, bs, hyper, lrs[k : k + 1], self.step
+                )
             if status != 0 or broken_names(self):
                 bad = broken_names(self) or bad
-                self._restore(good)
+                self._restore_saved(good, dp)
                 break
             self.step += 1
         else:  # the re-run did not break (it cannot, the steps being deterministic): no step
-            self._restore(before)  # is known, so the whole epoch is undone
+            self._restore_saved(before, dp)  # is known, so the whole epoch is undone
             self.step, k = start, 0
         return update_overflow(self, bad, self.step + 1, self.epoch + 1, checkpoint_dir, lrs[k])
 
