@@ -23,8 +23,8 @@ stopped
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
-from contextlib import contextmanager
 
 
 class DeadlineExceeded(BaseException):
@@ -35,44 +35,63 @@ class DeadlineExceeded(BaseException):
     """
 
 
-@contextmanager
-def deadline(seconds: float):
+class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
     """Run the block; raise DeadlineExceeded in it after ``seconds`` (wall clock).
 
-    The request is repeated every 0.1 s until the block ends: SymPy has bare ``except:``
-    clauses that swallow one.  Ending the block withdraws a pending request, retrying if one
-    lands while it does.
+    The request is repeated every 0.1 s (at most :data:`REPEATS` times) while the block runs:
+    SymPy has bare ``except:`` clauses that swallow one.  A request is made only while the
+    frame that entered the block is still running, and ending the block withdraws a pending
+    one, so none lands in code after it.
     """
-    thread = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-    state = {"done": False, "fired": False}
-    ended = threading.Event()
 
-    def fire():
-        while not ended.wait(0.1 if state["fired"] else seconds):
-            with lock:
-                if state["done"]:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self._thread = threading.get_ident()
+        self._frame = sys._getframe(1)  # the frame running the block
+        self._lock = threading.Lock()
+        self._done, self._fired = False, 0
+        self._ended = threading.Event()
+        threading.Thread(target=self._fire, daemon=True).start()
+        return self
+
+    def _inside(self) -> bool:
+        frame = sys._current_frames().get(self._thread)
+        while frame is not None and frame is not self._frame:
+            frame = frame.f_back
+        return frame is not None
+
+    def _fire(self) -> None:
+        wait = self.seconds
+        while not self._ended.wait(wait) and self._fired < REPEATS:
+            with self._lock:
+                if self._done or not self._inside():
                     return
-                state["fired"] = True
+                self._fired += 1
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    thread, ctypes.py_object(DeadlineExceeded)
+                    ctypes.c_ulong(self._thread), ctypes.py_object(DeadlineExceeded)
                 )
+            wait = 0.1
 
-    timer = threading.Thread(target=fire, daemon=True)
-    timer.start()
-    try:
-        yield
-    finally:
-        while True:
+    def __exit__(self, *exc_info) -> bool:
+        for _ in range(REPEATS + 1):  # a request landing while this runs: end again
             try:
-                with lock:
-                    state["done"] = True
-                    if state["fired"]:  # asked for, perhaps not yet delivered: withdraw it
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
-                ended.set()
+                with self._lock:
+                    self._done = True
+                    if self._fired:  # asked for, perhaps not yet delivered: withdraw it
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(self._thread), None
+                        )
+                self._ended.set()
                 break
-            except DeadlineExceeded:  # delivered while ending: the block still ends here
+            except DeadlineExceeded:
                 continue
+        self._frame = None
+        return False
+
+
+REPEATS = 20
 
 
 def restore_defaults() -> None:
