@@ -72,6 +72,11 @@ STRUCTURAL = {
     "one_element_param": lambda L: gn.sum(gn.tanh(L.x @ L.W) * L.s) + gn.sum(L.W) * 0.5,
     # (batch,) * (4, 1) is (4, batch): the batch axis need not lead (found by tests/test_fuzz.py)
     "batch_not_leading": lambda L: gn.sum(gn.tanh(gn.sum(L.x @ L.W, axis=1) * L.c)),
+    # (4, batch): a softmax whose classes are the batch axis (found by tests/test_fuzz.py)
+    "softmax_over_batch": lambda L: gn.sum(
+        gn.softmax(gn.matmul(L.W, L.x, tb=True))
+        * gn.matmul(L.c, gn.sum(L.x, axis=1, keepdims=True), tb=True)
+    ),
     # (batch, batch) scores x W x^T: n * n elements, not n
     "batch_by_batch": lambda L: gn.sum(
         gn.tanh(gn.matmul(L.x @ L.W, L.x, tb=True)) * gn.matmul(L.x, L.x, tb=True)

@@ -113,7 +113,7 @@ class CpuSteps(StepEmitter):
             return [comment(node), f"{node.name} = {value}"]
         return [comment(node), f"{node.name} = np.full({self.dims(node.shape)}, {value})"]
 
-    def _row_stats(self, z: str, k: int, keep: str | None = None) -> list[str]:
+    def _row_stats(self, z: str, k: str, keep: str | None = None) -> list[str]:
         """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z.
 
         With ``keep``, each ``exp(z - m)`` is also stored in row i0 of that array, so a softmax or
@@ -132,7 +132,7 @@ class CpuSteps(StepEmitter):
 
     def emit_softmax(self, step: Step) -> list[str]:
         node = step.node
-        (z,), k = node.inputs, node.shape[-1]
+        (z,), k = node.inputs, extent(node.shape[-1])  # the classes may be the batch: n
         body = self._row_stats(z, k, keep=node.name) + [
             f"for j in range({k}):",
             f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
@@ -142,7 +142,7 @@ class CpuSteps(StepEmitter):
 
     def emit_softmax_grad(self, step: Step) -> list[str]:
         node = step.node
-        (y, g), k = node.inputs, node.shape[-1]
+        (y, g), k = node.inputs, extent(node.shape[-1])
         body = [
             f"d = {self.literal(0)}",
             f"for j in range({k}):",
@@ -168,7 +168,7 @@ class CpuSteps(StepEmitter):
             loss, grad = self._ce_partner(step, "softmax_ce"), node
         (z, t) = node.inputs
         shape = self.ir.node(z).shape
-        k = shape[-1]
+        k = extent(shape[-1])
         # the mean over the logits' rows: the batch only when they have a batch axis
         rows = "nf" if shape[0] is None else self.literal(shape[0])
         lines, body = [], self._row_stats(z, k, keep=grad.name if grad is not None else None)

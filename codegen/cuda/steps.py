@@ -240,7 +240,7 @@ class CudaSteps(CudaScope):
         reshape = f"{node.name} = {node.inputs[0]}.reshape({dims_text(node.shape)})"
         return Piece([], [comment(node), reshape])
 
-    def _row_stats(self, z: str, k: int) -> list[str]:
+    def _row_stats(self, z: str, k: str) -> list[str]:
         """Lines computing the row max ``m`` and ``s = sum(exp(z - m))`` of row i0 of z."""
         return [
             f"m = {z}[i0, 0]",
@@ -253,7 +253,7 @@ class CudaSteps(CudaScope):
 
     def emit_softmax(self, step: Step) -> Piece:
         node = step.node
-        (z,), k = node.inputs, node.shape[-1]
+        (z,), k = node.inputs, count(node.shape[-1:])  # the classes may be the batch: n
         body = self._row_stats(z, k) + [
             f"for j in range({k}):",
             f"    {node.name}[i0, j] = math.exp({z}[i0, j] - m) / s",
@@ -262,7 +262,7 @@ class CudaSteps(CudaScope):
 
     def emit_softmax_grad(self, step: Step) -> Piece:
         node = step.node
-        (y, g), k = node.inputs, node.shape[-1]
+        (y, g), k = node.inputs, count(node.shape[-1:])
         body = [
             f"d = {self.literal(0)}",
             f"for j in range({k}):",
@@ -299,7 +299,8 @@ class CudaSteps(CudaScope):
         if node.op == "softmax_ce_grad":
             loss, grad = self._partner(step, "softmax_ce"), node
         z, t = node.inputs
-        rows_dim, k = self.ir.node(z).shape
+        rows_dim, classes = self.ir.node(z).shape
+        k = count([classes])
         # the mean over the logits' rows: the batch only when they have a batch axis
         denominator = "nf" if rows_dim is None else self.literal(rows_dim)
         body = self._row_stats(z, k)
