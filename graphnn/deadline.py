@@ -38,7 +38,7 @@ class DeadlineExceeded(BaseException):
 class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
     """Run the block; raise DeadlineExceeded in it after ``seconds`` (wall clock).
 
-    The request is repeated every 0.1 s (at most :data:`REPEATS` times) while the block runs:
+    The request is repeated every second (at most :data:`REPEATS` times) while the block runs:
     SymPy has bare ``except:`` clauses that swallow one.  A request is made only while the
     frame that entered the block is still running, and ending the block withdraws a pending
     one, so none lands in code after it.
@@ -72,7 +72,7 @@ class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self._thread), ctypes.py_object(DeadlineExceeded)
                 )
-            wait = 0.1
+            wait = REPEAT_SECONDS
 
     def __exit__(self, *exc_info) -> bool:
         for _ in range(REPEATS + 1):  # a request landing while this runs: end again
@@ -92,6 +92,9 @@ class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
 
 
 REPEATS = 20
+# A second request waits this long: the frame that got the first one, if it ended the block
+# without reaching __exit__'s bookkeeping, has returned by then (it only catches and reports).
+REPEAT_SECONDS = 1.0
 
 
 def restore_defaults() -> None:

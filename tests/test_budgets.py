@@ -246,7 +246,7 @@ def test_an_npz_that_is_no_zip(tmp_path):
 
 
 def test_deadline_stops_a_block_that_swallows_the_first_request():
-    """SymPy has bare except clauses: a block that swallows one request is asked again."""
+    """SymPy has bare except clauses: a block that swallows one request is asked again (1 s on)."""
     from graphnn.deadline import DeadlineExceeded, deadline
 
     swallowed = 0
