@@ -294,7 +294,12 @@ def user_function_warnings(graph) -> list[str]:
 
 def _within_budget(name: str, f: sympy.Expr, args: tuple[str, ...]) -> list[str]:
     """check_function within GRAPHNN_DERIVE_SECONDS: a 50-digit reference of exp(exp(exp(z)))
-    runs for minutes, so past the budget the function is reported as not screened."""
+    runs for minutes, so past the budget the function is reported as not screened.  A function
+    whose derivative already ran out of the budget (and was warned about) is not probed at all:
+    its unscreened derivative would only spend the budget again, for a second warning."""
+    # each derivative within its own budget, outside this one (and memoized for check_function)
+    if any(derivative(f, i, len(args)).over_budget for i in range(len(args))):
+        return []
     seconds = limit("GRAPHNN_DERIVE_SECONDS")
     try:
         with deadline(seconds):
