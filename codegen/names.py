@@ -29,6 +29,7 @@ CPU = {"np", "math", "njit", "FASTMATH", "n", "nf", "m", "s", "d", "j", "t", "t0
 CPU |= {"loss", "status", "total", "steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm"}
 CPU |= {"clip_norm", "start", "all_finite", "sum_squares", "ws", "workspace", "rows", "r"}
 CPU |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch", "P_", "G_"}
+CPU |= {"update_all"}
 CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's target row sum
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 MATMUL = {"r", "c", "p", "s"}  # codegen/cpu/matmul.py

@@ -41,7 +41,7 @@ def signature(graph, optimizer) -> Signature:
     buffers = tuple(optimizer.state) if optimizer else ()
     scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
     state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
-    flat = {f"{b}_" for b in buffers}  # apply_update's views of the buffers
+    flat = {f"{b}_" for b in buffers}  # apply_update's and update_all's views of the buffers
     ident = identifiers(graph, RESERVED | {*hyper, *buffers, *flat, *scalars, *state})
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()

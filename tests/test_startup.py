@@ -1,0 +1,62 @@
+"""What a start costs, checked by behaviour rather than by the clock: which modules ``import
+graphnn`` loads, which kernels a call compiles, and how the generated training code grows with
+the number of parameters (``benchmarks/startup_profile.py`` measures the times themselves).
+"""
+
+import re
+
+import numpy as np
+
+import graphnn as gn
+from codegen.cpu import backend as cpu_backend
+
+
+def _mlp(hidden: int, width: int = 4):
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    h, sizes = x, [3] + [width] * hidden + [2]
+    for k in range(len(sizes) - 1):
+        W = gn.param(f"W{k + 1}", (sizes[k], sizes[k + 1]), init="he_normal")
+        b = gn.param(f"b{k + 1}", (sizes[k + 1],), init="zeros")
+        h = h @ W + b
+        h = gn.relu(h) if k < len(sizes) - 2 else h
+    return gn.Graph(gn.softmax_cross_entropy(h, y))
+
+
+def _data(rows: int = 16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, rows)]
+    return {"x": x, "y": y}
+
+
+def test_training_code_does_not_grow_per_parameter():
+    # One copy of the guard and the update, looped over flat views of every parameter: unrolled
+    # per parameter, a 30-layer MLP's 60 inlined update loops were most of its cold compile.
+    # train_epoch calls loss_and_grads itself: through train_step, LLVM optimized the step's
+    # code once more.
+    for hidden in (1, 6):
+        text = cpu_backend.source(_mlp(hidden), gn.Adam(lr=0.01, clip_norm=1.0))
+        for name in ("apply_update", "all_finite", "sum_squares"):
+            assert len(re.findall(rf"(?<!def ){name}\(", text)) == 1, (hidden, name)
+        epoch = text[text.index("def train_epoch(") :]
+        assert "loss_and_grads(" in epoch and "train_step(" not in epoch
+
+
+def test_fit_compiles_no_forward_kernel_and_no_unused_helper():
+    # Numba compiles a kernel on its first call: fit compiles the training path only; evaluate
+    # and predict compile their forward kernels when first called, and sum_squares (gradient
+    # clipping) is never compiled for an optimizer without clip_norm.
+    model = gn.compile(_mlp(1), gn.SGD(lr=0.1, momentum=0.9), backend="cpu")
+    data = _data()
+    model.fit(data, epochs=1, batch_size=8)
+    module = model.trainer.module
+    assert len(module.train_epoch.signatures) == 1
+    assert module.forward.signatures == [] and module.sum_squares.signatures == []
+    assert module.train_step.signatures == []  # train_epoch calls loss_and_grads itself
+    model.evaluate(data)
+    assert len(module.forward.signatures) == 1
+    assert model._predictors == {}
+    model.predict({"x": data["x"]})
+    (predictor,) = model._predictors.values()
+    assert len(predictor.module.forward.signatures) == 1
+    assert predictor.module.train_epoch.signatures == []
