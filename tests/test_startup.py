@@ -4,11 +4,16 @@ the number of parameters (``benchmarks/startup_profile.py`` measures the times t
 """
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
 import graphnn as gn
 from codegen.cpu import backend as cpu_backend
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mlp(hidden: int, width: int = 4):
@@ -27,6 +32,20 @@ def _data(rows: int = 16):
     x = rng.normal(size=(rows, 3)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, rows)]
     return {"x": x, "y": y}
+
+
+def test_import_graphnn_loads_no_heavy_module_it_does_not_need():
+    # networkx (0.12 s of every start) is gone; numba, scipy and matplotlib load on first use.
+    code = (
+        "import sys, graphnn\n"
+        "heavy = {'networkx', 'numba', 'scipy', 'matplotlib', 'tqdm', 'sklearn', 'llvmlite'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]"]
 
 
 def test_training_code_does_not_grow_per_parameter():

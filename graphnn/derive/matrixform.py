@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import networkx as nx
 import sympy
 
 from graphnn.derive.formula import Formula, call, elementwise, hadamard, symbol
@@ -102,7 +101,7 @@ def gradient_formula(
     assembler = _Assembler(training, forward)
     assembler.memo.update(known or {})
     # Assemble the nodes it reads inputs-first, so a deep graph never recurses deeply.
-    needed = nx.ancestors(training.dag, grad_node)
+    needed = training.ancestors([grad_node]) - {grad_node}
     for node in training.nodes:
         if node.name in needed:
             assembler.of(node.name)
