@@ -91,3 +91,10 @@ def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
     buffer, gradient, workspace buffer."""
     return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+
+
+def size_variables(graph) -> set[str]:
+    """``dim1``, ``dim2``, ...: the variables the CPU kernels keep sizes in (read from their
+    arrays' shapes; codegen/cpu/module.py), at most one per axis of an input or parameter."""
+    leaves = [*graph.forward.inputs, *graph.forward.params]
+    return {f"dim{k}" for k in range(1, sum(len(n.shape) for n in leaves) + 1)}

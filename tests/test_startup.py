@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import graphnn as gn
+from codegen import cache
 from codegen.cpu import backend as cpu_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,13 @@ def _mlp(hidden: int, width: int = 4):
         h = h @ W + b
         h = gn.relu(h) if k < len(sizes) - 2 else h
     return gn.Graph(gn.softmax_cross_entropy(h, y))
+
+
+@pytest.fixture
+def private_modules(monkeypatch, tmp_path):
+    """An empty kernel cache and no module loaded yet: what a kernel compiles is this test's."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_LOADED", {})
 
 
 def _data(rows: int = 16):
@@ -61,7 +70,7 @@ def test_training_code_does_not_grow_per_parameter():
         assert "loss_and_grads(" in epoch and "train_step(" not in epoch
 
 
-def test_fit_compiles_no_forward_kernel_and_no_unused_helper():
+def test_fit_compiles_no_forward_kernel_and_no_unused_helper(private_modules):
     # Numba compiles a kernel on its first call: fit compiles the training path only; evaluate
     # and predict compile their forward kernels when first called, and sum_squares (gradient
     # clipping) is never compiled for an optimizer without clip_norm.
@@ -79,3 +88,26 @@ def test_fit_compiles_no_forward_kernel_and_no_unused_helper():
     (predictor,) = model._predictors.values()
     assert len(predictor.module.forward.signatures) == 1
     assert predictor.module.train_epoch.signatures == []
+
+
+def test_models_differing_only_in_widths_share_their_compiled_module(private_modules):
+    # Kernels read sizes from their arrays, so a new width is the same module text: the same
+    # cache file and the same compiled train_epoch (a width change used to recompile for
+    # seconds).  A width equal to another size (hidden = 2 = classes) is another pattern, and
+    # another module; every one trains as the NumPy reference does.
+    opt = gn.SGD(lr=0.1, momentum=0.9)
+    graphs = {w: _mlp(1, width=w) for w in (4, 7, 2)}
+    texts = {w: cpu_backend.source(g, opt) for w, g in graphs.items()}
+    assert texts[4] == texts[7] != texts[2]
+    assert "range(4)" not in texts[4] and "range(7)" not in texts[7]
+    data, models = _data(), {}
+    for w, g in graphs.items():
+        ref = gn.compile(g, opt, backend="numpy")
+        models[w] = gn.compile(g, opt, backend="cpu")
+        for m in (ref, models[w]):
+            m.fit(data, epochs=2, batch_size=8, shuffle=False)
+        for p in g.param_names:
+            np.testing.assert_allclose(models[w].params[p], ref.params[p], rtol=1e-4, atol=1e-5)
+    assert models[4].trainer.module is models[7].trainer.module
+    assert len(models[7].trainer.module.train_epoch.signatures) == 1
+    assert models[2].trainer.module is not models[4].trainer.module
