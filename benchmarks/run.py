@@ -36,7 +36,13 @@ import numpy as np  # noqa: E402
 from host import HostMonitor, environment, warn_if_busy  # noqa: E402
 from peer_numpy import NumpyTrainer, evaluate  # noqa: E402
 from trainer_base import count_subnormals, flush_probe  # noqa: E402
-from workloads import WORKLOADS, get_workload, init_params, make_data  # noqa: E402
+from workloads import (  # noqa: E402
+    STARTUP_WORKLOADS,
+    WORKLOADS,
+    get_workload,
+    init_params,
+    make_data,
+)
 
 # graphnn_noftz: graphnn with gn.compile(..., flush_denormals=False), like numpy and torch.
 TRAINER_ORDER = ["graphnn", "graphnn_noftz", "numba_hand", "numpy", "torch", "jax"]
@@ -74,6 +80,14 @@ def parse_args(argv=None):
         help="before each repeat, wait up to this many seconds for a quiet host (default 0)",
     )
     p.add_argument("--no-startup", action="store_true", help="skip graphnn cold/warm start")
+    p.add_argument(
+        "--startup-workloads",
+        help="graphnn cold/warm start rows (default: the workloads plus deep1,deep30; quick: the"
+        " first workload)",
+    )
+    p.add_argument(
+        "--no-end-to-end", action="store_true", help="skip the end-to-end README example rows"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--backend",
@@ -91,6 +105,16 @@ def parse_args(argv=None):
     for w in args.workloads:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+    if args.startup_workloads is not None:
+        args.startup_workloads = [w.strip() for w in args.startup_workloads.split(",")]
+    elif args.quick:  # --quick measures start-up on the first workload only, to stay short
+        args.startup_workloads = args.workloads[:1]
+    else:
+        args.startup_workloads = [*args.workloads, *STARTUP_WORKLOADS]
+    for w in args.startup_workloads:
+        if w not in WORKLOADS and w not in STARTUP_WORKLOADS:
+            known = ", ".join([*WORKLOADS, *STARTUP_WORKLOADS])
+            p.error(f"unknown start-up workload {w!r}; known: {known}")
     for t in args.trainers:
         if t not in TRAINER_ORDER:
             p.error(f"unknown trainer {t!r}; known: {', '.join(TRAINER_ORDER)}")
@@ -311,6 +335,85 @@ def _run_startup(cmd, env, host: HostMonitor) -> dict:
     return {"error": f"exit {proc.returncode}: {tail[0]}"}
 
 
+# --- end to end: the README example against the same training by its peers ------------------
+
+
+def bench_end_to_end(args, repeats: int, host: HostMonitor) -> dict:
+    """Wall time from spawn to exit of the README example (graphnn cold: empty caches; warm:
+    the caches the cold run filled), of ``graphnn demo`` (cold), and of each peer's same
+    training, ``repeats`` runs each (median), every run in a new process."""
+    script = os.path.join(BENCH_DIR, "end_to_end.py")
+    rows: dict[str, list] = {}
+    peers = [t for t in ("numpy", "torch", "jax") if t in args.trainers]
+    for _ in range(repeats):
+        if "graphnn" in args.trainers:
+            with tempfile.TemporaryDirectory(prefix="graphnn_e2e_") as tmp:
+                env = _fresh_cache_env(tmp)
+                for row in ("graphnn cold", "graphnn warm"):  # the warm run reuses the cold's
+                    cmd = [sys.executable, script, "readme"]
+                    rows.setdefault(row, []).append(_run_e2e(cmd, env, host))
+            with tempfile.TemporaryDirectory(prefix="graphnn_e2e_demo_") as tmp:
+                cmd = [sys.executable, "-m", "graphnn.cli", "demo", "--quiet"]
+                cmd += ["--out", os.path.join(tmp, "run")]
+                rows.setdefault("graphnn demo cold", []).append(
+                    _run_e2e(cmd, _fresh_cache_env(tmp), host)
+                )
+        for peer in peers:
+            cmd = [sys.executable, script, peer]
+            rows.setdefault(peer, []).append(_run_e2e(cmd, dict(os.environ), host))
+    out = {}
+    for row, runs in rows.items():
+        ok = [r for r in runs if "process_s" in r and "error" not in r]
+        use = [r for r in ok if r["quiet"]] or ok
+        out[row] = {"runs": runs}
+        if use:
+            out[row]["process_s"] = statistics.median(r["process_s"] for r in use)
+            cpu = [r["cpu_s"] for r in use if "cpu_s" in r]
+            out[row]["cpu_s"] = statistics.median(cpu) if cpu else None
+            out[row]["accuracy"] = use[-1].get("accuracy")
+            out[row]["quiet"] = f"{sum(r['quiet'] for r in ok)}/{len(runs)}"
+    return out
+
+
+def _fresh_cache_env(tmp: str) -> dict:
+    env = dict(os.environ)
+    env["GRAPHNN_CACHE_DIR"] = os.path.join(tmp, "graphnn_cache")
+    env["NUMBA_CACHE_DIR"] = os.path.join(tmp, "numba_cache")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_DIR, env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_e2e(cmd, env, host: HostMonitor) -> dict:
+    from end_to_end import RESULT_PREFIX
+
+    token = host.begin()
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    result = {"process_s": time.perf_counter() - t, "quiet": host.quiet(host.end(token))}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {**result, "error": f"exit {proc.returncode}: {tail[0]}"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result.update(json.loads(line[len(RESULT_PREFIX) :]))
+    return result
+
+
+def end_to_end_table(rows: dict) -> str:
+    lines = [
+        "| run | process wall s (median) | CPU s | held-out accuracy | host quiet |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row, r in rows.items():
+        if "process_s" not in r:
+            lines.append(f"| {row} | {r['runs'][0].get('error', 'failed')} | | | |")
+            continue
+        cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else ""
+        acc = f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else ""
+        lines.append(f"| {row} | {r['process_s']:.2f} | {cpu} | {acc} | {r['quiet']} |")
+    return "\n".join(lines)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -357,14 +460,14 @@ def table(results: dict) -> str:
 
 def startup_table(startup: dict) -> str:
     lines = [
-        "| workload | cold start s | import / graph / compile / first step s | warm start s "
-        "| warm process wall s | host quiet (cold; warm) |",
-        "|---|---:|---|---:|---:|---|",
+        "| workload | cold start s | cold CPU s | import / graph / compile / first step s "
+        "| warm start s | warm process wall s | host quiet (cold; warm) |",
+        "|---|---:|---:|---|---:|---:|---|",
     ]
     for wname, s in startup.items():
         cold = s.get("cold", {})
         if "error" in cold or "skipped" in s:
-            lines.append(f"| {wname} | {cold.get('error') or s.get('skipped')} | | | | |")
+            lines.append(f"| {wname} | {cold.get('error') or s.get('skipped')} | | | | | |")
             continue
         parts = " / ".join(
             f"{cold[k]:.2f}" for k in ("import_s", "graph_s", "compile_s", "first_step_s")
@@ -372,7 +475,15 @@ def startup_table(startup: dict) -> str:
         warm = f"{s['warm_total_s']:.3f}" if "warm_total_s" in s else s["warm"][0].get("error")
         wproc = f"{s['warm_process_s']:.2f}" if "warm_process_s" in s else ""
         quiet = f"{'yes' if cold['quiet'] else 'no'}; {s.get('warm_quiet', '')}"
-        lines.append(f"| {wname} | {cold['total_s']:.2f} | {parts} | {warm} | {wproc} | {quiet} |")
+        cpu = f"{cold['cpu_s']:.2f}" if "cpu_s" in cold else ""
+        lines.append(
+            f"| {wname} | {cold['total_s']:.2f} | {cpu} | {parts} | {warm} | {wproc} | {quiet} |"
+        )
+    deep = [startup.get(w, {}).get("cold", {}) for w in ("deep1", "deep30")]
+    if all("total_s" in c for c in deep):
+        ratio = deep[1]["total_s"] / deep[0]["total_s"]
+        cpu = deep[1].get("cpu_s", 0) / max(deep[0].get("cpu_s", 0), 1e-9)
+        lines.append(f"\ncold start, 30 hidden layers / 1: {ratio:.2f}x wall, {cpu:.2f}x CPU")
     return "\n".join(lines)
 
 
@@ -393,13 +504,18 @@ def main(argv=None) -> int:
         wl = get_workload(wname, args.quick)
         results[wname] = bench_workload(wl, factories, skipped, args, host)
     if "graphnn" in factories and not args.no_startup:
-        # --quick measures start-up on the first workload only, to stay under a minute.
-        for wname in args.workloads[:1] if args.quick else args.workloads:
+        for wname in args.startup_workloads:
             print(f"\n== graphnn cold/warm start: {wname}", flush=True)
             wl = get_workload(wname, args.quick)
             startup[wname] = bench_startup(wl, args, 1 if args.quick else 3, host)
     elif "graphnn" in skipped:
-        startup = {w: {"skipped": skipped["graphnn"]} for w in args.workloads}
+        startup = {w: {"skipped": skipped["graphnn"]} for w in args.startup_workloads}
+    end_to_end = {}
+    if not args.no_end_to_end:
+        print(
+            "\n== end to end: the README example and its peers, each in a new process", flush=True
+        )
+        end_to_end = bench_end_to_end(args, 1 if args.quick else 3, host)
     load["end"] = warn_if_busy("at end")
     numpy_flush_after = flush_probe(lambda a, b: a * b)
     if numpy_flush_after != numpy_flush_before:
@@ -410,6 +526,9 @@ def main(argv=None) -> int:
     if startup:
         print("\n## graphnn start-up\n")
         print(startup_table(startup))
+    if end_to_end:
+        print("\n## End to end (README example: digits, 20 epochs, new process)\n")
+        print(end_to_end_table(end_to_end))
     total = time.perf_counter() - t_start
     print(f"\n(total {total:.1f}s; {args.repeats} interleaved repeats, min {args.min_time}s each)")
     if args.json:
@@ -422,6 +541,7 @@ def main(argv=None) -> int:
             "workloads": {w: asdict(get_workload(w, args.quick)) for w in args.workloads},
             "results": results,
             "graphnn_startup": startup,
+            "end_to_end": end_to_end,
             "total_s": total,
         }
         with open(args.json, "w") as f:

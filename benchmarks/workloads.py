@@ -133,6 +133,25 @@ WORKLOADS: dict[str, Workload] = {
     ]
 }
 
+
+def _deep(layers: int) -> Workload:
+    return Workload(
+        name=f"deep{layers}",
+        description=f"synthetic 2k x 64, 64-64x{layers} relu-10, softmax CE, SGD mom 0.9, bs 32",
+        sizes=(64,) + (64,) * layers + (10,),
+        activation="relu",
+        loss="softmax_ce",
+        optimizer=Optimizer("sgd", lr=0.01, momentum=0.9),
+        batch_size=32,
+        n_samples=2048,
+        chunk=2048,
+    )
+
+
+# Start-up only (run.py --startup-workloads): how a cold compile grows with depth, 1 vs 30
+# hidden layers of width 64.  Not in WORKLOADS, so throughput runs leave them out.
+STARTUP_WORKLOADS: dict[str, Workload] = {w.name: w for w in [_deep(1), _deep(30)]}
+
 # --quick keeps every architecture, optimizer and batch size, and shrinks the data and chunks.
 _QUICK = {
     "neuron": dict(n_samples=2000, chunk=2000),
@@ -144,8 +163,11 @@ _QUICK = {
 
 def get_workload(name: str, quick: bool = False) -> Workload:
     """The workload called ``name``; ``quick`` shrinks its data for a smoke test."""
+    if name in STARTUP_WORKLOADS:
+        return STARTUP_WORKLOADS[name]
     if name not in WORKLOADS:
-        raise KeyError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+        known = ", ".join([*WORKLOADS, *STARTUP_WORKLOADS])
+        raise KeyError(f"unknown workload {name!r}; known: {known}")
     wl = WORKLOADS[name]
     return replace(wl, **_QUICK[name]) if quick else wl
 
@@ -158,7 +180,7 @@ def make_data(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         "digits": _digits_data,
         "mnist_mlp": _mnist_like_data,
         "wide": _teacher_data,
-    }[wl.name]
+    }.get(wl.name, _teacher_data)
     X, Y = maker(wl, rng)
     return np.ascontiguousarray(X, DTYPE), np.ascontiguousarray(Y, DTYPE)
 

@@ -29,6 +29,7 @@ CPU = {"np", "math", "njit", "FASTMATH", "n", "nf", "m", "s", "d", "j", "t", "t0
 CPU |= {"loss", "status", "total", "steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm"}
 CPU |= {"clip_norm", "start", "all_finite", "sum_squares", "ws", "workspace", "rows", "r"}
 CPU |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch", "P_", "G_"}
+CPU |= {"update_all"}
 CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's target row sum
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 MATMUL = {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
@@ -90,3 +91,10 @@ def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
     buffer, gradient, workspace buffer."""
     return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+
+
+def size_variables(graph) -> set[str]:
+    """``dim1``, ``dim2``, ...: the variables the CPU kernels keep sizes in (read from their
+    arrays' shapes; codegen/cpu/module.py), at most one per axis of an input or parameter."""
+    leaves = [*graph.forward.inputs, *graph.forward.params]
+    return {f"dim{k}" for k in range(1, sum(len(n.shape) for n in leaves) + 1)}

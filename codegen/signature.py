@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codegen.names import RESERVED, identifiers
+from codegen.names import RESERVED, identifiers, size_variables
 from codegen.plan import make_plan
 from graphnn.ir.graph import GraphIR
 from graphnn.optim.optimizers import state_key
@@ -41,8 +41,9 @@ def signature(graph, optimizer) -> Signature:
     buffers = tuple(optimizer.state) if optimizer else ()
     scalars = tuple(k for k, _ in optimizer.per_step) if optimizer else ()
     state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
-    flat = {f"{b}_" for b in buffers}  # apply_update's views of the buffers
-    ident = identifiers(graph, RESERVED | {*hyper, *buffers, *flat, *scalars, *state})
+    flat = {f"{b}_" for b in buffers}  # apply_update's and update_all's views of the buffers
+    dims = size_variables(graph)
+    ident = identifiers(graph, RESERVED | {*hyper, *buffers, *flat, *scalars, *state, *dims})
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
     }

@@ -60,6 +60,8 @@ class Graph:
             p: self.training.name_of(grads[w]) for p, w in zip(self.param_names, wrt, strict=True)
         }
         self._formulas: dict = {}
+        self._assembled: dict = {}  # training node -> its matrix-form formula, for every gradient
+        self._forward_names = set(self.forward.by_name)
 
     # --- inspection -----------------------------------------------------------------------------
 
@@ -77,7 +79,7 @@ class Graph:
         name = self._param(name)
         if name not in self._formulas:
             self._formulas[name] = gradient_formula(
-                self.training, self.grad_names[name], set(self.forward.by_name)
+                self.training, self.grad_names[name], self._forward_names, memo=self._assembled
             )
         return self._formulas[name]
 

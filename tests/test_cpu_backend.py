@@ -179,7 +179,7 @@ def test_workspace_too_small_is_refused_and_kept_across_fits():
     params = g.init_params(0)
     args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
     with pytest.raises(ValueError, match="fewer rows than the batch"):
-        module.loss_and_grads(*args, module.workspace(len(data["x"]) - 1))
+        module.loss_and_grads(*args, module.workspace(len(data["x"]) - 1, *args))
     model = gn.compile(g, gn.SGD(lr=0.1), backend="cpu")
     model.fit(data, epochs=1, batch_size=8)
     ws = model.trainer._ws
@@ -237,8 +237,8 @@ def test_kernels_are_float32_end_to_end():
     assert _float_types(epoch, results=False) == {numba.float32}, epoch
     (forward,) = module.forward.nopython_signatures
     assert _float_types(forward) == {numba.float32}, forward
-    ws = module.workspace(len(data["x"]))
-    module.loss_and_grads(data["x"], data["y"], *(model.params[p] for p in g.param_names), ws)
+    args = [data["x"], data["y"], *(model.params[p] for p in g.param_names)]
+    module.loss_and_grads(*args, module.workspace(len(data["x"]), *args))
     (grads,) = module.loss_and_grads.nopython_signatures
     assert _float_types(grads) == {numba.float32}, grads
     assert len(grads.return_type) == 5
@@ -250,7 +250,7 @@ def test_kernel_ir_has_no_double(fresh_cache):
     module = cpu_backend.build(g, opt, outputs=[g.loss_name])
     params = g.init_params(0)
     args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
-    module.loss_and_grads(*args, module.workspace(len(data["x"])))
+    module.loss_and_grads(*args, module.workspace(len(data["x"]), *args))
     module.forward(*args)
     # apply_update as train_step calls it: P, G, <state>, <hyper>, t, gscale, all float32.
     w, f32 = params["W1"], np.float32
@@ -269,8 +269,8 @@ def test_ir_scan_finds_a_float64_leak(fresh_cache):
     assert "np.float32(1.0) + np.exp(" in text
     module = cache.load_module(text.replace("np.float32(1.0) + np.exp(", "1.0 + np.exp(", 1))
     data, params = _mlp_data(), g.init_params(0)
-    ws = module.workspace(len(data["x"]))
-    module.loss_and_grads(data["x"], data["y"], *(params[p] for p in g.param_names), ws)
+    args = [data["x"], data["y"], *(params[p] for p in g.param_names)]
+    module.loss_and_grads(*args, module.workspace(len(data["x"]), *args))
     assert double_ops(kernel_ir(module.loss_and_grads, "loss_and_grads"))
 
 

@@ -9,7 +9,7 @@ import pytest
 import graphnn as gn
 from codegen.cpu.module import module_source
 from codegen.cuda import module as cuda_module
-from codegen.names import EXPORT_TAKEN, RESERVED, derived
+from codegen.names import EXPORT_TAKEN, RESERVED, derived, size_variables
 from codegen.signature import signature
 from graphnn.errors import GraphError
 
@@ -72,6 +72,7 @@ def from_nodes(graph, optimizer) -> tuple[set[str], set[str]]:
     for ident in sig.ident.values():
         nodes |= {ident, *derived(ident), f"k_{ident}", f"fwd_{ident}"}
     made = nodes | set(sig.state) | set(sig.hyper) | {h.upper() for h in sig.hyper}
+    made |= size_variables(graph)  # the CPU kernels' sizes, numbered per graph
     made |= set(optimizer.state) | {f"{b}_" for b in optimizer.state}
     return nodes, made | {k for k, _ in optimizer.per_step}
 

@@ -59,7 +59,7 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     shapes = graph.shapes
     args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
     batch = args[0].shape[0] if graph.forward.inputs else 1
-    loss, *grads = module.loss_and_grads(*args, module.workspace(batch))
+    loss, *grads = module.loss_and_grads(*args, module.workspace(batch, *args))
     return loss, dict(zip(graph.param_names, grads, strict=True))
 
 
@@ -81,15 +81,20 @@ class Trainer:
 
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
         """One epoch inside one compiled function; returns (loss sum, steps done, status)."""
-        args = [data[n.name] for n in self.graph.forward.inputs] + [perm, batch_size]
-        args += [params[p] for p in self.graph.param_names] + [state[s] for s in self.sig.state]
+        arrays = [data[n.name] for n in self.graph.forward.inputs]
+        arrays += [params[p] for p in self.graph.param_names]
+        args = arrays[: len(self.graph.forward.inputs)] + [perm, batch_size]
+        args += arrays[len(self.graph.forward.inputs) :] + [state[s] for s in self.sig.state]
         args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
-        return self.module.train_epoch(*args, self._workspace(min(batch_size, len(perm))))
+        ws = self._workspace(min(batch_size, len(perm)), arrays)
+        return self.module.train_epoch(*args, ws)
 
-    def _workspace(self, rows: int):
-        """The step buffers, kept across epochs and fit calls (remade for a larger batch)."""
+    def _workspace(self, rows: int, arrays):
+        """The step buffers, kept across epochs and fit calls (remade for a larger batch).
+
+        ``arrays``: the inputs, then the parameters; the buffers' sizes are read from them."""
         if self._ws is None or self._ws[0] < rows:
-            self._ws = (rows, self.module.workspace(rows))
+            self._ws = (rows, self.module.workspace(rows, *arrays))
         return self._ws[1]
 
     def forward(self, params, data) -> dict[str, np.ndarray]:

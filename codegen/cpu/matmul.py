@@ -43,11 +43,13 @@ def only_loops(enabled: bool = True):
         _ONLY_LOOPS.reset(token)
 
 
-def choose(a_shape, b_shape, ta: bool, tb: bool) -> tuple[str, str]:
+def choose(a_shape, b_shape, ta: bool, tb: bool, dim=None) -> tuple[str, str]:
     """How to compute op(a) @ op(b): ("loops" | "blas" | a run-time condition on n, why).
 
     A size of None is the run-time batch size n; then the product does n * (the other two
-    sizes) multiplications, and loops run while that is at most the limit.
+    sizes) multiplications, and loops run while that is at most the limit.  ``dim`` spells a
+    size in the code (default: the number; the CPU kernels name the sizes they read from their
+    arrays), in the condition and the comment.
     """
     if _ONLY_LOOPS.get():
         return "loops", "loops: every product is generated loops here (no BLAS, no SciPy)"
@@ -58,29 +60,37 @@ def choose(a_shape, b_shape, ta: bool, tb: bool) -> tuple[str, str]:
         per_n *= d if d is not None else 1
     limit = loops_max()
     batched = None in (rows, inner, cols)
+    # per_n as the code spells it: the number, or with ``dim`` the product of the sizes' names
+    sizes = [dim(d) for d in (rows, inner, cols) if d is not None and d != 1] if dim else []
+    times = " x ".join(sizes) if dim else str(per_n)
     if per_n > limit or (batched and limit == 0):
-        return "blas", f"BLAS: {per_n}{' x n' if batched else ''} multiplications > {limit}"
+        return "blas", f"BLAS: {times or 1}{' x n' if batched else ''} multiplications > {limit}"
     if not batched:
-        return "loops", f"loops: {per_n} multiplications <= {limit}, less than a BLAS call costs"
-    cond = f"n * {per_n} <= {limit}" if per_n > 1 else f"n <= {limit}"
+        return (
+            "loops",
+            f"loops: {times or 1} multiplications <= {limit}, less than a BLAS call costs",
+        )
+    cond = f"n * {times.replace(' x ', ' * ')} <= {limit}" if per_n > 1 else f"n <= {limit}"
     return cond, f"loops while {cond} multiplications (a BLAS call costs more), else BLAS"
 
 
-def _dim(d) -> str:
+def _size(d) -> str:
     return "n" if d is None else str(d)
 
 
-def loop_lines(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str) -> list[str]:
-    """Lines computing ``out = op(a) @ op(b)`` into the existing array ``out``.
+def loop_lines(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str, dim=None) -> list[str]:
+    """Lines computing ``out = op(a) @ op(b)`` into the existing array ``out``; ``dim`` spells a
+    size (default: the number).
 
     Every case keeps the innermost loop on contiguous memory: rows of b (and of out) for
     ``a @ b`` and ``a^T @ b``; for ``a @ b^T`` the inner loop is a dot product of two rows.
     """
+    size = dim or _size
     zero = f"np.{dtype}(0.0)"
     if not tb:
-        rows = _dim(a_shape[1] if ta else a_shape[0])
-        inner = _dim(a_shape[0] if ta else a_shape[1])
-        cols = _dim(b_shape[1])
+        rows = size(a_shape[1] if ta else a_shape[0])
+        inner = size(a_shape[0] if ta else a_shape[1])
+        cols = size(b_shape[1])
         a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
         if ta:  # out[r, c] = sum_p a[p, r] b[p, c]: p outermost streams rows of a and b once
             return [
@@ -100,9 +110,9 @@ def loop_lines(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str) -> l
             f"        for c in range({cols}):",
             f"            {out}[r, c] += {a_at} * {b}[p, c]",
         ]
-    rows = _dim(a_shape[1] if ta else a_shape[0])
-    inner = _dim(a_shape[0] if ta else a_shape[1])
-    cols = _dim(b_shape[0])
+    rows = size(a_shape[1] if ta else a_shape[0])
+    inner = size(a_shape[0] if ta else a_shape[1])
+    cols = size(b_shape[0])
     a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
     return [
         f"for r in range({rows}):",

@@ -13,7 +13,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 from codegen.cpu.approx import tanh_source
 from codegen.cpu.steps import CpuSteps
@@ -42,6 +43,43 @@ JIT = '@njit(cache=True, error_model="numpy")'
 SUM_JIT = '@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")'
 
 
+def size_names(sig: Signature) -> dict[int, str]:
+    """``dim1``, ``dim2``, ...: a variable for each size of the inputs' and parameters' shapes
+    (other than 1), numbered in signature order.
+
+    Kernels read these sizes from their arrays' shapes instead of printing them, so the module's
+    text, and with it its cache file and Numba's compiled code, is the same for every model
+    that differs only in widths: a new width reuses them instead of compiling for seconds.  A
+    size of 1 stays a number (it decides broadcasting, and loops over it vanish).
+    """
+    names: dict[int, str] = {}
+    for a in [*sig.inputs, *sig.params]:
+        for d in sig.forward.node(a).shape:
+            if d is not None and d != 1 and d not in names:
+                names[d] = f"dim{len(names) + 1}"
+    return names
+
+
+def _size_sources(sizes: Mapping[int, str], arrays: Mapping[str, tuple]) -> dict[int, str]:
+    """size -> ``<array>.shape[<axis>]`` for each size in ``sizes`` that one of ``arrays`` (name
+    -> shape, in argument order) has; the first array and axis that has it."""
+    found: dict[int, str] = {}
+    for a, shape in arrays.items():
+        for axis, d in enumerate(shape):
+            if d in sizes and d not in found:
+                found[d] = f"{a}.shape[{axis}]"
+    return found
+
+
+def _bindings(sizes: Mapping[int, str], sources: Mapping[int, str], lines: list[str]):
+    """``dim<k> = <array>.shape[<axis>]`` for each size variable that ``lines`` read (outside
+    comments: a comment may name a size, and an unused variable fails the export's lint)."""
+    text = "\n".join(line.split("#", 1)[0] for line in lines)
+    return [
+        f"{sizes[d]} = {src}" for d, src in sources.items() if re.search(rf"\b{sizes[d]}\b", text)
+    ]
+
+
 def kernel(
     name: str,
     ir,
@@ -50,45 +88,55 @@ def kernel(
     dtype: str,
     workspace=False,
     returns: Sequence[str] = (),
+    sizes: Mapping[int, str] | None = None,
 ) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``; ``returns`` says what
-    each output is, in a comment above the return.
+    each output is, in a comment above the return.  ``sizes`` (size -> variable, see
+    :func:`size_names`): sizes the arguments' shapes hold are read from them, not printed.
 
-    With ``workspace``, the function takes a last argument ``ws`` (what the ``workspace(n)``
-    function printed before it returns), and every array with a leading batch dimension or no
-    batch dimension is a view of a buffer of ``ws`` (array constants that are not inlined, and
-    arrays whose batch dimension is not first, are still allocated).  Training then reuses one
-    set of buffers for every step; freshly allocated multi-MB arrays cost a page fault per 4 KiB
-    on every step (40% of a step of a 1024-wide MLP), because malloc hands freed large blocks
-    back to the OS.
+    With ``workspace``, the function takes a last argument ``ws`` (what the ``workspace(n,
+    *args)`` function printed before it returns), and every array with a leading batch dimension
+    or no batch dimension is a view of a buffer of ``ws`` (array constants that are not inlined,
+    and arrays whose batch dimension is not first, are still allocated).  Training then reuses
+    one set of buffers for every step; freshly allocated multi-MB arrays cost a page fault per
+    4 KiB on every step (40% of a step of a 1024-wide MLP), because malloc hands freed large
+    blocks back to the OS.
     """
     plan = make_plan(ir, outputs, inline_consts=True, fuse_reductions=True)
+    sources = _size_sources(sizes or {}, {a: ir.node(a).shape for a in args if a in ir.by_name})
+    bound = {d: (sizes or {})[d] for d in sources}
     # float32 tanh as a vectorizable rational function (codegen/cpu/approx.py): libm's tanhf is a
     # scalar call that cost 30% of a step of a wide tanh MLP.
-    scope = CpuSteps(dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace)
+    scope = CpuSteps(
+        dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
+    )
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
-    body = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
+    head = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
+    body = []
     for step in plan.steps:
         lines = scope.emit(step)
         body += lines + ([""] if lines else [])
     body += returned(outputs, returns)
     if not workspace:
+        body = head + _bindings(bound, sources, body) + body
         return [JIT, f"def {name}({', '.join(args)}):", *indent(drop_unused_sizes(body), 1)]
     views = [f"ws_{b}" for b in scope.buffers]
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
     if rows:  # a view past a buffer's end would write out of bounds: refuse instead
-        message = "the workspace has fewer rows than the batch: make it with workspace(n)"
-        body[2:2] = [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
-    head = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
+        message = "the workspace has fewer rows than the batch: make it with workspace(n, ...)"
+        head += [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
+    body = head + _bindings(bound, sources, body) + body
+    signature = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
-    return _workspace_function(scope) + ["", ""] + head + indent(body, 1)
+    return _workspace_function(scope, args, sources) + ["", ""] + signature + indent(body, 1)
 
 
-def _workspace_function(scope: Scope) -> list[str]:
-    """workspace(n): the buffers of the kernel printed next, for batches of up to n rows.
+def _workspace_function(scope: Scope, args: Sequence[str], sources) -> list[str]:
+    """workspace(n, *args): the buffers of the kernel printed next, for batches of up to n rows
+    (its other arguments are the kernel's, for the sizes it reads from their shapes).
 
     Plain Python: it runs once per fit, and compiling it cost 0.4 s of every cold start.
     """
@@ -97,8 +145,8 @@ def _workspace_function(scope: Scope) -> list[str]:
         for name, shape in scope.buffers.items()
     ]
     doc = '"""Buffers for one training step on up to n rows; the step overwrites them."""'
-    body = [doc, "return (", *indent(news, 1), ")"]
-    return ["def workspace(n):", *indent(body, 1)]
+    body = [doc, *_bindings(scope.size_vars, sources, news), "return (", *indent(news, 1), ")"]
+    return [f"def workspace({', '.join(['n', *args])}):", *indent(body, 1)]
 
 
 def _update_function(optimizer, dtype: str) -> list[str]:
@@ -147,57 +195,85 @@ def _array_helpers(dtype: str) -> list[str]:
     ]
 
 
-def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
-    """train_step: loss and gradients, the NaN/Inf guard, clipping, then every update.
+def _flat(sig: Signature, names: Sequence[str]) -> str:
+    """A tuple of flat views of one array per parameter (``.ravel()`` of rank 2 and more).
+
+    Every element has the same type, 1-D and contiguous, so ``update_all`` loops over the
+    tuple: one copy of the guard and update code for any number of parameters (unrolled, 60
+    inlined update loops of a 30-layer MLP were most of its cold compile).  A ravel costs 13 ns,
+    a twentieth of a step of a single neuron, so 1-D arrays are passed as they are.
+    """
+    ranks = [len(sig.forward.node(p).shape) for p in sig.params]
+    views = [a if rank == 1 else f"{a}.ravel()" for a, rank in zip(names, ranks, strict=True)]
+    return f"({', '.join(views)}{',' if len(views) == 1 else ''})"
+
+
+def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
+    """update_all: after loss_and_grads, the NaN/Inf guard, clipping, then every update.
 
     Status: 0 done, -1 loss not finite, k > 0 gradient of parameter k not finite; on a nonzero
     status no parameter has been touched.
     """
     lit = f"np.{dtype}"
-    grads = tuple(f"grad_{p}" for p in sig.params)
-    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
-    body += ["if not np.isfinite(loss):", "    return loss, -1"]
-    # all_finite, sum_squares and apply_update take flat views of these contiguous arrays: one
-    # compiled signature each, not one per rank (0.5 s of a cold start).  A ravel costs 13 ns, a
-    # twentieth of a step of a single neuron, so 1-D arrays are passed as they are.
-    ranks = {p: len(sig.forward.node(p).shape) for p in sig.params}
-
-    def flat(name: str, param: str) -> str:
-        return name if ranks[param] == 1 else f"{name}.ravel()"
-
-    for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
-        body += [f"if not all_finite({flat(g, p)}):", f"    return loss, {k + 1}"]
+    tuples = ["P_", "G_", *(f"{b}_" for b in optimizer.state)]
+    body = ["if not np.isfinite(loss):", "    return -1"]
+    body += ["for i in range(len(G_)):", "    if not all_finite(G_[i]):", "        return i + 1"]
     if optimizer.clip_norm is not None:
-        sq = " + ".join(
-            f"sum_squares({flat(g, p)})" for p, g in zip(sig.params, grads, strict=True)
-        )
         body += [
-            f"norm = np.sqrt({sq})",
+            "norm = 0.0",
+            "for i in range(len(G_)):",
+            "    norm += sum_squares(G_[i])",
+            "norm = np.sqrt(norm)",
             f"gscale = {lit}(min(1.0, clip_norm / (norm + 1e-6)))",
         ]
     else:
         body.append(f"gscale = {lit}(1.0)")
+    call = ", ".join(["P_[i]", "G_[i]", *(f"{b}_[i]" for b in optimizer.state)])
+    body += ["for i in range(len(P_)):"]
+    body += [f"    apply_update({call}, {', '.join([*optimizer.hyper, 't', 'gscale'])})"]
+    body.append("return 0")
+    doc = [
+        '"""The guard and every update of one step; P_, G_ and the state tuples hold flat views',
+        "of the parameters, their gradients and buffers, in parameter order.",
+        "",
+        "Returns 0, -1 (loss not finite) or k (gradient of parameter k not finite); on a nonzero",
+        'status no parameter has been touched."""',
+    ]
+    args = ["loss", *tuples, *sig.hyper, "t"]
+    head = [JIT, f"def update_all({', '.join(args)}):"]
+    return _array_helpers(dtype) + ["", ""] + head + indent(doc + body, 1)
+
+
+def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
+    """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
+    grads = tuple(f"grad_{p}" for p in sig.params)
+    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
     n_state = len(optimizer.state)
-    for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
-        state = sig.state[k * n_state : (k + 1) * n_state]
-        arrays = [flat(a, p) for a in (p, g, *state)]
-        body.append(f"apply_update({', '.join([*arrays, *optimizer.hyper, 't', 'gscale'])})")
-    body.append("return loss, 0")
+    states = [_flat(sig, sig.state[k::n_state]) for k in range(n_state)] if n_state else []
+    flat = [_flat(sig, sig.params), _flat(sig, grads), *states]
+    body.append(f"status = update_all(loss, {', '.join([*flat, *sig.hyper, 't'])})")
+    body.append("return loss, status")
     args = [*sig.inputs, *sig.params, *sig.state, *sig.hyper, "t", "ws"]
-    step = [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
-    return _array_helpers(dtype) + ["", ""] + step
+    return [JIT, f"def train_step({', '.join(args)}):", *indent(body, 1)]
 
 
-def _epoch_function(sig: Signature, dtype: str) -> list[str]:
+def _epoch_function(
+    sig: Signature, state_buffers: Sequence[str], dtype: str, sizes: Mapping[int, str]
+) -> list[str]:
     """train_epoch: every mini-batch of ``perm`` in one compiled call.
+
+    The loop calls loss_and_grads and update_all itself, not train_step: Numba links a callee's
+    code into its caller and LLVM optimizes it again at every call level, so the extra level
+    cost a cold start 16% (digits) to 43% (10 dense layers) more.
 
     ``lrs`` (one learning rate per step) takes the place of ``lr``, which Optimizer keeps first
     among the hyper-parameters; the compiled back ends and export both rely on that order.
     """
     batches = [f"{i}_all" for i in sig.inputs]
     hyper = ["lrs" if h == "lr" else h for h in sig.hyper]
-    step_args = [*sig.inputs, *sig.params, *sig.state]
-    step_args += ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
+    n_state = len(state_buffers)
+    sources = _size_sources(sizes, {f"{i}_all": sig.forward.node(i).shape for i in sig.inputs})
+    scope = Scope(dtype, sizes={d: sizes[d] for d in sources})
     loop = ["idx = perm[start : start + batch_size]"]
     for i in sig.inputs:  # gather the batch's rows into a buffer: no allocation per step
         # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.
@@ -205,24 +281,33 @@ def _epoch_function(sig: Signature, dtype: str) -> list[str]:
         index = [f"i{k + 1}" for k in range(len(dims))]
         copy = [f"{i}[{', '.join(['r', *index])}] = {i}_all[{', '.join(['idx[r]', *index])}]"]
         loop += [f"{i} = {i}_batch[: idx.shape[0]]", "for r in range(idx.shape[0]):"]
-        loop += indent(loop_header(dims, index) + indent(copy, len(dims)), 1)
+        loop += indent(loop_header(dims, index, scope) + indent(copy, len(dims)), 1)
+    grads = tuple(f"grad_{p}" for p in sig.params)
+    hyper_now = ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
+    update = ["P_", _flat(sig, grads), *(f"{b}_" for b in state_buffers), *hyper_now]
     loop += [
-        f"loss, status = train_step({', '.join(step_args)}, np.{dtype}(t0 + steps + 1), ws)",
+        f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)",
+        f"status = update_all(loss, {', '.join(update)}, np.{dtype}(t0 + steps + 1))",
         "if status != 0:",
         "    return total, steps, status",
         "total += loss * idx.shape[0]",
         "steps += 1",
     ]
-    body = ["total = 0.0  # float64: only the reported epoch mean", "steps = 0"]
+    body = _bindings(scope.size_vars, sources, loop)
+    body += ["total = 0.0  # float64: only the reported epoch mean", "steps = 0"]
     body += ["rows = min(batch_size, perm.shape[0])"]
     body += [f"{i}_batch = np.empty_like({i}_all[:rows])" for i in sig.inputs]
+    # flat views of the parameters and optimizer buffers, made once for every step
+    body.append(f"P_ = {_flat(sig, sig.params)}")
+    body += [f"{b}_ = {_flat(sig, sig.state[k::n_state])}" for k, b in enumerate(state_buffers)]
     body += ["for start in range(0, perm.shape[0], batch_size):", *indent(loop, 1)]
     body.append("return total, steps, 0")
     args = [*batches, "perm", "batch_size", *sig.params, *sig.state, *hyper, "t0", "ws"]
     doc = [
         '"""Mini-batch steps in the order of perm; returns (loss sum, steps, status).',
         "",
-        "ws: workspace(rows) for rows >= min(batch_size, perm.shape[0]), reused by every step.",
+        "ws: workspace(rows, ...) for rows >= min(batch_size, perm.shape[0]), reused by every",
+        "step.",
         '"""',
     ]
     return [JIT, f"def train_epoch({', '.join(args)}):", *indent([*doc, *body], 1)]
@@ -231,11 +316,11 @@ def _epoch_function(sig: Signature, dtype: str) -> list[str]:
 def forward_kernel(graph, outputs: Sequence[str], sig: Signature, dtype: str) -> list[str]:
     outs = [sig.ident[o] for o in outputs]
     args = [sig.ident[i] for i in forward_inputs(graph, outputs)] + list(sig.params)
-    return kernel("forward", sig.forward, outs, args, dtype)
+    return kernel("forward", sig.forward, outs, args, dtype, sizes=size_names(sig))
 
 
 def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
-    """``workspace(n)`` and the ``loss_and_grads`` kernel: the loss and every gradient."""
+    """``workspace(n, ...)`` and the ``loss_and_grads`` kernel: the loss and every gradient."""
     return kernel(
         "loss_and_grads",
         sig.training,
@@ -244,6 +329,7 @@ def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
         dtype,
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
+        sizes=size_names(sig),
     )
 
 
@@ -252,14 +338,16 @@ def module_source(
 ) -> str:
     """The whole kernel module for a graph (and its optimizer) as Python source text."""
     sig = signature(graph, optimizer)
-    lines = header(graph, optimizer, dtype)
+    sizes = size_names(sig)
+    lines = header(graph, optimizer, dtype, sizes)
     lines += [""]
     lines += training_kernel(sig, dtype)
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:
         lines += ["", ""] + _update_function(optimizer, dtype)
+        lines += ["", ""] + _update_all_function(sig, optimizer, dtype)
         lines += ["", ""] + _step_function(sig, optimizer, dtype)
-        lines += ["", ""] + _epoch_function(sig, dtype)
+        lines += ["", ""] + _epoch_function(sig, optimizer.state, dtype, sizes)
     text = "\n".join(lines) + "\n"
     if "tanh_r(" in text:  # defined once, before the kernels that call it
         first = text.index("@njit")

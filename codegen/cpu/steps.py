@@ -11,7 +11,7 @@ import sympy
 
 from codegen.cpu import matmul
 from codegen.plan import Step
-from codegen.steps import StepEmitter, comment, extent, indent, loop_header
+from codegen.steps import StepEmitter, comment, indent, loop_header
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 
@@ -24,10 +24,11 @@ def _reduce_target(node: Node, index: list[str]) -> str:
     return f"{node.name}[{', '.join(out)}]" if out else node.name
 
 
-def _over_rows(shape, body: list[str]) -> list[str]:
-    """body once per row i0 of a 2-D value: its own rows, which are the batch only when its
-    first dimension is (a softmax of a parameter has as many rows as the parameter)."""
-    return [f"for i0 in range({extent(shape[0])}):", *indent(body, 1)]
+def _over_rows(rows: str, body: list[str]) -> list[str]:
+    """body once per row i0 of a 2-D value: its own rows (``rows``, as the code spells their
+    number), which are the batch only when its first dimension is (a softmax of a parameter has
+    as many rows as the parameter)."""
+    return [f"for i0 in range({rows}):", *indent(body, 1)]
 
 
 class CpuSteps(StepEmitter):
@@ -71,14 +72,14 @@ class CpuSteps(StepEmitter):
         body += [f"{_reduce_target(r, index)} += {scalar[r.inputs[0]]}" for r in step.reductions]
         if not shape:
             return lines + body
-        return lines + loop_header(shape, index) + indent(body, len(shape))
+        return lines + loop_header(shape, index, self) + indent(body, len(shape))
 
     def emit_matmul(self, step: Step) -> list[str]:
         node = step.node
         a, b = node.inputs
         ta, tb = bool(node.attr("ta")), bool(node.attr("tb"))
         a_shape, b_shape = self.ir.node(a).shape, self.ir.node(b).shape
-        how, why = matmul.choose(a_shape, b_shape, ta, tb)
+        how, why = matmul.choose(a_shape, b_shape, ta, tb, self.dim)
         head = [comment(node), f"# {why}"]
         dot = f"np.dot({a}{'.T' if ta else ''}, {b}{'.T' if tb else ''}"
         if how == "blas":
@@ -87,7 +88,7 @@ class CpuSteps(StepEmitter):
                 return [*head, f"{node.name} = {dot})"]
             return [*head, f"{node.name} = {view}", f"{dot}, {node.name})"]
         lines = head + self.empty(node.name, node.shape)
-        loops = matmul.loop_lines(node.name, a, b, a_shape, b_shape, ta, tb, self.dtype)
+        loops = matmul.loop_lines(node.name, a, b, a_shape, b_shape, ta, tb, self.dtype, self.dim)
         if how == "loops":
             return lines + loops
         return lines + [f"if {how}:", *indent(loops, 1), "else:", f"    {dot}, {node.name})"]
@@ -98,7 +99,7 @@ class CpuSteps(StepEmitter):
         src = self.ir.node(x).shape
         index = [f"i{k}" for k in range(len(src))]
         lines = [comment(node), *self.empty(node.name, node.shape, "zeros")]
-        lines += loop_header(src, index)
+        lines += loop_header(src, index, self)
         lines += indent([f"{_reduce_target(node, index)} += {x}[{', '.join(index)}]"], len(src))
         return lines
 
@@ -121,10 +122,10 @@ class CpuSteps(StepEmitter):
         """
         lines = [
             f"m = {z}[i0, 0]",
-            f"for j in range(1, {k}):",
+            f"for j in range(1, {self.dim(k)}):",
             f"    m = max(m, {z}[i0, j])",
             f"s = {self.literal(0)}",
-            f"for j in range({k}):",
+            f"for j in range({self.dim(k)}):",
         ]
         if keep is None:
             return lines + [f"    s += np.exp({z}[i0, j] - m)"]
@@ -134,23 +135,25 @@ class CpuSteps(StepEmitter):
         node = step.node
         (z,), k = node.inputs, extent(node.shape[-1])  # the classes may be the batch: n
         body = self._row_stats(z, k, keep=node.name) + [
-            f"for j in range({k}):",
+            f"for j in range({self.dim(k)}):",
             f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
         ]
         lines = [comment(node), *self.empty(node.name, node.shape)]
-        return lines + _over_rows(node.shape, body)
+        return lines + _over_rows(self.dim(node.shape[0]), body)
 
     def emit_softmax_grad(self, step: Step) -> list[str]:
         node = step.node
         (y, g), k = node.inputs, extent(node.shape[-1])
         body = [
             f"d = {self.literal(0)}",
-            f"for j in range({k}):",
+            f"for j in range({self.dim(k)}):",
             f"    d += {g}[i0, j] * {y}[i0, j]",
-            f"for j in range({k}):",
+            f"for j in range({self.dim(k)}):",
             f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
         ]
-        return [comment(node), *self.empty(node.name, node.shape)] + _over_rows(node.shape, body)
+        return [comment(node), *self.empty(node.name, node.shape)] + _over_rows(
+            self.dim(node.shape[0]), body
+        )
 
     def _ce_partner(self, step: Step, op: str) -> Node | None:
         for other in self.plan.steps:
@@ -170,28 +173,32 @@ class CpuSteps(StepEmitter):
         shape = self.ir.node(z).shape
         k = extent(shape[-1])
         # the mean over the logits' rows: the batch only when they have a batch axis
-        rows = "nf" if shape[0] is None else self.literal(shape[0])
+        rows = "nf" if shape[0] is None else self.count(shape[0])
         lines, body = [], self._row_stats(z, k, keep=grad.name if grad is not None else None)
         # A row's loss is tsum logsumexp(z) - sum(t z), tsum = sum(t): -sum(t log softmax(z))
         # also for target rows that do not sum to 1 (padding rows of zeros, multi-label rows),
         # as in torch.
-        body += [f"tsum = {self.literal(0)}", f"for j in range({k}):", f"    tsum += {t}[i0, j]"]
+        body += [
+            f"tsum = {self.literal(0)}",
+            f"for j in range({self.dim(k)}):",
+            f"    tsum += {t}[i0, j]",
+        ]
         if loss is not None:
             lines += [comment(loss), f"{loss.name} = {self.literal(0)}"]
             body += [
                 f"d = {self.literal(0)}",
-                f"for j in range({k}):",
+                f"for j in range({self.dim(k)}):",
                 f"    d += {t}[i0, j] * {z}[i0, j]",
             ]
             body += [f"{loss.name} += tsum * (m + np.log(s)) - d"]
         if grad is not None:
             lines += [comment(grad), *self.empty(grad.name, grad.shape)]
             body += [
-                f"for j in range({k}):",
+                f"for j in range({self.dim(k)}):",
                 f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s * tsum - {t}[i0, j]) / {rows}",
             ]
         self.done.update(n.name for n in (loss, grad) if n is not None)
-        lines += _over_rows(shape, body)
+        lines += _over_rows(self.dim(shape[0]), body)
         if loss is not None:
             lines.append(f"{loss.name} = {loss.name} / {rows}")
         return lines

@@ -63,7 +63,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     epoch = ["*arrays", "perm", "batch_size", "*_arrays(params, PARAMS)", "*_arrays(state, STATE)"]
     epoch += ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper] + [
         "t0",
-        "workspace(batch_size)",
+        "workspace(batch_size, *arrays, *_arrays(params, PARAMS))",
     ]
     fill |= {
         "hyper": ", ".join([*hyper, "t"]),
@@ -82,9 +82,9 @@ def _data(*arrays):
     return tuple(np.ascontiguousarray(a, dtype=DTYPE) for a in arrays)
 
 
-def _workspace(arrays):
+def _workspace(arrays, params):
     """Buffers for one step on this batch (the kernels allocate nothing themselves)."""
-    return workspace(arrays[0].shape[0] if arrays else 1)
+    return workspace(arrays[0].shape[0] if arrays else 1, *arrays, *_arrays(params, PARAMS))
 
 
 {def_loss}
@@ -95,7 +95,7 @@ def _workspace(arrays):
 {def_grads}
     """The backward pass: the loss's gradient for every parameter on one batch, by name."""
     arrays = _data(*_batch(INPUTS, {xs}))
-    out = loss_and_grads(*arrays, *_arrays(params, PARAMS), _workspace(arrays))
+    out = loss_and_grads(*arrays, *_arrays(params, PARAMS), _workspace(arrays, params))
     return dict(zip(PARAMS, out[1:], strict=True))
 
 
@@ -103,7 +103,7 @@ def _workspace(arrays):
     """One optimizer step (step number t, from 1) on one batch, in place; returns the loss."""
     arrays = _data(*_batch(INPUTS, {xs}))
     hyper = [DTYPE(h) for h in ({hyper})]
-    ws = _workspace(arrays)
+    ws = _workspace(arrays, params)
     value, status = train_step(
         *arrays, *_arrays(params, PARAMS), *_arrays(state, STATE), *hyper, ws
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import networkx as nx
 import sympy
 
 from graphnn.derive.formula import Formula, call, elementwise, hadamard, symbol
@@ -93,16 +92,23 @@ def gradient_formula(
     grad_node: str,
     forward: set[str],
     known: Mapping[str, Formula] | None = None,
+    memo: dict[str, Formula] | None = None,
 ) -> Formula:
     """The matrix-form formula of one gradient node of a training graph.
 
     ``forward`` names the forward nodes: they appear as symbols and are inputs of ``evaluate``.
     ``known`` gives some nodes a formula of their own (``explain`` shows a cotangent as ``δ(v)``).
+    ``memo``: formulas already assembled for this training graph and ``forward`` (node name ->
+    formula), filled in as nodes are assembled.  Sharing it between the gradients of one graph
+    assembles each cotangent once: the gradients of a deep MLP all read the same chain, and
+    assembling it again for each of a 30-layer MLP's 62 parameters took 0.7 s of every start.
     """
     assembler = _Assembler(training, forward)
+    if memo is not None:
+        assembler.memo = memo
     assembler.memo.update(known or {})
     # Assemble the nodes it reads inputs-first, so a deep graph never recurses deeply.
-    needed = nx.ancestors(training.dag, grad_node)
+    needed = training.ancestors([grad_node]) - {grad_node}
     for node in training.nodes:
         if node.name in needed:
             assembler.of(node.name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import networkx as nx
 import sympy
 
 from codegen.steps import describe
@@ -91,8 +90,8 @@ def cotangent_nodes(graph) -> dict[str, str | sympy.Expr]:
 
 def path(graph, param: str) -> list[str]:
     """Forward nodes from the loss down to ``param`` (reverse topological order)."""
-    dag, loss = graph.forward.dag, graph.loss_name
-    on = (nx.ancestors(dag, loss) | {loss}) & (nx.descendants(dag, param) | {param})
+    fwd, loss = graph.forward, graph.loss_name
+    on = fwd.ancestors([loss]) & (fwd.descendants(param) | {param})
     return [n.name for n in reversed(graph.forward.nodes) if n.name in on]
 
 
@@ -143,6 +142,6 @@ def local(consumer: Node, wrt: str) -> Local:
 def backward_nodes(graph, param: str) -> list[str]:
     """The training-graph nodes that compute dLoss/d(param), in evaluation order."""
     grad = graph.grad_names[param]
-    needed = nx.ancestors(graph.training.dag, grad) | {grad}
+    needed = graph.training.ancestors([grad])
     forward = graph.forward.by_name
     return [n.name for n in graph.training.nodes if n.name in needed and n.name not in forward]

@@ -40,7 +40,7 @@ RESERVED = {"P", "G", "t", "i", "gscale", "norm", "clip_norm", "loss", "status",
 RESERVED |= {"steps", "start", "idx", "perm", "batch_size", "lrs", "t0", "np", "math", "njit"}
 RESERVED |= set(_FUNCTIONS) | {"FASTMATH", "range", "float32", "float64"}
 RESERVED |= {"all_finite", "sum_squares", "apply_update", "loss_and_grads", "train_step"}
-RESERVED |= {"train_epoch", "forward"}
+RESERVED |= {"update_all", "train_epoch", "forward"}
 
 
 def state_key(buffer: str, param: str) -> str:

@@ -94,7 +94,8 @@ class DataParallel:
         self.grads = [self.G[a:b].reshape(s) for a, b, s in self._spans()]
         rows = -(-batch_size // self.ranks)  # the most rows a rank takes from one global batch
         self.batch = {i: np.empty((rows, *train[i].shape[1:]), self.dtype) for i in self.inputs}
-        self.ws = module.workspace(rows)
+        arrays = [*self.batch.values(), *(model.params[p] for p in self.names)]
+        self.ws = module.workspace(rows, *arrays)  # the sizes of its buffers are theirs
         self.copied = list(range(len(self.names)))  # gradients not written into G's views
         self.local_rows = np.arange(0)
         self.kind = "mean"

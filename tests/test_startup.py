@@ -1,0 +1,132 @@
+"""What a start costs, checked by behaviour rather than by the clock: which modules ``import
+graphnn`` loads, which kernels a call compiles, and how the generated training code grows with
+the number of parameters (``benchmarks/startup_profile.py`` measures the times themselves).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from codegen import cache
+from codegen.cpu import backend as cpu_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mlp(hidden: int, width: int = 4):
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    h, sizes = x, [3] + [width] * hidden + [2]
+    for k in range(len(sizes) - 1):
+        W = gn.param(f"W{k + 1}", (sizes[k], sizes[k + 1]), init="he_normal")
+        b = gn.param(f"b{k + 1}", (sizes[k + 1],), init="zeros")
+        h = h @ W + b
+        h = gn.relu(h) if k < len(sizes) - 2 else h
+    return gn.Graph(gn.softmax_cross_entropy(h, y))
+
+
+@pytest.fixture
+def private_modules(monkeypatch, tmp_path):
+    """An empty kernel cache and no module loaded yet: what a kernel compiles is this test's."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_LOADED", {})
+
+
+def _data(rows: int = 16):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, rows)]
+    return {"x": x, "y": y}
+
+
+def test_import_graphnn_loads_no_heavy_module_it_does_not_need():
+    # networkx (0.12 s of every start) is gone; numba, scipy and matplotlib load on first use.
+    code = (
+        "import sys, graphnn\n"
+        "heavy = {'networkx', 'numba', 'scipy', 'matplotlib', 'tqdm', 'sklearn', 'llvmlite'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]"]
+
+
+def test_training_code_does_not_grow_per_parameter():
+    # One copy of the guard and the update, looped over flat views of every parameter: unrolled
+    # per parameter, a 30-layer MLP's 60 inlined update loops were most of its cold compile.
+    # train_epoch calls loss_and_grads itself: through train_step, LLVM optimized the step's
+    # code once more.
+    for hidden in (1, 6):
+        text = cpu_backend.source(_mlp(hidden), gn.Adam(lr=0.01, clip_norm=1.0))
+        for name in ("apply_update", "all_finite", "sum_squares"):
+            assert len(re.findall(rf"(?<!def ){name}\(", text)) == 1, (hidden, name)
+        epoch = text[text.index("def train_epoch(") :]
+        assert "loss_and_grads(" in epoch and "train_step(" not in epoch
+
+
+def test_fit_compiles_no_forward_kernel_and_no_unused_helper(private_modules):
+    # Numba compiles a kernel on its first call: fit compiles the training path only; evaluate
+    # and predict compile their forward kernels when first called, and sum_squares (gradient
+    # clipping) is never compiled for an optimizer without clip_norm.
+    model = gn.compile(_mlp(1), gn.SGD(lr=0.1, momentum=0.9), backend="cpu")
+    data = _data()
+    model.fit(data, epochs=1, batch_size=8)
+    module = model.trainer.module
+    assert len(module.train_epoch.signatures) == 1
+    assert module.forward.signatures == [] and module.sum_squares.signatures == []
+    assert module.train_step.signatures == []  # train_epoch calls loss_and_grads itself
+    model.evaluate(data)
+    assert len(module.forward.signatures) == 1
+    assert model._predictors == {}
+    model.predict({"x": data["x"]})
+    (predictor,) = model._predictors.values()
+    assert len(predictor.module.forward.signatures) == 1
+    assert predictor.module.train_epoch.signatures == []
+
+
+def test_models_differing_only_in_widths_share_their_compiled_module(private_modules):
+    # Kernels read sizes from their arrays, so a new width is the same module text: the same
+    # cache file and the same compiled train_epoch (a width change used to recompile for
+    # seconds).  A width equal to another size (hidden = 2 = classes) is another pattern, and
+    # another module; every one trains as the NumPy reference does.
+    opt = gn.SGD(lr=0.1, momentum=0.9)
+    graphs = {w: _mlp(1, width=w) for w in (4, 7, 2)}
+    texts = {w: cpu_backend.source(g, opt) for w, g in graphs.items()}
+    assert texts[4] == texts[7] != texts[2]
+    assert "range(4)" not in texts[4] and "range(7)" not in texts[7]
+    data, models = _data(), {}
+    for w, g in graphs.items():
+        ref = gn.compile(g, opt, backend="numpy")
+        models[w] = gn.compile(g, opt, backend="cpu")
+        for m in (ref, models[w]):
+            m.fit(data, epochs=2, batch_size=8, shuffle=False)
+        for p in g.param_names:
+            np.testing.assert_allclose(models[w].params[p], ref.params[p], rtol=1e-4, atol=1e-5)
+    assert models[4].trainer.module is models[7].trainer.module
+    assert len(models[7].trainer.module.train_epoch.signatures) == 1
+    assert models[2].trainer.module is not models[4].trainer.module
+
+
+def test_gradient_formulas_of_one_graph_assemble_each_node_once(monkeypatch):
+    # The module header shows every parameter's formula; a deep MLP's gradients all read the
+    # same chain of cotangents, which was assembled again for each parameter (0.7 s of every
+    # start, warm or cold, of a 30-layer MLP).
+    from graphnn.derive import matrixform
+
+    built = []
+    build = matrixform._Assembler._build
+    monkeypatch.setattr(
+        matrixform._Assembler,
+        "_build",
+        lambda self, node: built.append(node.name) or build(self, node),
+    )
+    g = _mlp(6)
+    formulas = [str(g.gradient(p)) for p in g.param_names]
+    assert len(built) == len(set(built)) <= len(g.training.nodes)
+    assert formulas[0].startswith("x^T")
