@@ -133,7 +133,7 @@ class CpuSteps(StepEmitter):
 
     def emit_softmax(self, step: Step) -> list[str]:
         node = step.node
-        (z,), k = node.inputs, extent(node.shape[-1])  # the classes may be the batch: n
+        (z,), k = node.inputs, node.shape[-1]  # the classes may be the batch: n
         body = self._row_stats(z, k, keep=node.name) + [
             f"for j in range({self.dim(k)}):",
             f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
@@ -143,7 +143,7 @@ class CpuSteps(StepEmitter):
 
     def emit_softmax_grad(self, step: Step) -> list[str]:
         node = step.node
-        (y, g), k = node.inputs, extent(node.shape[-1])
+        (y, g), k = node.inputs, node.shape[-1]
         body = [
             f"d = {self.literal(0)}",
             f"for j in range({self.dim(k)}):",
@@ -171,7 +171,7 @@ class CpuSteps(StepEmitter):
             loss, grad = self._ce_partner(step, "softmax_ce"), node
         (z, t) = node.inputs
         shape = self.ir.node(z).shape
-        k = extent(shape[-1])
+        k = shape[-1]
         # the mean over the logits' rows: the batch only when they have a batch axis
         rows = "nf" if shape[0] is None else self.count(shape[0])
         lines, body = [], self._row_stats(z, k, keep=grad.name if grad is not None else None)
