@@ -12,6 +12,10 @@ _user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
 os.environ.setdefault(
     "GRAPHNN_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"graphnn-test-cache-{_user}")
 )
+# Training runs stepwise (shared step kernels) and never starts a background compile of the fused
+# epoch: hundreds of fits would each start one.  tests/test_stepwise.py checks, bit for bit on
+# every case, that the fused epoch computes what the stepwise one does, and tests the switch.
+os.environ.setdefault("GRAPHNN_FUSED", "never")
 
 
 def pytest_addoption(parser):

@@ -77,10 +77,10 @@ def garble(path: Path, keep: int = 0) -> None:
 
 PYC_HEADER = 16  # magic, flags, source mtime and size: kept, so Python trusts the file
 DAMAGE = {
-    "nbi-truncated": ("__pycache__/*train_epoch*.nbi", truncate),
-    "nbi-garbled": ("__pycache__/*forward*.nbi", garble),
+    "nbi-truncated": ("__pycache__/*.step-*.nbi", truncate),
+    "nbi-garbled": ("__pycache__/*apply_update*.nbi", garble),
     "nbc-truncated": ("__pycache__/*all_finite*.nbc", truncate),
-    "nbc-garbled": ("__pycache__/*train_epoch*.nbc", garble),
+    "nbc-garbled": ("__pycache__/*.step-*.nbc", garble),
     "pyc-truncated": ("__pycache__/*.pyc", lambda p: truncate(p)),
     "pyc-garbled": ("__pycache__/*.pyc", lambda p: garble(p, PYC_HEADER)),
     "derivative-garbled": ("derivatives/*.pickle", garble),

@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 import graphnn as gn
 from codegen import cache
 from codegen.cpu import backend as cpu_backend
+from codegen.cpu.module import stepwise_source
 from codegen.plan import make_plan
 from codegen.signature import signature
 from graphnn.ir.elementwise import ELEMENTWISE
@@ -225,9 +226,11 @@ def _float_types(sig, results=True) -> set:
     return {t for t in types if isinstance(t, numba.types.Float)}
 
 
-def test_kernels_are_float32_end_to_end():
+def test_kernels_are_float32_end_to_end(monkeypatch):
     # Through the driver: every float the compiled functions take or return is float32
-    # (train_epoch's epoch loss sum is the one documented float64).
+    # (train_epoch's epoch loss sum is the one documented float64): the fused epoch (compiled
+    # before the first epoch here) and every step kernel of the stepwise module (evaluate).
+    monkeypatch.setenv("GRAPHNN_FUSED", "wait")
     g, data = _mlp("gelu"), _mlp_data()  # erf and exp: the transcendental-heavy activation
     model = gn.compile(g, gn.Adam(lr=0.01), backend="cpu")
     model.fit(data, epochs=1, batch_size=8, shuffle=False)
@@ -235,8 +238,11 @@ def test_kernels_are_float32_end_to_end():
     module = model.trainer.module
     (epoch,) = module.train_epoch.nopython_signatures
     assert _float_types(epoch, results=False) == {numba.float32}, epoch
-    (forward,) = module.forward.nopython_signatures
-    assert _float_types(forward) == {numba.float32}, forward
+    stepwise = model.trainer.stepwise
+    steps = [getattr(stepwise, k) for k in dir(stepwise) if k.startswith("step_")]
+    sigs = [sig for k in steps for sig in k.nopython_signatures]
+    assert len(sigs) >= 4  # evaluate ran the forward's step kernels
+    assert set().union(*(_float_types(sig) for sig in sigs)) == {numba.float32}, sigs
     args = [data["x"], data["y"], *(model.params[p] for p in g.param_names)]
     module.loss_and_grads(*args, module.workspace(len(data["x"]), *args))
     (grads,) = module.loss_and_grads.nopython_signatures
@@ -284,9 +290,14 @@ def test_float64_dtype():
     for p in g.param_names:
         assert cpu.params[p].dtype == np.float64
         assert_close(cpu.params[p], ref.params[p], p, rtol=1e-9, atol=1e-12)
-    (sig,) = cpu_backend.build(g, None, "float64").loss_and_grads.nopython_signatures
-    *arrays, ws = sig.args  # the data and parameters, then the workspace's buffers
-    assert all(a.dtype == numba.float64 for a in [*arrays, *ws.types])
+    # value_and_grad and training ran the stepwise module's kernels: float64 everywhere
+    stepwise = cpu_backend.build_stepwise(g, None, "float64")
+    steps = [getattr(stepwise, k) for k in dir(stepwise) if k.startswith("step_")]
+    sigs = [sig for k in steps for sig in k.nopython_signatures]
+    # (a kernel with no dtype in its text, np.dot's, also serves float32 models: one signature
+    # each, never mixed)
+    assert all(len(_float_types(sig)) == 1 for sig in sigs), sigs
+    assert len([sig for sig in sigs if _float_types(sig) == {numba.float64}]) >= 4, sigs
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -470,15 +481,19 @@ def test_debug_env_prints_source(monkeypatch, capsys, level, shown):
     g.value_and_grad(g.init_params(0), _mlp_data(), backend="cpu")
     out = capsys.readouterr().out
     assert ("def loss_and_grads(" in out) == shown
-    if shown:
-        assert cpu_backend.source(g) in out
+    if shown:  # what runs: the stepwise glue and each step kernel it calls
+        glue, kernels = stepwise_source(g)
+        assert glue in out
+        assert kernels and all(f"# {k.name}\n{k.source}" in out for k in kernels)
 
 
 def test_value_and_grad_builds_once_per_graph_and_dtype(monkeypatch):
     g, data = _mlp("tanh"), _mlp_data()
     rendered = []
-    real = cpu_backend.source
-    monkeypatch.setattr(cpu_backend, "source", lambda *a, **k: rendered.append(a) or real(*a, **k))
+    real = cpu_backend.stepwise_source
+    monkeypatch.setattr(
+        cpu_backend, "stepwise_source", lambda *a, **k: rendered.append(a) or real(*a, **k)
+    )
     params = g.init_params(0)
     first = g.value_and_grad(params, data, backend="cpu")
     params["W1"] = params["W1"] + 0.5

@@ -70,24 +70,49 @@ def test_training_code_does_not_grow_per_parameter():
         assert "loss_and_grads(" in epoch and "train_step(" not in epoch
 
 
-def test_fit_compiles_no_forward_kernel_and_no_unused_helper(private_modules):
-    # Numba compiles a kernel on its first call: fit compiles the training path only; evaluate
-    # and predict compile their forward kernels when first called, and sum_squares (gradient
-    # clipping) is never compiled for an optimizer without clip_norm.
+def _step_kernels(glue, function: str) -> set:
+    """The step kernels that ``function`` of a stepwise module calls."""
+    import inspect
+
+    text = inspect.getsource(getattr(glue, function))
+    return {getattr(glue, name) for name in re.findall(r"\b(step_[0-9a-f]{12})\(", text)}
+
+
+def test_fit_compiles_no_forward_kernel_and_no_unused_helper(private_modules, monkeypatch):
+    # Numba compiles a kernel on its first call: fit compiles the training path only (with
+    # GRAPHNN_FUSED=wait, the fused train_epoch and nothing else of the fused module); evaluate
+    # and predict compile their forward step kernels when first called, and sum_squares
+    # (gradient clipping) is never compiled for an optimizer without clip_norm.
+    monkeypatch.setenv("GRAPHNN_FUSED", "wait")
     model = gn.compile(_mlp(1), gn.SGD(lr=0.1, momentum=0.9), backend="cpu")
     data = _data()
     model.fit(data, epochs=1, batch_size=8)
-    module = model.trainer.module
+    module, glue = model.trainer.module, model.trainer.stepwise
     assert len(module.train_epoch.signatures) == 1
     assert module.forward.signatures == [] and module.sum_squares.signatures == []
     assert module.train_step.signatures == []  # train_epoch calls loss_and_grads itself
+    assert glue.sum_squares.signatures == []
+    forward_only = _step_kernels(glue, "forward") - _step_kernels(glue, "loss_and_grads")
+    assert forward_only and all(k.signatures == [] for k in forward_only)
     model.evaluate(data)
-    assert len(module.forward.signatures) == 1
+    assert all(len(k.signatures) == 1 for k in forward_only)
+    assert module.forward.signatures == []  # evaluate runs stepwise
     assert model._predictors == {}
     model.predict({"x": data["x"]})
     (predictor,) = model._predictors.values()
-    assert len(predictor.module.forward.signatures) == 1
+    assert all(k.signatures for k in _step_kernels(predictor.stepwise, "forward"))
     assert predictor.module.train_epoch.signatures == []
+
+
+def test_stepwise_fit_compiles_nothing_of_the_fused_module(private_modules, monkeypatch):
+    monkeypatch.setenv("GRAPHNN_FUSED", "never")
+    model = gn.compile(_mlp(2), gn.Adam(lr=0.01), backend="cpu")
+    model.fit(_data(), epochs=2, batch_size=8)
+    model.evaluate(_data())
+    module = model.trainer.module
+    compiled = [f for f in vars(module).values() if getattr(f, "signatures", None)]
+    assert compiled == []
+    assert _step_kernels(model.trainer.stepwise, "loss_and_grads")
 
 
 def test_models_differing_only_in_widths_share_their_compiled_module(private_modules):
@@ -109,7 +134,9 @@ def test_models_differing_only_in_widths_share_their_compiled_module(private_mod
         for p in g.param_names:
             np.testing.assert_allclose(models[w].params[p], ref.params[p], rtol=1e-4, atol=1e-5)
     assert models[4].trainer.module is models[7].trainer.module
-    assert len(models[7].trainer.module.train_epoch.signatures) == 1
+    assert models[4].trainer.stepwise is models[7].trainer.stepwise
+    steps = _step_kernels(models[7].trainer.stepwise, "loss_and_grads")
+    assert steps and all(len(k.signatures) == 1 for k in steps)  # compiled once for both
     assert models[2].trainer.module is not models[4].trainer.module
 
 

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from codegen.cache import load_module
-from codegen.cpu.module import module_source
+from codegen.cache import load_module, module_path
+from codegen.cpu.fused_compile import FusedEpoch
+from codegen.cpu.module import module_source, stepwise_source, update_kernels_source
 from codegen.signature import forward_inputs, signature
 
 
@@ -33,6 +34,26 @@ def build(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()):
     if debug_level() >= 2:
         print(text)
     return load_module(text)
+
+
+def build_stepwise(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()):
+    """The stepwise module (:mod:`codegen.cpu.stepwise`) with its step kernels bound to it.
+
+    Each step kernel is a module of its own, content-addressed: a model that shares a block
+    with one compiled before (any layer of any model) loads it from Numba's cache."""
+    text, kernels = stepwise_source(graph, optimizer, np.dtype(dtype).name, tuple(outputs))
+    if debug_level() >= 2:
+        print(text)
+        for k in kernels:
+            print(f"# {k.name}\n{k.source}")
+    glue = load_module(text)
+    for k in kernels:
+        setattr(glue, k.name, load_module(k.source).step)
+    shared = load_module(update_kernels_source(optimizer, np.dtype(dtype).name))
+    for name in ("apply_update", "all_finite", "sum_squares"):
+        if hasattr(shared, name):
+            setattr(glue, name, getattr(shared, name))
+    return glue
 
 
 def debug_level() -> int:
@@ -51,7 +72,7 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     modules = _GRAD_MODULES.setdefault(graph, {})
     key = np.dtype(dtype).name
     if key not in modules:
-        modules[key] = build(graph, None, dtype)
+        modules[key] = build_stepwise(graph, None, dtype)
     module = modules[key]
     args = [values[n.name] for n in graph.forward.inputs]
     # A parameter the loss does not depend on (it feeds only an extra output) has a zero
@@ -69,12 +90,18 @@ class Trainer:
     def __init__(self, graph, optimizer, dtype="float32", outputs: Sequence[str] = ()):
         self.graph, self.optimizer, self.dtype = graph, optimizer, np.dtype(dtype)
         self.outputs = tuple(outputs) or (graph.loss_name,)
-        self.module = build(graph, optimizer, dtype, self.outputs)
+        # The fused module is imported, not compiled: Numba compiles its train_epoch on first
+        # use, here or in a background process (codegen.cpu.fused_compile).  Until then every
+        # step, and always forward and value_and_grad, run on the stepwise module.
+        text = source(graph, optimizer, dtype, self.outputs)
+        self.module = load_module(text)
+        self.fused = FusedEpoch(self.module, module_path(text))
+        self.stepwise = build_stepwise(graph, optimizer, dtype, self.outputs)
         self.sig = signature(graph, optimizer)
         self._ws = None  # (rows, buffers) of the last workspace
-        # The steps' NaN/Inf test, for the driver's check of parameters after an epoch: compiled
-        # for flat arrays of this dtype with train_step, so calling it compiles nothing.
-        self.all_finite = getattr(self.module, "all_finite", None)
+        # The steps' NaN/Inf test, for the driver's check of parameters after an epoch: the
+        # shared update kernels' (compiled for flat arrays of this dtype by the first step).
+        self.all_finite = getattr(self.stepwise, "all_finite", None)
 
     def _hyper(self, hyper: Mapping[str, float]) -> list:
         return [self.dtype.type(hyper[h]) for h in self.sig.hyper if h != "lr"]
@@ -87,19 +114,24 @@ class Trainer:
         args += arrays[len(self.graph.forward.inputs) :] + [state[s] for s in self.sig.state]
         args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
         ws = self._workspace(min(batch_size, len(perm)), arrays)
-        return self.module.train_epoch(*args, ws)
+        args.append(ws)
+        if self.fused.ready(args):
+            return self.module.train_epoch(*args)
+        result = self.stepwise.train_epoch(*args)
+        self.fused.start(args)  # after a stepwise epoch: its kernels need no compiler now
+        return result
 
     def _workspace(self, rows: int, arrays):
         """The step buffers, kept across epochs and fit calls (remade for a larger batch).
 
         ``arrays``: the inputs, then the parameters; the buffers' sizes are read from them."""
         if self._ws is None or self._ws[0] < rows:
-            self._ws = (rows, self.module.workspace(rows, *arrays))
+            self._ws = (rows, self.stepwise.workspace(rows, *arrays))
         return self._ws[1]
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         names = forward_inputs(self.graph, self.outputs)
-        out = self.module.forward(
+        out = self.stepwise.forward(
             *(data[i] for i in names), *(params[p] for p in self.graph.param_names)
         )
         out = out if isinstance(out, tuple) else (out,)

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from codegen.cpu.approx import tanh_source
 from codegen.cpu.steps import CpuSteps
+from codegen.cpu.stepwise import StepKernel, split_blocks
 from codegen.plan import make_plan
 from codegen.printer import print_expr
 from codegen.signature import Signature, forward_inputs, signature
@@ -89,6 +90,7 @@ def kernel(
     workspace=False,
     returns: Sequence[str] = (),
     sizes: Mapping[int, str] | None = None,
+    stepwise: list[StepKernel] | None = None,
 ) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``; ``returns`` says what
     each output is, in a comment above the return.  ``sizes`` (size -> variable, see
@@ -114,14 +116,18 @@ def kernel(
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
     head = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
-    body = []
-    for step in plan.steps:
-        lines = scope.emit(step)
-        body += lines + ([""] if lines else [])
-    body += returned(outputs, returns)
+    blocks = [scope.emit(step) for step in plan.steps]
+    tail = returned(outputs, returns)
+    jit = [JIT]
+    if stepwise is not None:
+        scalars = {v.name: f"np.{dtype}" for v in ir.nodes if v.shape == () and v.name}
+        kernels = split_blocks(blocks, tail, scalars, dtype)
+        stepwise += [k for k in kernels if k.name]
+        blocks, jit = [k.call for k in kernels], []
+    body = [line for lines in blocks if lines for line in [*lines, ""]] + tail
     if not workspace:
         body = head + _bindings(bound, sources, body) + body
-        return [JIT, f"def {name}({', '.join(args)}):", *indent(drop_unused_sizes(body), 1)]
+        return [*jit, f"def {name}({', '.join(args)}):", *indent(drop_unused_sizes(body), 1)]
     views = [f"ws_{b}" for b in scope.buffers]
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
@@ -129,7 +135,7 @@ def kernel(
         message = "the workspace has fewer rows than the batch: make it with workspace(n, ...)"
         head += [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
     body = head + _bindings(bound, sources, body) + body
-    signature = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
+    signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
     return _workspace_function(scope, args, sources) + ["", ""] + signature + indent(body, 1)
 
@@ -208,7 +214,7 @@ def _flat(sig: Signature, names: Sequence[str]) -> str:
     return f"({', '.join(views)}{',' if len(views) == 1 else ''})"
 
 
-def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
+def _update_all_function(sig: Signature, optimizer, dtype: str, jit=True) -> list[str]:
     """update_all: after loss_and_grads, the NaN/Inf guard, clipping, then every update.
 
     Status: 0 done, -1 loss not finite, k > 0 gradient of parameter k not finite; on a nonzero
@@ -240,6 +246,8 @@ def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
         'status no parameter has been touched."""',
     ]
     args = ["loss", *tuples, *sig.hyper, "t"]
+    if not jit:  # stepwise: plain Python calling the shared update kernels
+        return [f"def update_all({', '.join(args)}):", *indent(doc + body, 1)]
     head = [JIT, f"def update_all({', '.join(args)}):"]
     return _array_helpers(dtype) + ["", ""] + head + indent(doc + body, 1)
 
@@ -258,7 +266,11 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
 
 
 def _epoch_function(
-    sig: Signature, state_buffers: Sequence[str], dtype: str, sizes: Mapping[int, str]
+    sig: Signature,
+    state_buffers: Sequence[str],
+    dtype: str,
+    sizes: Mapping[int, str],
+    jit: bool = True,
 ) -> list[str]:
     """train_epoch: every mini-batch of ``perm`` in one compiled call.
 
@@ -276,6 +288,9 @@ def _epoch_function(
     scope = Scope(dtype, sizes={d: sizes[d] for d in sources})
     loop = ["idx = perm[start : start + batch_size]"]
     for i in sig.inputs:  # gather the batch's rows into a buffer: no allocation per step
+        if not jit:  # stepwise: NumPy copies the rows (a copy: the same bits)
+            loop += [f"{i} = {i}_batch[: idx.shape[0]]", f"np.take({i}_all, idx, 0, {i})"]
+            continue
         # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.
         dims = sig.forward.node(i).shape[1:]
         index = [f"i{k + 1}" for k in range(len(dims))]
@@ -290,7 +305,8 @@ def _epoch_function(
         f"status = update_all(loss, {', '.join(update)}, np.{dtype}(t0 + steps + 1))",
         "if status != 0:",
         "    return total, steps, status",
-        "total += loss * idx.shape[0]",
+        # float64, as Numba multiplies a float32 by an int64 (NumPy would keep float32)
+        "total += float(loss) * idx.shape[0]" if not jit else "total += loss * idx.shape[0]",
         "steps += 1",
     ]
     body = _bindings(scope.size_vars, sources, loop)
@@ -310,16 +326,24 @@ def _epoch_function(
         "step.",
         '"""',
     ]
-    return [JIT, f"def train_epoch({', '.join(args)}):", *indent([*doc, *body], 1)]
+    return [
+        *([JIT] if jit else []),
+        f"def train_epoch({', '.join(args)}):",
+        *indent([*doc, *body], 1),
+    ]
 
 
-def forward_kernel(graph, outputs: Sequence[str], sig: Signature, dtype: str) -> list[str]:
+def forward_kernel(
+    graph, outputs: Sequence[str], sig: Signature, dtype: str, stepwise=None
+) -> list[str]:
     outs = [sig.ident[o] for o in outputs]
     args = [sig.ident[i] for i in forward_inputs(graph, outputs)] + list(sig.params)
-    return kernel("forward", sig.forward, outs, args, dtype, sizes=size_names(sig))
+    return kernel(
+        "forward", sig.forward, outs, args, dtype, sizes=size_names(sig), stepwise=stepwise
+    )
 
 
-def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
+def training_kernel(sig: Signature, dtype: str = "float32", stepwise=None) -> list[str]:
     """``workspace(n, ...)`` and the ``loss_and_grads`` kernel: the loss and every gradient."""
     return kernel(
         "loss_and_grads",
@@ -330,6 +354,7 @@ def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
         sizes=size_names(sig),
+        stepwise=stepwise,
     )
 
 
@@ -355,3 +380,39 @@ def module_source(
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
     return needs(text)
+
+
+def update_kernels_source(optimizer, dtype: str) -> str:
+    """The update kernels stepwise training shares with every model of the same optimizer and
+    dtype: ``apply_update``, ``all_finite`` and ``sum_squares``, as in the fused module."""
+    lines = ['"""graphnn update kernels (shared by stepwise training)."""', ""]
+    lines += ["import numpy as np", "from numba import njit", "", ""]
+    if optimizer is not None:
+        lines += _update_function(optimizer, dtype) + ["", ""]
+    return "\n".join(lines + _array_helpers(dtype)) + "\n"
+
+
+def stepwise_source(
+    graph, optimizer=None, dtype: str = "float32", outputs: Sequence[str] = ()
+) -> tuple[str, list[StepKernel]]:
+    """The stepwise module: the fused module's functions as plain Python calling one step kernel
+    per block (each block's kernel in its own content-addressed module), and the kernels.
+
+    The caller binds each kernel's function to its ``step_<hash>`` name in the module, and
+    ``apply_update``/``all_finite``/``sum_squares`` to :func:`update_kernels_source`'s.
+    """
+    sig = signature(graph, optimizer)
+    sizes = size_names(sig)
+    kernels: list[StepKernel] = []
+    lines = [f'"""graphnn stepwise glue for loss \'{graph.loss_name}\' ({dtype}).', ""]
+    lines += ["Each step_<hash> is a compiled step kernel shared across models (see"]
+    lines += ["codegen.cpu.stepwise); the functions here only call them in order."]
+    lines += ['"""', "", "import numpy as np", "", ""]
+    lines += training_kernel(sig, dtype, stepwise=kernels)
+    outs = outputs or [graph.loss_name]
+    lines += ["", ""] + forward_kernel(graph, outs, sig, dtype, stepwise=kernels)
+    if optimizer is not None:
+        lines += ["", ""] + _update_all_function(sig, optimizer, dtype, jit=False)
+        lines += ["", ""] + _epoch_function(sig, optimizer.state, dtype, sizes, jit=False)
+    unique = list({k.name: k for k in kernels}.values())
+    return "\n".join(lines) + "\n", unique

@@ -1,0 +1,175 @@
+"""Stepwise training (one shared step kernel per block) against the fused module: the same bits.
+
+A new model trains on step kernels shared across models and layers until its fused epoch is
+compiled (codegen/cpu/stepwise.py, codegen/cpu/fused_compile.py), and switches at an epoch
+boundary whose position depends on how fast the machine compiles.  That is only sound if both
+compute exactly the same floats, so these tests compare parameters and losses bit for bit, on
+every structural case and loss of tests/cases.py, with each optimizer, a partial last batch
+and gradient clipping.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from codegen.cpu.module import stepwise_source
+from codegen.cpu.stepwise import names_of, split_block
+from graphnn.errors import GraphnnError
+from tests import cases
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda: gn.SGD(lr=0.05, momentum=0.9),
+    "adam": lambda: gn.Adam(lr=0.01),
+    "clipped": lambda: gn.SGD(lr=0.5, clip_norm=0.1),
+}
+
+
+def _train(g, data, mode, monkeypatch, optimizer, epochs=2, batch_size=4):
+    monkeypatch.setenv("GRAPHNN_FUSED", mode)
+    model = gn.compile(g, optimizer(), seed=0)
+    data32 = {k: np.asarray(v, np.float32) for k, v in data.items()}
+    history = model.fit(data32, epochs=epochs, batch_size=batch_size, shuffle=False)
+    return model, history
+
+
+def assert_same_bits(a, b):
+    """Parameters and per-epoch losses of two trained models are identical, bit for bit."""
+    assert sorted(a.params) == sorted(b.params)
+    for name in a.params:
+        x, y = a.params[name], b.params[name]
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), (name, x, y)
+    assert list(a.history["loss"]) == list(b.history["loss"])
+
+
+def _check_case(g, data, monkeypatch, optimizer):
+    fused, _ = _train(g, data, "wait", monkeypatch, optimizer)
+    stepwise, _ = _train(g, data, "never", monkeypatch, optimizer)
+    # each ran the path it was meant to
+    assert fused.trainer.module.train_epoch.overloads
+    assert fused.trainer.fused._ready and not stepwise.trainer.fused._ready
+    assert_same_bits(fused, stepwise)
+    moved = [not np.array_equal(fused.params[p], g.init_params(0)[p]) for p in g.param_names]
+    assert any(moved)  # training happened: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("name", sorted(cases.STRUCTURAL))
+def test_structural_case_fused_and_stepwise_give_the_same_bits(name, monkeypatch):
+    g, data = cases.build(name, rows=7)  # batches of 4 and 3
+    _check_case(g, data, monkeypatch, OPTIMIZERS["sgd_momentum"])
+
+
+@pytest.mark.parametrize("loss", sorted(cases.LOSSES))
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_loss_and_optimizer_fused_and_stepwise_give_the_same_bits(loss, opt, monkeypatch):
+    g, data = cases.loss_case(loss, rows=9)
+    _check_case(g, data, monkeypatch, OPTIMIZERS[opt])
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid", "gelu"])
+def test_mlp_activation_fused_and_stepwise_give_the_same_bits(act, monkeypatch):
+    x, y = gn.input("x", (6,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (6, 16)), gn.param("b1", (16,))
+    W2, b2 = gn.param("W2", (16, 3)), gn.param("b2", (3,))
+    g = gn.Graph(gn.softmax_cross_entropy(gn.apply(act, x @ W1 + b1) @ W2 + b2, y))
+    rng = np.random.default_rng(3)
+    data = {"x": rng.normal(size=(40, 6)), "y": np.eye(3)[rng.integers(0, 3, 40)]}
+    fused, _ = _train(g, data, "wait", monkeypatch, OPTIMIZERS["adam"], batch_size=16)
+    stepwise, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["adam"], batch_size=16)
+    assert_same_bits(fused, stepwise)
+
+
+def _mlp(depth: int, width: int):
+    x, y = gn.input("x", (8,)), gn.input("y", (4,))
+    h, fan_in = x, 8
+    for k in range(depth):
+        W, b = gn.param(f"W{k}", (fan_in, width)), gn.param(f"b{k}", (width,))
+        h, fan_in = gn.relu(h @ W + b), width
+    W, b = gn.param("Wout", (fan_in, 4)), gn.param("bout", (4,))
+    return gn.Graph(gn.softmax_cross_entropy(h @ W + b, y))
+
+
+def test_a_deep_model_has_the_step_kernels_of_a_shallow_one():
+    """A 12-layer MLP is made of the blocks of a 3-layer one of another width (both wide enough
+    for BLAS products: codegen.cpu.matmul writes tiny ones as loops): a new depth or
+    width compiles no new step kernel."""
+    shallow = {k.name for k in stepwise_source(_mlp(3, 48), gn.Adam(lr=0.01))[1]}
+    deep = {k.name for k in stepwise_source(_mlp(12, 40), gn.Adam(lr=0.01))[1]}
+    assert deep == shallow
+    assert len(deep) < 20
+
+
+def test_background_compile_switches_to_the_fused_epoch(monkeypatch, tmp_path):
+    """The default: stepwise epochs while a child process compiles the fused epoch into the
+    cache, then the fused epoch; the result is the bits of a stepwise-only run."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    g = _mlp(2, 12)
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(30, 8)), "y": np.eye(4)[rng.integers(0, 4, 30)]}
+    model, _ = _train(g, data, "background", monkeypatch, OPTIMIZERS["sgd_momentum"], epochs=1)
+    child = model.trainer.fused.child
+    assert child is not None and not model.trainer.fused._ready
+    assert child.wait(timeout=600) == 0
+    data32 = {k: np.asarray(v, np.float32) for k, v in data.items()}
+    model.fit(data32, epochs=3, batch_size=4, shuffle=False)
+    assert model.trainer.fused._ready and model.trainer.module.train_epoch.overloads
+    reference, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["sgd_momentum"], epochs=1)
+    reference.fit(data32, epochs=3, batch_size=4, shuffle=False)  # the same two calls
+    assert not reference.trainer.fused._ready
+    assert_same_bits(model, reference)
+
+
+def test_a_new_process_finds_the_fused_epoch_the_child_compiled(monkeypatch, tmp_path):
+    """The marker the child leaves lets the next model of the same graph use the fused epoch
+    from its first epoch (Numba loads it from the cache)."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    g = _mlp(1, 10)
+    rng = np.random.default_rng(6)
+    data = {"x": rng.normal(size=(12, 8)), "y": np.eye(4)[rng.integers(0, 4, 12)]}
+    first, _ = _train(g, data, "background", monkeypatch, OPTIMIZERS["adam"], epochs=1)
+    assert first.trainer.fused.child.wait(timeout=600) == 0
+    assert list(tmp_path.glob("*.fused")) and not list(tmp_path.glob("*.job"))
+    monkeypatch.setenv("GRAPHNN_FUSED", "background")
+    second = gn.compile(g, OPTIMIZERS["adam"](), seed=0)  # same module, not compiled here
+    assert second.trainer.module is first.trainer.module
+    second.trainer.module.train_epoch.overloads.clear()  # as a new process would see it
+    data32 = {k: np.asarray(v, np.float32) for k, v in data.items()}
+    second.fit(data32, epochs=1, batch_size=4, shuffle=False)
+    assert second.trainer.fused._ready and second.trainer.fused.child is None
+
+
+def test_an_unknown_fused_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("GRAPHNN_FUSED", "sometimes")
+    g = _mlp(1, 4)
+    model = gn.compile(g, gn.SGD(lr=0.1))
+    data = {"x": np.ones((4, 8), np.float32), "y": np.eye(4, dtype=np.float32)}
+    with pytest.raises(GraphnnError, match="GRAPHNN_FUSED='sometimes'.*background, wait, never"):
+        model.fit(data, epochs=1)
+
+
+def test_a_block_takes_what_it_reads_first_and_returns_what_is_read_later():
+    block = ["# z = a * b", "z = np.empty_like(a)", "s = s + np.float32(1.0)", "z[0] = a[0] * s"]
+    seen = names_of(block)
+    assert seen.free == ["a", "s"]
+    k = split_block(block, later={"z", "s"}, scalars={"s": "np.float32"}, dtype="float32")
+    assert k.call == ["# z = a * b", f"z, s = {k.name}(a, s)", "s = np.float32(s)"]
+    assert "def step(a0, a1):" in k.source and "return (v0, a1)" in k.source
+    # the same block over other names is the same kernel
+    other = [re.sub(r"\ba\b", "q", line) for line in block]
+    assert split_block(other, {"z", "s"}, {}, "float32").name == k.name
+
+
+def test_stepwise_training_starts_without_the_fused_compile(monkeypatch, tmp_path):
+    """With GRAPHNN_FUSED=never, fit compiles no fused function: the first epoch costs only the
+    step kernels (the point of stepwise training)."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    g = _mlp(2, 9)
+    data = {"x": np.ones((8, 8), np.float32), "y": np.tile(np.eye(4, dtype=np.float32), (2, 1))}
+    monkeypatch.setenv("GRAPHNN_FUSED", "never")
+    model = gn.compile(g, gn.SGD(lr=0.1))
+    model.fit(data, epochs=1, batch_size=4)
+    assert model.history["loss"] and np.isfinite(model.history["loss"][-1])
+    assert not model.trainer.module.train_epoch.overloads
+    assert not model.trainer.module.loss_and_grads.overloads
