@@ -43,7 +43,9 @@ _FORM = r"[0-9a-f]{64}\.pickle"
 _NAMES = {
     "root": [
         (re.compile(rf"({_MODULE})\.py"), "module"),
-        (re.compile(rf"\.{_MODULE}\.py\..+\.tmp"), "temp"),
+        # codegen.cpu.fused_compile's job and done marker for one signature of a module
+        (re.compile(rf"({_MODULE})\.[0-9a-f]{{12}}\.(?:fused|job)"), "module"),
+        (re.compile(rf"\.{_MODULE}\.(?:py|[0-9a-f]{{12}}\.(?:fused|job))\..+\.tmp"), "temp"),
     ],
     "pycache": [
         (re.compile(rf"({_MODULE})\..+\.(?:pyc|nbi|nbc)"), "module"),

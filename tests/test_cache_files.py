@@ -40,6 +40,8 @@ def _populate(root: Path) -> dict[str, Path]:
         "old": old_py,
         "old_index": _write(root / "__pycache__" / f"{old_py.stem}.f-1.py311.nbi", 20, 40),
         "old_code": _write(root / "__pycache__" / f"{old_py.stem}.f-1.py311.1.nbc", 30, 40),
+        # the background compile's marker (codegen.cpu.fused_compile) goes with its module
+        "old_fused": _write(root / f"{old_py.stem}.0123456789ab.fused", 1, 40),
         "derivative": _write(root / "derivatives" / f"{'a' * 64}.pickle", 50, age_days=10),
         "old_temp": _write(root / ".graphnn_0123456789abcdef0123.py.k2j.tmp", 5, age_days=1),
         "live_temp": _write(root / "derivatives" / f".{'b' * 64}.pickle.q.tmp", 5),
@@ -62,8 +64,13 @@ def test_entries_group_each_module_with_its_compiled_files(cache_dir):
     found = {e.files[-1].name: e for e in cache_files.entries()}  # a module's .py is last
     old = found[files["old"].name]
     assert old.kind == "module"
-    assert set(old.files) == {files["old"], files["old_index"], files["old_code"]}
-    assert old.size == 150
+    assert set(old.files) == {
+        files["old"],
+        files["old_index"],
+        files["old_code"],
+        files["old_fused"],
+    }
+    assert old.size == 151
     assert abs(old.last_use - (time.time() - 40 * DAY)) < 60
     recent = found[files["recent"].name]
     assert {files["recent_index"], files["recent_pyc"]} <= set(recent.files)
@@ -80,11 +87,11 @@ def test_older_than_removes_only_what_was_unused_that_long(cache_dir):
     removed = cache_files.remove(cache_files.stale(cache_files.entries(), 30))
     assert (removed.entries, removed.size, removed.failed) == (
         2,
-        155,
+        156,
         (),
-    )  # the old module and the day-old temp file
+    )  # the old module (with its marker) and the day-old temp file
     left = {p.name for p in cache_dir.rglob("*")}
-    for gone in ("old", "old_index", "old_code", "old_temp"):
+    for gone in ("old", "old_index", "old_code", "old_fused", "old_temp"):
         assert files[gone].name not in left
     for kept in ("recent", "recent_index", "recent_pyc", "derivative", "live_temp", *FOREIGN):
         assert files[kept].name in left, kept
