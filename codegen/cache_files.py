@@ -44,8 +44,8 @@ _NAMES = {
     "root": [
         (re.compile(rf"({_MODULE})\.py"), "module"),
         # codegen.cpu.fused_compile's job and done marker for one signature of a module
-        (re.compile(rf"({_MODULE})\.[0-9a-f]{{12}}\.(?:fused|job)"), "module"),
-        (re.compile(rf"\.{_MODULE}\.(?:py|[0-9a-f]{{12}}\.(?:fused|job))\..+\.tmp"), "temp"),
+        (re.compile(rf"({_MODULE})\.[0-9a-f]{{12}}\.(?:fused|job|failed)"), "module"),
+        (re.compile(rf"\.{_MODULE}\.(?:py|[0-9a-f]{{12}}\.(?:fused|job|failed))\..+\.tmp"), "temp"),
     ],
     "pycache": [
         (re.compile(rf"({_MODULE})\..+\.(?:pyc|nbi|nbc)"), "module"),

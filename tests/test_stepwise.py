@@ -9,14 +9,16 @@ and gradient clipping.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import graphnn as gn
+from codegen.cpu import fused_compile
 from codegen.cpu.module import stepwise_source
 from codegen.cpu.stepwise import names_of, split_block
-from graphnn.errors import GraphnnError
+from graphnn.errors import GraphnnError, GraphnnWarning
 from tests import cases
 
 OPTIMIZERS = {
@@ -173,3 +175,31 @@ def test_stepwise_training_starts_without_the_fused_compile(monkeypatch, tmp_pat
     assert model.history["loss"] and np.isfinite(model.history["loss"][-1])
     assert not model.trainer.module.train_epoch.overloads
     assert not model.trainer.module.loss_and_grads.overloads
+
+
+def test_a_failed_background_compile_is_reported_and_training_goes_on(monkeypatch, tmp_path):
+    """A child that cannot compile leaves a report; the trainer warns once, naming it, and
+    trains on with the step kernels (the same bits as a stepwise-only run)."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+
+    class Child:  # the child process, run here on a damaged job file
+        def __init__(self, argv, **kwargs):
+            path, job = argv[-2:]
+            Path(job).write_bytes(b"not a pickle")
+            self.returncode = fused_compile.main([path, job])
+
+    monkeypatch.setattr(fused_compile.subprocess, "Popen", Child)
+    g = _mlp(1, 6)
+    rng = np.random.default_rng(7)
+    data = {"x": rng.normal(size=(12, 8)), "y": np.eye(4)[rng.integers(0, 4, 12)]}
+    model, _ = _train(g, data, "background", monkeypatch, OPTIMIZERS["sgd_momentum"], epochs=1)
+    assert model.trainer.fused.child.returncode == 1
+    (report,) = tmp_path.glob("*.failed")
+    assert "UnpicklingError" in report.read_text() and not list(tmp_path.glob("*.job"))
+    data32 = {k: np.asarray(v, np.float32) for k, v in data.items()}
+    with pytest.warns(GraphnnWarning, match=r"did not compile in the background \(see .*failed"):
+        model.fit(data32, epochs=3, batch_size=4, shuffle=False)
+    assert not model.trainer.fused._ready
+    reference, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["sgd_momentum"], epochs=1)
+    reference.fit(data32, epochs=3, batch_size=4, shuffle=False)
+    assert_same_bits(model, reference)

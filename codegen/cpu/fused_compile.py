@@ -23,10 +23,12 @@ import os
 import pickle
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from graphnn import files
-from graphnn.errors import GraphnnError
+from graphnn.errors import GraphnnError, GraphnnWarning
 
 MODES = ("background", "wait", "never")
 
@@ -57,9 +59,26 @@ class FusedEpoch:
             return False
         if how == "wait" or self.module.train_epoch.overloads:
             self._ready = True
-        elif self._marker(args).exists():
-            self._ready = True  # the child compiled it: Numba loads it from the cache
+        else:
+            marker = self._marker(args)
+            if marker.exists():
+                self._ready = True  # the child compiled it: Numba loads it from the cache
+            elif self.child is not None and marker.with_suffix(".failed").exists():
+                self._failed(marker.with_suffix(".failed"))
         return self._ready
+
+    def _failed(self, report: Path) -> None:
+        """Say once that the child failed; training goes on stepwise (the same results)."""
+        if getattr(self, "_warned", False):
+            return
+        self._warned = True
+        warnings.warn(
+            f"graphnn: the fused epoch of {self.path.name} did not compile in the background "
+            f"(see {report}); training goes on with the step kernels, which compute the same "
+            "results more slowly",
+            GraphnnWarning,
+            stacklevel=4,
+        )
 
     def start(self, args) -> None:
         """Start the child that compiles ``train_epoch`` for the types of ``args`` (once)."""
@@ -103,11 +122,16 @@ def main(argv=None) -> int:
     path, job = (Path(a) for a in (argv or sys.argv[1:]))
     from codegen.cache import load_module
 
-    module = load_module(path.read_text(encoding="utf-8"))
-    sig = pickle.loads(job.read_bytes())
-    module.train_epoch.compile(sig)
+    try:
+        module = load_module(path.read_text(encoding="utf-8"))
+        sig = pickle.loads(job.read_bytes())
+        module.train_epoch.compile(sig)
+    except Exception:  # the parent warns, naming this report
+        files.publish(job.with_suffix(".failed"), traceback.format_exc().encode())
+        return 1
+    finally:
+        job.unlink(missing_ok=True)
     files.publish(job.with_suffix(".fused"), b"")
-    job.unlink(missing_ok=True)
     return 0
 
 

@@ -74,7 +74,10 @@ class DataParallel:
         self.MPI = mpi._mpi()
         self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
         self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
-        module = model.trainer.module
+        # The stepwise module (shared step kernels, codegen.cpu.stepwise): a rank starts without
+        # compiling the fused module, and computes the same bits; per step it adds a Numba call
+        # per block, microseconds against a distributed step's collectives.
+        module = model.trainer.stepwise
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
