@@ -203,3 +203,14 @@ def test_a_failed_background_compile_is_reported_and_training_goes_on(monkeypatc
     reference, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["sgd_momentum"], epochs=1)
     reference.fit(data32, epochs=3, batch_size=4, shuffle=False)
     assert_same_bits(model, reference)
+
+
+def test_forward_runs_the_training_steps_forward_kernels():
+    """evaluate and predict compile at most the loss's own block: the forward's products and
+    activations are the training step's kernels (both write into workspace buffers)."""
+    text, _ = stepwise_source(_mlp(3, 32), gn.Adam(lr=0.01))
+    training = text[text.index("def loss_and_grads(") : text.index("def forward_workspace(")]
+    forward = text[text.index("def forward(") : text.index("def update_all(")]
+    kernels = lambda part: set(re.findall(r"\bstep_[0-9a-f]{12}\(", part))  # noqa: E731
+    assert len(kernels(forward)) >= 4
+    assert len(kernels(forward) - kernels(training)) <= 1  # softmax CE without its gradient

@@ -131,9 +131,10 @@ class Trainer:
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         names = forward_inputs(self.graph, self.outputs)
-        out = self.stepwise.forward(
-            *(data[i] for i in names), *(params[p] for p in self.graph.param_names)
-        )
+        arrays = [*(data[i] for i in names), *(params[p] for p in self.graph.param_names)]
+        rows = len(arrays[0]) if names else 1
+        # a new workspace per call: the outputs are views of it, and the caller keeps them
+        out = self.stepwise.forward(*arrays, self.stepwise.forward_workspace(rows, *arrays))
         out = out if isinstance(out, tuple) else (out,)
         return dict(zip(self.outputs, out, strict=True))
 

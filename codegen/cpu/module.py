@@ -91,6 +91,7 @@ def kernel(
     returns: Sequence[str] = (),
     sizes: Mapping[int, str] | None = None,
     stepwise: list[StepKernel] | None = None,
+    ws_function: str = "workspace",
 ) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``; ``returns`` says what
     each output is, in a comment above the return.  ``sizes`` (size -> variable, see
@@ -132,15 +133,18 @@ def kernel(
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
     if rows:  # a view past a buffer's end would write out of bounds: refuse instead
-        message = "the workspace has fewer rows than the batch: make it with workspace(n, ...)"
+        message = f"the workspace has fewer rows than the batch: make it with {ws_function}(n, ...)"
         head += [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
     body = head + _bindings(bound, sources, body) + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
-    return _workspace_function(scope, args, sources) + ["", ""] + signature + indent(body, 1)
+    workspace_lines = _workspace_function(scope, args, sources, ws_function)
+    return workspace_lines + ["", ""] + signature + indent(body, 1)
 
 
-def _workspace_function(scope: Scope, args: Sequence[str], sources) -> list[str]:
+def _workspace_function(
+    scope: Scope, args: Sequence[str], sources, name: str = "workspace"
+) -> list[str]:
     """workspace(n, *args): the buffers of the kernel printed next, for batches of up to n rows
     (its other arguments are the kernel's, for the sizes it reads from their shapes).
 
@@ -150,9 +154,10 @@ def _workspace_function(scope: Scope, args: Sequence[str], sources) -> list[str]
         f"np.empty({scope.dims(shape)}, dtype=np.{scope.dtype}),  # {name}"
         for name, shape in scope.buffers.items()
     ]
-    doc = '"""Buffers for one training step on up to n rows; the step overwrites them."""'
+    what = "training step" if name == "workspace" else "call of the kernel printed next"
+    doc = f'"""Buffers for one {what} on up to n rows; it overwrites them."""'
     body = [doc, *_bindings(scope.size_vars, sources, news), "return (", *indent(news, 1), ")"]
-    return [f"def workspace({', '.join(['n', *args])}):", *indent(body, 1)]
+    return [f"def {name}({', '.join(['n', *args])}):", *indent(body, 1)]
 
 
 def _update_function(optimizer, dtype: str) -> list[str]:
@@ -336,10 +341,21 @@ def _epoch_function(
 def forward_kernel(
     graph, outputs: Sequence[str], sig: Signature, dtype: str, stepwise=None
 ) -> list[str]:
+    """``forward``; stepwise, with a workspace (``forward_workspace(n, ...)``): its blocks are
+    then the training step's forward blocks, the same step kernels, so evaluate and predict
+    compile none of their own."""
     outs = [sig.ident[o] for o in outputs]
     args = [sig.ident[i] for i in forward_inputs(graph, outputs)] + list(sig.params)
     return kernel(
-        "forward", sig.forward, outs, args, dtype, sizes=size_names(sig), stepwise=stepwise
+        "forward",
+        sig.forward,
+        outs,
+        args,
+        dtype,
+        sizes=size_names(sig),
+        stepwise=stepwise,
+        workspace=stepwise is not None,
+        ws_function="forward_workspace",
     )
 
 
