@@ -346,11 +346,14 @@ def cmd_graph(args) -> int:
 
 def cmd_check(args) -> int:
     from graphnn.inspect.gradcheck import TOLERANCE, check_gradients, random_data
+    from graphnn.train.preprocess import Preprocessing
 
     spec = _load(args.spec, args)
     backend, dtype = args.backend or spec.train.backend, spec.train.dtype
     if spec.data is not None:
         data = {k: v[: args.rows] for k, v in spec.data.load_all().items()}
+        shapes = {n.name: n.shape[1:] for n in spec.graph.forward.inputs}
+        data = Preprocessing({}).encode(data, shapes, fit=True)  # labels as one-hot rows
     else:
         data = random_data(spec.graph, args.rows, spec.train.seed)
     rows = len(next(iter(data.values())))

@@ -118,6 +118,7 @@ class Spec:
             "dtype": t.dtype,
             "predict": t.predict,
             "seed": t.seed,
+            "scale": None if self.data is None else self.data.scale,
         }
 
     def fit_options(self) -> dict:

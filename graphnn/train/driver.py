@@ -41,6 +41,7 @@ from graphnn.train.history import History, ProgressBar, Watch
 from graphnn.train.metrics import accuracy
 from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 from graphnn.train.parallel import DataParallel
+from graphnn.train.preprocess import Preprocessing, resolve_scale
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 BEST = "best.npz"
@@ -54,13 +55,18 @@ def compile(
     predict: str | None = None,
     seed: int = 0,
     flush_denormals: bool = True,
+    scale=None,
 ) -> Model:  # noqa: A001
     """Generate and compile the training kernels of ``graph``; returns a :class:`Model`.
 
+    ``scale``: ``"standard"`` or ``"minmax"`` scales every input but the target (or a dict
+    input -> kind names them), with statistics from the first ``fit``'s training rows; the
+    model keeps them and applies them in ``fit``, ``evaluate``, ``predict`` and its files.
     ``flush_denormals``: treat denormal floats as zero while ``fit`` runs (x86-64; up to 3x
     faster for Adam, whose buffers drift into denormals; see :mod:`graphnn.train.denormals`).
     """
-    return Model(graph, optimizer or SGD(lr=0.01), backend, dtype, predict, seed, flush_denormals)
+    optimizer = optimizer or SGD(lr=0.01)
+    return Model(graph, optimizer, backend, dtype, predict, seed, flush_denormals, scale)
 
 
 def _check_seed(seed, none_ok: bool = False) -> None:
@@ -128,7 +134,9 @@ class Model:
     its place.
     """
 
-    def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
+    def __init__(
+        self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True, scale=None
+    ):
         from codegen import get_backend
 
         _check_seed(seed)
@@ -148,6 +156,8 @@ class Model:
         self.prediction = predict or guess
         fwd.node(self.prediction)  # a clear error for an unknown node name
         self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
+        self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
+        self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
         self.trainer = get_backend(backend).Trainer(
             graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
         )
@@ -264,6 +274,7 @@ class Model:
                 )
                 _check_seed(seed, none_ok=True)
                 checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
+                data = self.preprocessing.encode(data, self._shapes, fit=True)
                 arrays = check_data(self.graph.forward, data, self.dtype)
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
@@ -279,6 +290,9 @@ class Model:
                     self._resume(files, seed, early_stopping)
                 else:
                     self._new_run(files, seed)
+                if not self.preprocessing.fitted:  # the training rows only: none held out
+                    self.preprocessing.fit_scaling(train)
+                train, val = self._scaled(train), self._scaled(val)
                 self._trainable_arrays()
             threads = mpi.blas_threads(comm) if comm is not None else None
             # the run's state from rank 0; the model's own arrays hold the values after the block
@@ -362,6 +376,7 @@ class Model:
         if validation_data is not None:
             if split:
                 raise DataError("pass validation_data or validation_split, not both")
+            validation_data = self.preprocessing.encode(validation_data, self._shapes)
             return arrays, check_data(self.graph.forward, validation_data, self.dtype)
         if not split:
             return arrays, None
@@ -400,7 +415,7 @@ class Model:
     def _train_epoch(self, train, val, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
         logs = self._run_epoch(train, perm, bs, checkpoint_dir, dp)
         if val:
-            metrics = dp.evaluate(val) if dp else self.evaluate(val)
+            metrics = dp.evaluate(val) if dp else self._metrics(val)
             logs.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.record(**logs)
         self.epoch += 1
@@ -500,8 +515,13 @@ class Model:
 
     def evaluate(self, data: Mapping) -> dict[str, float]:
         """Mean loss (and accuracy, for classifiers) on ``data``."""
-        arrays = check_data(self.graph.forward, data, self.dtype)
+        data = self.preprocessing.encode(data, self._shapes) if isinstance(data, Mapping) else data
+        arrays = self._scaled(check_data(self.graph.forward, data, self.dtype))
         self._trainable_arrays()
+        return self._metrics(arrays)
+
+    def _metrics(self, arrays) -> dict[str, float]:
+        """The metrics of checked, scaled ``arrays``."""
         out = self._forward(arrays)
         metrics = {"loss": out["loss"]}
         if self.accuracy_kind and self.target:
@@ -524,6 +544,7 @@ class Model:
         self._trainable_arrays()
         needed = trainer.forward_inputs()
         arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
+        arrays = self._scaled(arrays)
         if not needed:  # the node reads no data: one value, with no batch dimension
             return np.asarray(trainer.forward(self.params, {})[node])
         chunks = [
@@ -532,13 +553,37 @@ class Model:
         ]
         return np.concatenate([c[node] for c in chunks])
 
+    def predict_labels(self, data: Mapping) -> np.ndarray:
+        """The class of each row, as the labels ``fit`` was given (strings, ints) or as class
+        indices; for classifiers (softmax or sigmoid/BCE outputs) only."""
+        if not (self.accuracy_kind and self.target):
+            raise DataError(
+                f"predict_labels: the prediction '{self.prediction}' is no classifier's"
+            )
+        pred = self.predict(data)
+        return self.preprocessing.labels(self.target, pred, self.accuracy_kind)
+
+    def _scaled(self, arrays):
+        """``arrays`` (checked data, or None) with the model's input scaling applied."""
+        if arrays is None or not self.preprocessing.scale:
+            return arrays
+        if not self.preprocessing.fitted:
+            raise DataError(
+                "the model scales its inputs but has not fitted the scaling yet: fit it first "
+                "(or load a trained model)"
+            )
+        return self.preprocessing.transform(arrays, self.dtype)
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     def save(self, path) -> Path:
         """Write parameters, optimizer state, counters and RNG state atomically to ``path``."""
         arrays = {f"param/{k}": v for k, v in self.params.items()}
         arrays |= {f"state/{k}": v for k, v in self.state.items()}
+        prep_arrays, prep_meta = self.preprocessing.to_file()
+        arrays |= prep_arrays
         meta = {
+            "preprocessing": prep_meta,
             "epoch": self.epoch,
             "step": self.step,
             "rng": self._rng.bit_generator.state if self._rng is not None else None,
@@ -579,6 +624,8 @@ class Model:
         for saved, current in wanted:
             for name, value in current.items():
                 value[...] = saved[name]
+        if "preprocessing" in meta:  # the parameters were trained on inputs scaled so
+            self.preprocessing = Preprocessing.from_file(arrays, meta["preprocessing"], path)
         if weights_only:
             return
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
