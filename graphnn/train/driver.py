@@ -29,10 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from graphnn.errors import CheckpointError, DataError, GraphnnWarning, RunExistsError, shown
+from graphnn.errors import (
+    CheckpointError,
+    DataError,
+    GraphError,
+    GraphnnWarning,
+    RunExistsError,
+    shown,
+)
 from graphnn.ir.prediction import accuracy_kind, prediction_node
+from graphnn.ir.serialize import graph_to_data
 from graphnn.ir.shapes import show
-from graphnn.optim.optimizers import SGD, Optimizer, state_key
+from graphnn.optim.optimizers import SGD, Optimizer, optimizer_to_data, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train import distributed as mpi
 from graphnn.train.data import as_shaped, check_data
@@ -141,6 +149,7 @@ class Model:
 
         _check_seed(seed)
         self.graph, self.optimizer, self.backend = graph, optimizer, backend
+        self.seed = seed
         self.flush_denormals = bool(flush)
         try:
             self.dtype = np.dtype(dtype)
@@ -590,9 +599,32 @@ class Model:
             "history": dict(self.history),
             "optimizer": self.optimizer.name,
             "dtype": self.dtype.name,
+            **self._description(),
         }
         ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
         return Path(path)
+
+    def _description(self) -> dict:
+        """What ``gn.load_model`` rebuilds the model from: the graph, optimizer and settings as
+        data (formulas as SymPy trees; never code).  Computed once per model."""
+        if not hasattr(self, "_described"):
+            settings = {
+                "backend": self.backend,
+                "dtype": self.dtype.name,
+                "predict": self.prediction,
+                "seed": self.seed,
+                "flush_denormals": self.flush_denormals,
+            }
+            try:
+                graph = graph_to_data(self.graph.forward.outputs)
+                optimizer = optimizer_to_data(self.optimizer)
+            except GraphError as exc:  # a formula of a class no file can hold: weights only
+                warnings.warn(
+                    f"model files will hold no graph for gn.load_model ({exc})", GraphnnWarning, 3
+                )
+                graph = optimizer = None
+            self._described = {"graph": graph, "optimizer_data": optimizer, "model": settings}
+        return self._described
 
     def load(self, path, weights_only: bool = False) -> None:
         """Restore a checkpoint written by :meth:`save`: parameters, and unless ``weights_only``
