@@ -31,6 +31,8 @@ EXAMPLES = """examples:
   graphnn grad examples/digits.toml --format latex
   graphnn check examples/xor.toml           finite-difference check of the gradients
   graphnn export examples/digits.toml -o digits_step.py
+  graphnn predict runs/iris/model.npz rows.csv -o predictions.csv
+  graphnn evaluate runs/iris/model.npz rows.csv
   graphnn cache --older-than 30             remove compiled kernels unused for 30 days
 """
 
@@ -123,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="matrix products as generated loops: the module then needs no SciPy",
     )
+
+    p = sub.add_parser("predict", help="a saved model's predictions for the rows of a file")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.npz, a checkpoint)")
+    p.add_argument("data", metavar="DATA", help="a .csv (header row) or .npz file of raw rows")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write CSV here (default stdout)"
+    )
+    p.add_argument("--backend", choices=backends, help="default: the model's own")
+
+    p = sub.add_parser("evaluate", help="a saved model's loss and metrics on the rows of a file")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.npz, a checkpoint)")
+    p.add_argument("data", metavar="DATA", help="a .csv (header row) or .npz file, targets too")
+    p.add_argument("--backend", choices=backends, help="default: the model's own")
 
     p = sub.add_parser("demo", help="train the bundled digits example (about 98%% accuracy)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="default runs/digits")
@@ -401,6 +416,55 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _saved_model(args):
+    from graphnn.model_file import load_model
+
+    return load_model(args.model, backend=args.backend)
+
+
+def cmd_predict(args) -> int:
+    import csv
+
+    import numpy as np
+
+    from graphnn.spec.model_data import read_rows
+
+    model = _saved_model(args)
+    data = read_rows(model, args.data, "graphnn predict", with_target=False)
+    pred = model.predict(data)
+    flat = np.asarray(pred).reshape(len(pred), -1)
+    header = [f"{model.prediction}_{k}" for k in range(flat.shape[1])]
+    columns = [flat[:, k] for k in range(flat.shape[1])]
+    if model.accuracy_kind and model.target:  # a classifier: its class first, in the user's labels
+        header.insert(0, "label")
+        columns.insert(0, model.preprocessing.labels(model.target, pred, model.accuracy_kind))
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for row in zip(*columns, strict=True):
+            writer.writerow([v if isinstance(v, str) else repr(v.item()) for v in row])
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"wrote {args.output}: {len(flat)} rows", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from graphnn.spec.model_data import read_rows
+
+    model = _saved_model(args)
+    data = read_rows(model, args.data, "graphnn evaluate", with_target=True)
+    metrics = model.evaluate(data)
+    rows = len(next(iter(data.values())))
+    print(f"{args.model} on {args.data} ({rows} rows)")
+    for key, value in metrics.items():
+        print(f"  {key:<10} {value:.6g}")
+    return 0
+
+
 def cmd_cache(args) -> int:
     from codegen import cache_files
 
@@ -431,6 +495,8 @@ COMMANDS = {
     "graph": cmd_graph,
     "check": cmd_check,
     "export": cmd_export,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "cache": cmd_cache,
 }

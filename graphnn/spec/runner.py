@@ -134,6 +134,8 @@ def run_spec(
     fit = spec.fit_options()
     fit["epochs"] = epochs or fit["epochs"]
     model = driver.compile(spec.graph, **options)
+    if spec.data.source.lower().endswith(".csv"):  # graphnn predict reads the same columns
+        model.columns = dict(spec.data.columns)
 
     def record_accuracy(model, epoch, logs):
         if model.accuracy_kind and model.target:

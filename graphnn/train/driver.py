@@ -167,6 +167,7 @@ class Model:
         self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
         self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
         self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
+        self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them
         self.trainer = get_backend(backend).Trainer(
             graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
         )
@@ -599,6 +600,7 @@ class Model:
             "history": dict(self.history),
             "optimizer": self.optimizer.name,
             "dtype": self.dtype.name,
+            "columns": self.columns,
             **self._description(),
         }
         ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
@@ -658,6 +660,8 @@ class Model:
                 value[...] = saved[name]
         if "preprocessing" in meta:  # the parameters were trained on inputs scaled so
             self.preprocessing = Preprocessing.from_file(arrays, meta["preprocessing"], path)
+        if isinstance(meta.get("columns"), dict):
+            self.columns = meta["columns"]
         if weights_only:
             return
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
