@@ -131,6 +131,7 @@ class Spec:
             "tol": t.tol,
             "patience": t.patience,
             "early_stopping": t.early_stopping,
+            "metrics": list(t.metrics),
         }
 
 

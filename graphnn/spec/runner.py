@@ -137,10 +137,8 @@ def run_spec(
     if spec.data.source.lower().endswith(".csv"):  # graphnn predict reads the same columns
         model.columns = dict(spec.data.columns)
 
-    def record_accuracy(model, epoch, logs):
-        if model.accuracy_kind and model.target:
-            model.history.record(accuracy=model.evaluate(train)["accuracy"])
-
+    if model.accuracy_kind and model.target and "accuracy" not in fit["metrics"]:
+        fit["metrics"] = ["accuracy", *fit["metrics"]]  # training accuracy in the history too
     checkpoints = None
     if out is not None:
         out = Path(out)
@@ -152,7 +150,6 @@ def run_spec(
         validation_data=heldout,
         checkpoint_dir=checkpoints,
         checkpoint_every=max(1, fit["epochs"] // 10),
-        callbacks=[record_accuracy],
         progress=progress,
         resume=resume,
         **fit,

@@ -16,6 +16,7 @@ from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest
 from graphnn.ir.shapes import show
 from graphnn.optim import optimizers
+from graphnn.train.metrics import is_builtin
 
 _SGD = ("lr", "momentum", "nesterov", "weight_decay")
 _ADAM = ("lr", "beta1", "beta2", "eps", "weight_decay")
@@ -41,6 +42,7 @@ TRAIN_KEYS = (
     "seed",
     "dtype",
     "predict",
+    "metrics",
     *SETTINGS,
 )
 CONVERGENCE_KEYS = ("tol", "patience", "early_stopping")
@@ -63,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     predict: str | None = None
+    metrics: tuple[str, ...] = ()
 
 
 def check_keys(table, where: str, allowed, required=(), what: str = "key") -> None:
@@ -172,6 +175,16 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
     if not isinstance(early, bool):
         raise SpecError(f"{conv_where} early_stopping: must be true or false")
     predict = table.get("predict")
+    metrics = table.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise SpecError(f'{where} metrics: expected a list of names, e.g. ["mae", "r2"]')
+    for name in metrics:
+        if not is_builtin(name):
+            known = ["accuracy", "precision", "recall", "f1", "top3", "mae", "rmse", "r2"]
+            raise SpecError(
+                f"{where} metrics: unknown metric {shown(name)}; known: accuracy, precision, "
+                f"recall, f1, top<k>, mae, rmse, r2; " + _suggest(name, known)
+            )
     return TrainConfig(
         optimizer=optimizer,
         loss=loss,
@@ -184,6 +197,7 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
         seed=_int(table.get("seed", 0), f"{where} seed", 0, 2**32 - 1),
         dtype=_choice(table.get("dtype", "float32"), f"{where} dtype", DTYPES),
         predict=None if predict is None else _node(predict, f"{where} predict", nodes, leaves),
+        metrics=tuple(metrics),
     )
 
 

@@ -43,6 +43,7 @@ from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, optimizer_to_data, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train import distributed as mpi
+from graphnn.train import metrics as metric_table
 from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
@@ -168,6 +169,7 @@ class Model:
         self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
         self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
         self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them
+        self.metrics: dict = {}  # name -> f(prediction, target, kind), beyond loss and accuracy
         self.trainer = get_backend(backend).Trainer(
             graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
         )
@@ -217,6 +219,15 @@ class Model:
             f"optimizer: {self._optimizer_text()}; back end: {self.backend}, {self.dtype.name}",
             f"trained: {self.step} steps",
         ]
+        if self.preprocessing.scale or self.preprocessing.classes:
+            lines.append(f"preprocessing: {self.preprocessing}")
+        last = {
+            k: v[-1]
+            for k, v in self.history.items()
+            if k not in ("lr", "epochs") and isinstance(v, list) and v
+        }
+        if last:  # the last epoch's loss and metrics
+            lines.append("last epoch: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
         return "\n".join(lines)
 
     def _as_mapping(self, data, targets):
@@ -251,6 +262,7 @@ class Model:
         progress: bool = False,
         distributed: str | None = "auto",
         zero: bool = False,
+        metrics=None,
     ) -> History:
         """Train until the run has ``epochs`` epochs; ``batch_size=None`` is batch gradient descent.
 
@@ -263,7 +275,10 @@ class Model:
         ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).
         ``resume``: continue the run of the latest checkpoint in ``checkpoint_dir`` (or the
         model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
-        ``progress``: a tqdm bar on stderr.
+        ``progress``: a tqdm bar on stderr.  ``metrics``: names (``"accuracy"``, ``"precision"``,
+        ``"recall"``, ``"f1"`` (macro), ``"top3"``, ``"mae"``, ``"rmse"``, ``"r2"``) or functions
+        ``f(prediction, target) -> float``, recorded each epoch on the training rows (and
+        ``val_<name>`` on validation data); the model keeps them for ``evaluate``.
 
         ``distributed``: "auto" trains data-parallel over MPI when an MPI launcher (mpiexec,
         srun) started more than one rank, "mpi" always, None never (see
@@ -283,6 +298,9 @@ class Model:
                     epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
                 )
                 _check_seed(seed, none_ok=True)
+                if metrics is not None:
+                    classifier = bool(self.accuracy_kind and self.target)
+                    self.metrics = metric_table.resolve(metrics, classifier)
                 checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
                 data = self.preprocessing.encode(data, self._shapes, fit=True)
                 arrays = check_data(self.graph.forward, data, self.dtype)
@@ -371,9 +389,10 @@ class Model:
             arrays[name] = fresh if fresh.flags.writeable else fresh.copy()
 
     def _monitor(self, monitor, val) -> str:
-        known = ["loss"]
+        known = ["loss", *self.metrics]
         if val:
             known += ["val_loss"] + (["val_accuracy"] if self.accuracy_kind else [])
+            known += [f"val_{k}" for k in self.metrics]
         monitor = monitor or ("val_loss" if val else "loss")
         if monitor not in known:
             hint = "; val_ metrics need validation_data or validation_split" if not val else ""
@@ -424,6 +443,9 @@ class Model:
 
     def _train_epoch(self, train, val, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
         logs = self._run_epoch(train, perm, bs, checkpoint_dir, dp)
+        if self.metrics:  # on the epoch's final parameters, as val_ metrics are
+            found = dp.evaluate(train) if dp else self._metrics(train)  # MPI: accuracy only
+            logs.update({k: v for k, v in found.items() if k != "loss"})
         if val:
             metrics = dp.evaluate(val) if dp else self._metrics(val)
             logs.update({f"val_{k}": v for k, v in metrics.items()})
@@ -537,6 +559,10 @@ class Model:
         if self.accuracy_kind and self.target:
             kind = self.accuracy_kind
             metrics["accuracy"] = accuracy(out["prediction"], arrays[self.target], kind)
+        for name, fn in self.metrics.items():
+            if self.target is None:
+                raise DataError(f"metric {name!r}: the model has no target input to compare with")
+            metrics[name] = fn(out["prediction"], arrays[self.target], self.accuracy_kind)
         return metrics
 
     def predict(self, data: Mapping, node: str | None = None) -> np.ndarray:
@@ -601,6 +627,7 @@ class Model:
             "optimizer": self.optimizer.name,
             "dtype": self.dtype.name,
             "columns": self.columns,
+            "metrics": [k for k in self.metrics if metric_table.is_builtin(k)],
             **self._description(),
         }
         ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
@@ -662,6 +689,12 @@ class Model:
             self.preprocessing = Preprocessing.from_file(arrays, meta["preprocessing"], path)
         if isinstance(meta.get("columns"), dict):
             self.columns = meta["columns"]
+        if meta.get("metrics") and not self.metrics:  # evaluate reports them again
+            classifier = bool(self.accuracy_kind and self.target)
+            try:
+                self.metrics = metric_table.resolve(meta["metrics"], classifier)
+            except DataError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
         if weights_only:
             return
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
