@@ -286,15 +286,29 @@ def _train(spec, out: Path, args) -> int:
     from graphnn.train.distributed import is_main
 
     progress = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise
-    result = run_spec(
-        spec,
-        out,
-        epochs=args.epochs,
-        backend=args.backend,
-        progress=progress,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    try:
+        result = run_spec(
+            spec,
+            out,
+            epochs=args.epochs,
+            backend=args.backend,
+            progress=progress,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        if not (out / "model.npz").is_file():
+            raise  # interrupted before training began: nothing to resume
+        again = "graphnn demo" if args.command == "demo" else f"graphnn train {args.spec}"
+        again += f" --out {out}" if args.command == "train" and args.out else ""
+        again += f" --out {out}" if args.command == "demo" and out != Path("runs/digits") else ""
+        again += f" --epochs {args.epochs}" if args.epochs else ""
+        again += f" --backend {args.backend}" if args.backend else ""
+        return _fail(
+            f"interrupted; the run so far is saved in {out} (model.npz, checkpoints/, "
+            f"history.json); continue it with: {again} --resume",
+            130,
+        )
     unmet = [(key, bound) for key, bound, _, met in result.expectations() if not met]
     if not is_main():  # under mpiexec, rank 0 speaks for the job
         return FAILURE if unmet else 0

@@ -145,15 +145,21 @@ def run_spec(
         checkpoints = out / "checkpoints"
         # rank 0 writes (the others wait: none looks for checkpoints before they are cleared)
         distributed.from_main(lambda: _prepare(checkpoints, overwrite))
-    history = model.fit(
-        train,
-        validation_data=heldout,
-        checkpoint_dir=checkpoints,
-        checkpoint_every=max(1, fit["epochs"] // 10),
-        progress=progress,
-        resume=resume,
-        **fit,
-    )
+    try:
+        history = model.fit(
+            train,
+            validation_data=heldout,
+            checkpoint_dir=checkpoints,
+            checkpoint_every=max(1, fit["epochs"] // 10),
+            progress=progress,
+            resume=resume,
+            **fit,
+        )
+    except KeyboardInterrupt:  # fit stopped at a complete epoch, and checkpointed it
+        if out is not None and distributed.is_main():
+            model.save(out / "model.npz")
+            model.history.save_json(out / "history.json")
+        raise
     result = RunResult(
         spec,
         model,

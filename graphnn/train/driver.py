@@ -47,6 +47,7 @@ from graphnn.train import metrics as metric_table
 from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
+from graphnn.train.interrupt import DeferredInterrupt, is_interrupt
 from graphnn.train.metrics import accuracy
 from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 from graphnn.train.parallel import DataParallel
@@ -170,6 +171,7 @@ class Model:
         self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
         self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them
         self.metrics: dict = {}  # name -> f(prediction, target, kind), beyond loss and accuracy
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         self.trainer = get_backend(backend).Trainer(
             graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
         )
@@ -185,6 +187,7 @@ class Model:
         self._best = None  # early stopping: the best parameters of the current run
         self._predictors: dict = {}
         self._snapshot: dict = {}  # parameters and state at the current epoch's start
+        self._snapshot_step = -1
 
     # --- description ---------------------------------------------------------------------------
 
@@ -330,13 +333,24 @@ class Model:
                 flush_denormals(self.flush_denormals),
                 mpi.limit_blas_threads(threads) if threads else contextlib.nullcontext(),
                 ProgressBar(progress and main, self.epoch, epochs) as bar,
+                DeferredInterrupt(enabled=comm is None) as interrupt,  # MPI: ranks stop alike
             ):
                 watch = Watch(tol, patience, early_stopping, monitor)
                 reason = watch.replay(self.history) if resume else None
                 self.history["stopped"] = reason
+                self.stop_training = False
+                saving = (checkpoint_dir if main else None, checkpoint_keep)
                 while reason is None and self.epoch < epochs:
+                    start = (self.step, self._rng.bit_generator.state)
                     perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                    logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)
+                    try:
+                        logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)
+                    except BaseException as exc:
+                        if not is_interrupt(exc) or dp is not None:
+                            raise
+                        self._roll_back(*start)  # a hard Ctrl-C: the epoch is undone
+                        self._stopped("interrupted", saving)
+                        raise KeyboardInterrupt from None
                     reason = watch.update(logs)
                     if watch.is_best and early_stopping:
                         self._best = {k: v.copy() for k, v in self.params.items()}
@@ -345,16 +359,50 @@ class Model:
                     bar.update(logs)
                     # Before the checkpoint: what a callback records in the history is the
                     # epoch's, and a resumed run must find it there.
-                    for callback in callbacks:
-                        callback(self, self.epoch, logs)
+                    reason = self._callbacks(callbacks, logs, saving) or reason
+                    ended = reason or ended
+                    self.history["stopped"] = ended
                     if checkpoint_dir is not None and main:
                         every, keep = checkpoint_every, checkpoint_keep
                         self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
+                    if interrupt.requested:  # Ctrl-C: this epoch is done and saved; stop here
+                        self._stopped("interrupted", saving)
+                        raise KeyboardInterrupt
         self.history["stopped"] = reason or "epochs"
         if early_stopping and self._best is not None:
             for name, value in self._best.items():
                 self.params[name][...] = value
         return self.history
+
+    def _callbacks(self, callbacks, logs, files) -> str | None:
+        """Run the epoch's callbacks: "callback" when one returns False or sets
+        ``model.stop_training``; one that raises ends the run saved, then re-raises."""
+        stop = False
+        for callback in callbacks:
+            try:
+                stop = callback(self, self.epoch, logs) is False or stop
+            except BaseException as exc:
+                self._stopped("interrupted" if is_interrupt(exc) else "error", files)
+                raise
+        return "callback" if stop or self.stop_training else None
+
+    def _stopped(self, why: str, files) -> None:
+        """End a run early with its last complete epoch: say why, and checkpoint it
+        (``files``: the checkpoint directory, None on ranks that write none, and how many to
+        keep)."""
+        self.history["stopped"] = why
+        directory, keep = files
+        if directory is not None:
+            self.save(Path(directory) / ckpt.checkpoint_name(self.step))
+            if keep is not None:
+                ckpt.prune_checkpoints(directory, keep)
+
+    def _roll_back(self, step: int, rng_state) -> None:
+        """Undo an epoch a hard interrupt cut short: parameters, state, steps and shuffle."""
+        if self._snapshot_step == step:  # the epoch had started updating
+            self._restore_saved(self._snapshot)
+        self.step = step
+        self._rng.bit_generator.state = rng_state
 
     def _trainable_arrays(self) -> None:
         """Every parameter and optimizer buffer as a writable C-contiguous array of the model's
@@ -462,6 +510,7 @@ class Model:
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
         before = self._saved(self._snapshot)
+        self._snapshot_step = self.step  # which epoch's start it holds (see _roll_back)
         perm = perm.astype(np.int64, copy=False)
         if dp is not None:
             total, done, status = dp.epoch(perm, lrs, self.step)
