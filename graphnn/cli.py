@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stability", action="store_true", help="also print a stability audit")
 
     p = sub.add_parser("export", help="write a standalone training module")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="a .toml spec, or a trained model.npz (its predict then takes raw rows)",
+    )
     p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
@@ -411,6 +415,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.spec.endswith(".npz"):  # a trained model: its preprocessing goes into the module
+        from graphnn.model_file import load_model
+
+        path = load_model(args.spec, backend="numpy").export(
+            args.output, backend=args.backend, blas=args.blas
+        )
+        print(f"wrote {path}")
+        return 0
     spec = _load(args.spec, args)
     try:
         from codegen.export.write import export_module  # noqa: F401 - only to see whether it exists

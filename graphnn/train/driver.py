@@ -659,6 +659,15 @@ class Model:
             )
         return self.preprocessing.transform(arrays, self.dtype)
 
+    def export(self, path, backend="cpu", epochs=None, batch_size=None, blas=True) -> Path:
+        """Write a standalone module of this model (``g.export``'s kernels and optimizer) whose
+        ``predict`` takes raw rows: the scaling and classes are written into it, with
+        ``load_params(model_file)`` to read trained parameters.  See
+        :mod:`graphnn.train.export_model`."""
+        from graphnn.train.export_model import export_model
+
+        return export_model(self, path, backend, epochs, batch_size, blas)
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     def save(self, path) -> Path:
