@@ -152,3 +152,13 @@ def test_binary_string_labels_fill_one_column():
     out = prep.encode({"t": np.array(["no", "yes", "no"])}, {"t": (1,)}, fit=True)["t"]
     np.testing.assert_array_equal(out, [[0.0], [1.0], [0.0]])
     assert prep.labels("t", np.array([[2.0], [-1.0]]), "logit").tolist() == ["yes", "no"]
+
+
+def test_a_regressions_integer_target_is_not_taken_for_labels():
+    x, t = gn.input("x", (2,)), gn.input("t", (1,))
+    model = gn.compile(gn.Graph(gn.mse(x @ gn.param("w", (2, 1)), t)), backend="numpy")
+    counts = np.arange(12) % 7  # 7 values for one column: labels would be refused as such
+    with pytest.raises(gn.DataError, match="input 't' must hold floats"):
+        model.fit({"x": np.ones((12, 2)), "t": counts[:, None]}, epochs=1)
+    model.fit({"x": np.ones((12, 2)), "t": counts[:, None].astype(float)}, epochs=1)
+    assert model.preprocessing.classes == {}

@@ -168,6 +168,9 @@ class Model:
         fwd.node(self.prediction)  # a clear error for an unknown node name
         self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
         self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
+        # the input labels may fill: a classifier's target (a regression's integers stay numbers)
+        labelled = self.accuracy_kind is not None and self.target is not None
+        self._labels = {self.target: self._shapes[self.target]} if labelled else {}
         self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
         self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them
         self.metrics: dict = {}  # name -> f(prediction, target, kind), beyond loss and accuracy
@@ -305,7 +308,7 @@ class Model:
                     classifier = bool(self.accuracy_kind and self.target)
                     self.metrics = metric_table.resolve(metrics, classifier)
                 checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
-                data = self.preprocessing.encode(data, self._shapes, fit=True)
+                data = self.preprocessing.encode(data, self._labels, fit=True)
                 arrays = check_data(self.graph.forward, data, self.dtype)
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
@@ -453,7 +456,7 @@ class Model:
         if validation_data is not None:
             if split:
                 raise DataError("pass validation_data or validation_split, not both")
-            validation_data = self.preprocessing.encode(validation_data, self._shapes)
+            validation_data = self.preprocessing.encode(validation_data, self._labels)
             return arrays, check_data(self.graph.forward, validation_data, self.dtype)
         if not split:
             return arrays, None
@@ -596,7 +599,7 @@ class Model:
 
     def evaluate(self, data: Mapping) -> dict[str, float]:
         """Mean loss (and accuracy, for classifiers) on ``data``."""
-        data = self.preprocessing.encode(data, self._shapes) if isinstance(data, Mapping) else data
+        data = self.preprocessing.encode(data, self._labels) if isinstance(data, Mapping) else data
         arrays = self._scaled(check_data(self.graph.forward, data, self.dtype))
         self._trainable_arrays()
         return self._metrics(arrays)

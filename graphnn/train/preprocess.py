@@ -88,8 +88,9 @@ class Preprocessing:
     # --- labels ---------------------------------------------------------------------------------
 
     def encode(self, data: Mapping, shapes: Mapping[str, tuple], fit: bool = False) -> dict:
-        """``data`` with each label array (ints, strings) of a target input replaced by its
-        one-hot rows (a 0/1 column for a target of one column); ``fit`` learns new classes."""
+        """``data`` with the label array (ints, strings) of each input in ``shapes`` (the
+        inputs labels may fill: a classifier's target) replaced by its one-hot rows (a 0/1
+        column for a target of one column); ``fit`` learns new classes."""
         out = dict(data)
         for name, value in data.items():
             if name not in shapes or isinstance(value, float | int):
