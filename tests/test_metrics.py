@@ -98,9 +98,23 @@ def test_regression_metrics_and_a_user_function(tmp_path):
     assert set(loaded.evaluate({"x": x, "t": t})) == {"loss", "mae", "rmse", "r2"}
 
 
+def test_class_metrics_of_a_model_trained_with_another_loss():
+    x, codes = labelled(100, 6)
+    one_hot = np.eye(2)[codes % 2]
+    model = regression()  # MSE on one-hot rows: its loss reads no classes
+    history = model.fit({"x": x, "t": one_hot}, epochs=2, metrics=["accuracy", "f1"])
+    guess = model.predict({"x": x}).argmax(axis=1)
+    assert history["accuracy"][-1] == pytest.approx(sk.accuracy_score(codes % 2, guess))
+    assert history["f1"][-1] == pytest.approx(sk.f1_score(codes % 2, guess, average="macro"))
+
+
 def test_metric_errors():
-    with pytest.raises(gn.DataError, match="metric 'f1' needs a classifier"):
-        regression().fit({"x": np.ones((4, 5)), "t": np.ones((4, 2))}, metrics=["f1"])
+    from graphnn.train.metrics import resolve
+
+    with pytest.raises(gn.DataError, match="metric 'f1' compares classes with a target of one"):
+        resolve(["f1"], None, (2, 2))  # a regression loss on (2, 2) targets
+    with pytest.raises(gn.DataError, match="metric 'top3' compares classes"):
+        resolve(["top3"], None, None)  # no target at all
     with pytest.raises(gn.DataError, match="unknown metric 'mse'"):
         regression().fit({"x": np.ones((4, 5)), "t": np.ones((4, 2))}, metrics=["mse"])
 

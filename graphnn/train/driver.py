@@ -305,8 +305,7 @@ class Model:
                 )
                 _check_seed(seed, none_ok=True)
                 if metrics is not None:
-                    classifier = bool(self.accuracy_kind and self.target)
-                    self.metrics = metric_table.resolve(metrics, classifier)
+                    self.metrics = metric_table.resolve(metrics, *self._metric_reading())
                 checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
                 data = self.preprocessing.encode(data, self._labels, fit=True)
                 arrays = check_data(self.graph.forward, data, self.dtype)
@@ -376,6 +375,12 @@ class Model:
             for name, value in self._best.items():
                 self.params[name][...] = value
         return self.history
+
+    def _metric_reading(self) -> tuple[str | None, tuple | None]:
+        """(how the loss reads classes, the target's per-sample shape) for metrics.resolve."""
+        if self.target is None:
+            return None, None
+        return self.accuracy_kind, self._shapes[self.target]
 
     def _callbacks(self, callbacks, logs, files) -> str | None:
         """Run the epoch's callbacks: "callback" when one returns False or sets
@@ -751,9 +756,8 @@ class Model:
         if isinstance(meta.get("columns"), dict):
             self.columns = meta["columns"]
         if meta.get("metrics") and not self.metrics:  # evaluate reports them again
-            classifier = bool(self.accuracy_kind and self.target)
             try:
-                self.metrics = metric_table.resolve(meta["metrics"], classifier)
+                self.metrics = metric_table.resolve(meta["metrics"], *self._metric_reading())
             except DataError as exc:
                 raise CheckpointError(f"{path}: {exc}") from None
         if weights_only:

@@ -110,8 +110,13 @@ def is_builtin(name: str) -> bool:
     return name in CLASSIFIER_METRICS or name in REGRESSION_METRICS or bool(_TOP_K.fullmatch(name))
 
 
-def resolve(metrics, classifier: bool) -> dict[str, Callable]:
-    """``metrics`` (names and functions ``f(pred, target)``) as {name: f(pred, target, kind)}."""
+def resolve(metrics, kind: str | None, target_shape: tuple | None) -> dict[str, Callable]:
+    """``metrics`` (names and functions ``f(pred, target)``) as {name: f(pred, target, kind)}.
+
+    ``kind``: how the model's own loss reads classes (None for a regression loss).  A class
+    metric asked of a model trained with another loss (MSE on one-hot rows, say) reads them by
+    argmax of several target columns, or the 0.5 threshold of one.
+    """
     if isinstance(metrics, str) or callable(metrics):
         metrics = [metrics]
     out = {}
@@ -122,11 +127,15 @@ def resolve(metrics, classifier: bool) -> dict[str, Callable]:
             continue
         if not isinstance(item, str):
             raise DataError(f"a metric is a name or a function, got {shown(item)}")
+        fn = metric(item)
         is_class = item in CLASSIFIER_METRICS or _TOP_K.fullmatch(item)
-        if is_class and not classifier:
-            raise DataError(
-                f"metric {item!r} needs a classifier (a softmax, sigmoid or BCE output); "
-                f"for a regression: {', '.join(REGRESSION_METRICS)}"
-            )
-        out[item] = metric(item)
+        if is_class and kind is None:
+            if target_shape is None or len(target_shape) != 1:
+                raise DataError(
+                    f"metric {item!r} compares classes with a target of one row per sample, "
+                    f"which this model has not; for a regression: {', '.join(REGRESSION_METRICS)}"
+                )
+            read = "argmax" if target_shape[0] > 1 else "prob"
+            fn = lambda pred, target, _, fn=fn, read=read: fn(pred, target, read)  # noqa: E731
+        out[item] = fn
     return out
