@@ -137,3 +137,22 @@ def test_formulas_round_trip_exactly():
     for expr in exprs:
         back = expr_from_data(json.loads(json.dumps(expr_to_data(expr))))
         assert sympy.srepr(back) == sympy.srepr(expr)
+
+
+def test_a_file_with_a_bad_preprocessing_record_leaves_the_model_unchanged(tmp_path):
+    from graphnn.train import checkpoint
+
+    x, t = gn.input("x", (2,)), gn.input("t", (1,))
+    graph = gn.Graph(gn.mse(x @ gn.param("w", (2, 1)), t))
+    trained = gn.compile(graph, backend="numpy", scale="standard")
+    trained.fit({"x": np.arange(8.0).reshape(4, 2), "t": np.ones((4, 1))}, epochs=2)
+    trained.save(tmp_path / "m.npz")
+    arrays, meta = checkpoint.load_checkpoint(tmp_path / "m.npz")
+    meta["preprocessing"]["scale"] = {"x": "zscore"}
+    checkpoint.save_checkpoint(tmp_path / "m.npz", arrays=arrays, meta=meta)
+    fresh = gn.compile(graph, backend="numpy")
+    before = fresh.params["w"].copy()
+    with pytest.raises(gn.CheckpointError, match="preprocessing record is malformed"):
+        fresh.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(fresh.params["w"], before)
+    assert fresh.step == 0 and not fresh.preprocessing.scale

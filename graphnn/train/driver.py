@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,15 +31,12 @@ import numpy as np
 from graphnn.errors import (
     CheckpointError,
     DataError,
-    GraphError,
-    GraphnnWarning,
     RunExistsError,
     shown,
 )
 from graphnn.ir.prediction import accuracy_kind, prediction_node
-from graphnn.ir.serialize import graph_to_data
 from graphnn.ir.shapes import show
-from graphnn.optim.optimizers import SGD, Optimizer, optimizer_to_data, state_key
+from graphnn.optim.optimizers import SGD, Optimizer, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train import distributed as mpi
 from graphnn.train import metrics as metric_table
@@ -49,12 +45,12 @@ from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
 from graphnn.train.interrupt import DeferredInterrupt, is_interrupt
 from graphnn.train.metrics import accuracy
+from graphnn.train.model_files import BEST, ModelFiles, newest_that_verifies
 from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 from graphnn.train.parallel import DataParallel
 from graphnn.train.preprocess import Preprocessing, resolve_scale
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
-BEST = "best.npz"
 
 
 def compile(
@@ -135,7 +131,7 @@ def _rows(arrays) -> int:
     return len(next(iter(arrays.values()))) if arrays else 1
 
 
-class Model:
+class Model(ModelFiles):
     """Parameters, optimizer state and compiled kernels of one graph.
 
     ``params`` and ``state`` are dicts of arrays that training updates in place.  An entry may be
@@ -485,7 +481,7 @@ class Model:
         self._rng = np.random.default_rng(seed)
 
     def _resume(self, checkpoint_dir, seed, early_stopping) -> None:
-        latest = _newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
+        latest = newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
         if latest is not None:
             self._restore(*latest)
             self._best = None
@@ -675,124 +671,3 @@ class Model:
         from graphnn.train.export_model import export_model
 
         return export_model(self, path, backend, epochs, batch_size, blas)
-
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    def save(self, path) -> Path:
-        """Write parameters, optimizer state, counters and RNG state atomically to ``path``."""
-        arrays = {f"param/{k}": v for k, v in self.params.items()}
-        arrays |= {f"state/{k}": v for k, v in self.state.items()}
-        prep_arrays, prep_meta = self.preprocessing.to_file()
-        arrays |= prep_arrays
-        meta = {
-            "preprocessing": prep_meta,
-            "epoch": self.epoch,
-            "step": self.step,
-            "rng": self._rng.bit_generator.state if self._rng is not None else None,
-            "history": dict(self.history),
-            "optimizer": self.optimizer.name,
-            "dtype": self.dtype.name,
-            "columns": self.columns,
-            "metrics": [k for k in self.metrics if metric_table.is_builtin(k)],
-            **self._description(),
-        }
-        ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
-        return Path(path)
-
-    def _description(self) -> dict:
-        """What ``gn.load_model`` rebuilds the model from: the graph, optimizer and settings as
-        data (formulas as SymPy trees; never code).  Computed once per model."""
-        if not hasattr(self, "_described"):
-            settings = {
-                "backend": self.backend,
-                "dtype": self.dtype.name,
-                "predict": self.prediction,
-                "seed": self.seed,
-                "flush_denormals": self.flush_denormals,
-            }
-            try:
-                graph = graph_to_data(self.graph.forward.outputs)
-                optimizer = optimizer_to_data(self.optimizer)
-            except GraphError as exc:  # a formula of a class no file can hold: weights only
-                warnings.warn(
-                    f"model files will hold no graph for gn.load_model ({exc})", GraphnnWarning, 3
-                )
-                graph = optimizer = None
-            self._described = {"graph": graph, "optimizer_data": optimizer, "model": settings}
-        return self._described
-
-    def load(self, path, weights_only: bool = False) -> None:
-        """Restore a checkpoint written by :meth:`save`: parameters, and unless ``weights_only``
-        the optimizer state, counters, history and shuffling RNG.  Raises CheckpointError naming
-        ``path`` for a missing, corrupt or mismatched file; the model is unchanged then."""
-        self._restore(path, *ckpt.load_checkpoint(path), weights_only)
-
-    def _restore(self, path, arrays, meta, weights_only: bool = False) -> None:
-        self._trainable_arrays()  # the checkpoint is written into these arrays
-        params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
-        state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
-        if not weights_only and meta.get("optimizer") != self.optimizer.name:
-            raise CheckpointError(
-                f"checkpoint {path} holds the state of optimizer {meta.get('optimizer')!r}, "
-                f"this model uses {self.optimizer.name!r} (load(..., weights_only=True) "
-                "takes only the parameters)"
-            )
-        wanted = [(params, self.params)] + ([] if weights_only else [(state, self.state)])
-        for saved, current in wanted:
-            for name, value in current.items():
-                if name not in saved or saved[name].shape != value.shape:
-                    got = saved[name].shape if name in saved else "nothing"
-                    raise CheckpointError(
-                        f"checkpoint {path} does not match this model at '{name}': "
-                        f"expected shape {value.shape}, found {got}"
-                    )
-        if not weights_only and not all(k in meta for k in ("epoch", "step", "history")):
-            raise CheckpointError(f"checkpoint {path} is not a model checkpoint (no counters)")
-        for saved, current in wanted:
-            for name, value in current.items():
-                value[...] = saved[name]
-        if "preprocessing" in meta:  # the parameters were trained on inputs scaled so
-            self.preprocessing = Preprocessing.from_file(arrays, meta["preprocessing"], path)
-        if isinstance(meta.get("columns"), dict):
-            self.columns = meta["columns"]
-        if meta.get("metrics") and not self.metrics:  # evaluate reports them again
-            try:
-                self.metrics = metric_table.resolve(meta["metrics"], *self._metric_reading())
-            except DataError as exc:
-                raise CheckpointError(f"{path}: {exc}") from None
-        if weights_only:
-            return
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        self.history = History(meta["history"])
-        self._rng = None
-        if meta.get("rng") is not None:
-            self._rng = np.random.default_rng()
-            self._rng.bit_generator.state = meta["rng"]
-
-    def _checkpoint(self, directory, every: int, keep: int | None, is_best: bool, last) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.epoch % every == 0 or last:
-            self.save(directory / ckpt.checkpoint_name(self.step))
-            if keep is not None:
-                ckpt.prune_checkpoints(directory, keep)
-        if is_best:
-            self.save(directory / BEST)
-
-
-def _newest_that_verifies(directory) -> tuple[Path, dict, dict] | None:
-    """(path, arrays, meta) of the newest checkpoint in ``directory`` that loads and verifies,
-    warning about each newer one that does not; None if there is none at all."""
-    found = ckpt.checkpoints_newest_first(directory)
-    failed = []
-    for path in found:
-        try:
-            return (path, *ckpt.load_checkpoint(path))
-        except CheckpointError as exc:
-            failed.append(exc)
-            if path != found[-1]:
-                warnings.warn(f"{exc}; resuming from an older checkpoint", GraphnnWarning, 3)
-    if failed:
-        more = f" (and {len(failed) - 1} older ones)" if len(failed) > 1 else ""
-        raise CheckpointError(f"{failed[0]}{more}; no checkpoint of {directory} can be resumed")
-    return None
