@@ -52,6 +52,7 @@ from graphnn.ir.ops import (
 )
 from graphnn.ir.ops import exp_ as exp
 from graphnn.ir.ops import log_ as log
+from graphnn.model_file import load_model
 from graphnn.optim.optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp
 from graphnn.train.driver import Model, compile
 
@@ -91,6 +92,7 @@ __all__ = [
     "gelu",
     "input",
     "leaky_relu",
+    "load_model",
     "log",
     "matmul",
     "mean",

@@ -31,6 +31,8 @@ EXAMPLES = """examples:
   graphnn grad examples/digits.toml --format latex
   graphnn check examples/xor.toml           finite-difference check of the gradients
   graphnn export examples/digits.toml -o digits_step.py
+  graphnn predict runs/iris/model.npz rows.csv -o predictions.csv
+  graphnn evaluate runs/iris/model.npz rows.csv
   graphnn cache --older-than 30             remove compiled kernels unused for 30 days
 """
 
@@ -113,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stability", action="store_true", help="also print a stability audit")
 
     p = sub.add_parser("export", help="write a standalone training module")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "spec",
+        metavar="SPEC",
+        help="a .toml spec, or a trained model.npz (its predict then takes raw rows)",
+    )
     p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
@@ -123,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="matrix products as generated loops: the module then needs no SciPy",
     )
+
+    p = sub.add_parser("predict", help="a saved model's predictions for the rows of a file")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.npz, a checkpoint)")
+    p.add_argument("data", metavar="DATA", help="a .csv (header row) or .npz file of raw rows")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write CSV here (default stdout)"
+    )
+    p.add_argument("--backend", choices=backends, help="default: the model's own")
+
+    p = sub.add_parser("evaluate", help="a saved model's loss and metrics on the rows of a file")
+    p.add_argument("model", metavar="MODEL", help="a model file (model.npz, a checkpoint)")
+    p.add_argument("data", metavar="DATA", help="a .csv (header row) or .npz file, targets too")
+    p.add_argument("--backend", choices=backends, help="default: the model's own")
 
     p = sub.add_parser("demo", help="train the bundled digits example (about 98%% accuracy)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="default runs/digits")
@@ -271,15 +290,29 @@ def _train(spec, out: Path, args) -> int:
     from graphnn.train.distributed import is_main
 
     progress = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise
-    result = run_spec(
-        spec,
-        out,
-        epochs=args.epochs,
-        backend=args.backend,
-        progress=progress,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    try:
+        result = run_spec(
+            spec,
+            out,
+            epochs=args.epochs,
+            backend=args.backend,
+            progress=progress,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        if not (out / "model.npz").is_file():
+            raise  # interrupted before training began: nothing to resume
+        again = "graphnn demo" if args.command == "demo" else f"graphnn train {args.spec}"
+        again += f" --out {out}" if args.command == "train" and args.out else ""
+        again += f" --out {out}" if args.command == "demo" and out != Path("runs/digits") else ""
+        again += f" --epochs {args.epochs}" if args.epochs else ""
+        again += f" --backend {args.backend}" if args.backend else ""
+        return _fail(
+            f"interrupted; the run so far is saved in {out} (model.npz, checkpoints/, "
+            f"history.json); continue it with: {again} --resume",
+            130,
+        )
     unmet = [(key, bound) for key, bound, _, met in result.expectations() if not met]
     if not is_main():  # under mpiexec, rank 0 speaks for the job
         return FAILURE if unmet else 0
@@ -346,11 +379,14 @@ def cmd_graph(args) -> int:
 
 def cmd_check(args) -> int:
     from graphnn.inspect.gradcheck import TOLERANCE, check_gradients, random_data
+    from graphnn.train.preprocess import Preprocessing
 
     spec = _load(args.spec, args)
     backend, dtype = args.backend or spec.train.backend, spec.train.dtype
     if spec.data is not None:
         data = {k: v[: args.rows] for k, v in spec.data.load_all().items()}
+        shapes = {n.name: n.shape[1:] for n in spec.graph.forward.inputs}
+        data = Preprocessing({}).encode(data, shapes, fit=True)  # labels as one-hot rows
     else:
         data = random_data(spec.graph, args.rows, spec.train.seed)
     rows = len(next(iter(data.values())))
@@ -379,6 +415,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.spec.endswith(".npz"):  # a trained model: its preprocessing goes into the module
+        from graphnn.model_file import load_model
+
+        path = load_model(args.spec, backend="numpy").export(
+            args.output, backend=args.backend, blas=args.blas
+        )
+        print(f"wrote {path}")
+        return 0
     spec = _load(args.spec, args)
     try:
         from codegen.export.write import export_module  # noqa: F401 - only to see whether it exists
@@ -395,6 +439,55 @@ def cmd_export(args) -> int:
         blas=args.blas,
     )
     print(f"wrote {path or args.output}")
+    return 0
+
+
+def _saved_model(args):
+    from graphnn.model_file import load_model
+
+    return load_model(args.model, backend=args.backend)
+
+
+def cmd_predict(args) -> int:
+    import csv
+
+    import numpy as np
+
+    from graphnn.spec.model_data import read_rows
+
+    model = _saved_model(args)
+    data = read_rows(model, args.data, "graphnn predict", with_target=False)
+    pred = model.predict(data)
+    flat = np.asarray(pred).reshape(len(pred), -1)
+    header = [f"{model.prediction}_{k}" for k in range(flat.shape[1])]
+    columns = [flat[:, k] for k in range(flat.shape[1])]
+    if model.accuracy_kind and model.target:  # a classifier: its class first, in the user's labels
+        header.insert(0, "label")
+        columns.insert(0, model.preprocessing.labels(model.target, pred, model.accuracy_kind))
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for row in zip(*columns, strict=True):
+            writer.writerow([v if isinstance(v, str) else repr(v.item()) for v in row])
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"wrote {args.output}: {len(flat)} rows", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from graphnn.spec.model_data import read_rows
+
+    model = _saved_model(args)
+    data = read_rows(model, args.data, "graphnn evaluate", with_target=True)
+    metrics = model.evaluate(data)
+    rows = len(next(iter(data.values())))
+    print(f"{args.model} on {args.data} ({rows} rows)")
+    for key, value in metrics.items():
+        print(f"  {key:<10} {value:.6g}")
     return 0
 
 
@@ -428,6 +521,8 @@ COMMANDS = {
     "graph": cmd_graph,
     "check": cmd_check,
     "export": cmd_export,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
     "demo": cmd_demo,
     "cache": cmd_cache,
 }

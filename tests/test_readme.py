@@ -37,3 +37,21 @@ def test_readme_spec_listing_is_the_digits_example():
     assert match, "the README lost its spec listing"
     example = (README.parent / "examples" / "digits.toml").read_text()
     assert match.group(1) == example[example.index("[inputs]") :]
+
+
+def test_readme_load_and_predict_snippet_runs_as_written(tmp_path, monkeypatch):
+    from graphnn.spec.build import load_spec
+    from graphnn.spec.runner import run_spec
+
+    text = README.read_text()
+    match = re.search(r"From Python:\n\n```python\n(.*?)```", text, re.S)
+    assert match, "the README lost its load-and-predict snippet"
+    code = match.group(1)
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(README.parent / "examples" / "iris.toml")  # graphnn train, on numpy
+    run_spec(spec, tmp_path / "runs" / "iris", backend="numpy")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README load/predict", "exec"), {})  # our own README
+    shown = re.search(r"# the first five irises' classes: (.+)", code).group(1)
+    assert out.getvalue().strip() == shown

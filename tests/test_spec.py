@@ -291,9 +291,13 @@ def test_sklearn_sources(tmp_path, name, features, classes, rows):
     y = np.concatenate([train["y"], val["y"]])
     if name == "digits":
         assert x.min() == 0 and x.max() == 1
-    else:
-        np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
-        np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-4)
+        assert spec.compile_options()["scale"] is None
+    else:  # raw here: the model standardizes them with the training rows' statistics only
+        from sklearn import datasets
+
+        raw = getattr(datasets, f"load_{name}")().data.astype(np.float32)
+        np.testing.assert_array_equal(np.sort(x, axis=0), np.sort(raw, axis=0))
+        assert spec.compile_options()["scale"] == {"x": "standard"}
     if classes > 1:
         np.testing.assert_array_equal(y.sum(axis=1), 1)
     assert set(np.unique(y)) == {0.0, 1.0}
@@ -324,7 +328,9 @@ def test_npz_mapping_and_one_hot_labels(tmp_path):
         tmp_path, 'source = "d.npz"\nx = "X"\ny = "labels"\none_hot = "y"\nvalidation_split = 0\n'
     )
     train, _ = spec.load_data()
-    np.testing.assert_array_equal(train["y"].argmax(axis=1), [0, 1, 2, 2, 1, 0])
+    # labels, one per row: the model encodes them (one-hot) and keeps the classes
+    np.testing.assert_array_equal(train["y"], [0, 1, 2, 2, 1, 0])
+    assert train["y"].dtype == np.int64
 
 
 def test_npz_refuses_pickles(tmp_path):
@@ -350,7 +356,7 @@ def test_csv_columns_and_one_hot(tmp_path, one_hot):
     rows = np.concatenate([train["x"], val["x"]])
     assert sorted(rows[:, 0]) == list(range(10))
     np.testing.assert_array_equal(rows[:, 1], rows[:, 0] + 1)
-    labels = np.concatenate([train["y"], val["y"]]).argmax(axis=1)
+    labels = np.concatenate([train["y"], val["y"]])
     np.testing.assert_array_equal(labels, rows[:, 0] % 3)
 
 
@@ -384,9 +390,9 @@ def test_csv_without_one_hot_keeps_columns(tmp_path):
         ),
         (CSV, 'x = ["c0", "c1", "c2"]\ny = ["label"]\none_hot = true', "per-sample shape [4]"),
         (
-            CSV.replace(",2\n", ",7\n", 1),
+            CSV.replace("0.5,", "1.5,", 1).replace(",1\n", ",1.5\n", 1),
             'x = ["c0", "c1", "c2", "c3"]\ny = ["label"]\none_hot = true',
-            "labels must be integers in [0, 3)",
+            "one_hot labels must be integers or names, not both; data row 2",
         ),
         (CSV, 'x = ["c0", "c1", "c2", "c3"]', "[data] y: required"),
         (CSV, 'x = ["c0", "c1", "c2", "c3"]\ny = ["label"]\nxx = ["c0"]', "unknown key 'xx'"),

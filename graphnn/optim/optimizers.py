@@ -224,3 +224,49 @@ def Adagrad(lr: float = 0.01, eps=1e-10, weight_decay=0.0, **kw):
     hyper = {"lr": lr, "eps": eps, "weight_decay": weight_decay}
     updates = (("s", f"s + {g}*{g}"), ("P", f"P - lr*{g}/(sqrt(s) + eps)"))
     return Optimizer("adagrad", hyper, ("s",), updates, **kw)
+
+
+def optimizer_to_data(opt: Optimizer) -> dict:
+    """An optimizer as data (its formulas as SymPy trees, never code)."""
+    from graphnn.ir.serialize import expr_to_data
+    from graphnn.optim.schedules import schedule_to_data
+
+    sym = opt.symbols
+
+    def formulas(pairs, what):
+        return [[k, expr_to_data(_formula(v, sym, f"{what} {k}"))] for k, v in pairs]
+
+    return {
+        "name": opt.name,
+        "hyper": dict(opt.hyper),
+        "state": list(opt.state),
+        "updates": formulas(opt.updates, "update of"),
+        "per_step": formulas(opt.per_step, "per-step scalar"),
+        "clip_norm": opt.clip_norm,
+        "schedule": schedule_to_data(opt.schedule),
+    }
+
+
+def optimizer_from_data(data) -> Optimizer:
+    """The optimizer :func:`optimizer_to_data` stored; GraphError if malformed."""
+    from graphnn.ir.serialize import expr_from_data
+    from graphnn.optim.schedules import schedule_from_data
+
+    if not isinstance(data, dict):
+        raise GraphError("the optimizer record is not a table")
+    try:
+        pairs = {
+            key: tuple((k, expr_from_data(v, f"optimizer {key} {k}")) for k, v in data[key])
+            for key in ("updates", "per_step")
+        }
+        return Optimizer(
+            str(data["name"]),
+            dict(data["hyper"]),
+            tuple(data["state"]),
+            pairs["updates"],
+            pairs["per_step"],
+            data.get("clip_norm"),
+            schedule_from_data(data.get("schedule")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GraphError(f"malformed optimizer record ({type(exc).__name__}: {exc})") from None

@@ -99,3 +99,36 @@ class Warmup(Schedule):
         if step < self.steps:
             return (step + 1) / self.steps
         return self.then(step - self.steps)
+
+
+SCHEDULES = {cls.__name__: cls for cls in (Constant, Step, Exponential, Cosine, Warmup)}
+
+
+def schedule_to_data(schedule: Schedule | None) -> dict | None:
+    """A schedule as data: ``{"kind": "Cosine", "total_steps": 100, "floor": 0.0}``."""
+    if schedule is None:
+        return None
+    kind = type(schedule).__name__
+    if SCHEDULES.get(kind) is not type(schedule):
+        raise GraphError(
+            f"cannot store the schedule {schedule!r}: not one of {', '.join(SCHEDULES)}"
+        )
+    out = {"kind": kind}
+    for key, value in schedule.__dict__.items():
+        out[key] = schedule_to_data(value) if isinstance(value, Schedule) else value
+    return out
+
+
+def schedule_from_data(data) -> Schedule | None:
+    """The schedule :func:`schedule_to_data` stored (GraphError if malformed)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or data.get("kind") not in SCHEDULES:
+        raise GraphError(f"unknown schedule {data!r}")
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    if isinstance(fields.get("then"), dict):
+        fields["then"] = schedule_from_data(fields["then"])
+    try:
+        return SCHEDULES[data["kind"]](**fields)
+    except TypeError as exc:
+        raise GraphError(f"schedule {data['kind']}: {exc}") from None

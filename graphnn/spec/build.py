@@ -118,6 +118,7 @@ class Spec:
             "dtype": t.dtype,
             "predict": t.predict,
             "seed": t.seed,
+            "scale": None if self.data is None else self.data.scale,
         }
 
     def fit_options(self) -> dict:
@@ -130,6 +131,7 @@ class Spec:
             "tol": t.tol,
             "patience": t.patience,
             "early_stopping": t.early_stopping,
+            "metrics": list(t.metrics),
         }
 
 

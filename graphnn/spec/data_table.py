@@ -2,8 +2,11 @@
 
 A source is one of scikit-learn's bundled datasets (``sklearn:digits``, ``sklearn:iris``,
 ``sklearn:breast_cancer``, ``sklearn:wine``; no download), or a ``.npz`` or ``.csv`` file whose
-path is relative to the spec file.  Features of digits are scaled by 1/16, the others are
-standardized; targets are one-hot for several classes and a (n, 1) 0/1 column for two.
+path is relative to the spec file.  Features of digits are scaled by 1/16; the others come
+raw, and ``scale`` (default ``"standard"`` for them) has the model standardize them with the
+statistics of the training rows only.  Targets are one-hot for several classes and a (n, 1) 0/1
+column for two.  A file's ``one_hot`` inputs come as labels (ints or strings, one per row),
+which the model encodes (:mod:`graphnn.train.preprocess`) and keeps the classes of.
 
 ``.npz`` files are read with ``allow_pickle=False``; ``.csv`` files need a header row.  Every
 error is a :class:`~graphnn.errors.SpecError` naming the spec file, ``[data]`` and the key.
@@ -34,7 +37,8 @@ from graphnn.errors import SpecError, shown
 from graphnn.exprparse import _suggest
 
 SKLEARN = ("digits", "iris", "breast_cancer", "wine")
-_COMMON_KEYS = ("source", "validation_split")
+_COMMON_KEYS = ("source", "validation_split", "scale")
+SCALES = ("standard", "minmax", "none")
 
 
 def _hint(word: str, known) -> str:
@@ -88,6 +92,7 @@ class DataSpec:
     base: str | None = None  # the spec's folder: a file source must stay inside it ...
     allow_outside: bool = False  # ... unless this says otherwise
     given: str | None = None  # the file source as the spec wrote it
+    scale: str | dict | None = None  # gn.compile's scale: a kind, or input -> kind
 
     @classmethod
     def from_table(
@@ -108,7 +113,11 @@ class DataSpec:
         inputs = {k: tuple(v) for k, v in inputs.items()}
         if source.startswith("sklearn:"):
             columns = _sklearn_columns(table, where, source, inputs, defaults or {})
-            return cls(where, source, inputs, columns, frozenset(), split)
+            default = None if source == "sklearn:digits" else "standard"  # digits: x/16
+            scale = _scale(table.get("scale", default), where, inputs)
+            if isinstance(scale, str):  # a kind alone: for the features
+                scale = {columns["features"]: scale}
+            return cls(where, source, inputs, columns, frozenset(), split, scale=scale)
         path = Path(base) / source
         if path.suffix.lower() not in (".npz", ".csv"):
             raise SpecError(
@@ -120,8 +129,18 @@ class DataSpec:
         _a_file(source, path, where)
         one_hot = _one_hot(table.get("one_hot", False), where, inputs)
         columns = _file_columns(table, where, path.suffix.lower(), inputs)
+        scale = _scale(table.get("scale"), where, inputs)
         return cls(
-            where, str(path), inputs, columns, one_hot, split, str(base), allow_outside, source
+            where,
+            str(path),
+            inputs,
+            columns,
+            one_hot,
+            split,
+            str(base),
+            allow_outside,
+            source,
+            scale,
         )
 
     def load(self, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -152,8 +171,9 @@ class DataSpec:
         out = {}
         for name, arr in raw.items():
             if self._is_one_hot(name, arr):
-                arr = _to_one_hot(arr, self.inputs[name][0], f"{self.where} {name}")
-            out[name] = _fit_shape(arr, self.inputs[name], f"{self.where} {name}")
+                out[name] = _labels(arr, f"{self.where} {name}")
+            else:
+                out[name] = _fit_shape(arr, self.inputs[name], f"{self.where} {name}")
         sizes = {len(a) for a in out.values()}
         if len(sizes) > 1:
             counts = ", ".join(f"{k}: {len(v)}" for k, v in out.items())
@@ -166,7 +186,7 @@ class DataSpec:
         if self.one_hot is not True:
             return name in self.one_hot
         shape = self.inputs[name]
-        per_sample = math.prod(np.shape(arr)[1:])
+        per_sample = len(arr) if isinstance(arr, list) else math.prod(np.shape(arr)[1:])
         return len(shape) == 1 and shape[0] > 1 and per_sample == 1
 
     def _load_npz(self) -> dict[str, np.ndarray]:
@@ -204,7 +224,8 @@ class DataSpec:
             ) from None
 
     def _load_csv(self) -> dict[str, np.ndarray]:
-        return read_csv(self.source, self.where, self.columns)
+        labels = [n for n, cols in self.columns.items() if self._is_one_hot(n, cols)]
+        return read_csv(self.source, self.where, self.columns, labels)
 
 
 def _npy_size(archive: zipfile.ZipFile, member: str) -> int:
@@ -246,7 +267,7 @@ def _sklearn_columns(table, where, source, inputs, defaults) -> dict[str, str]:
         key = sorted(extra)[0]
         raise SpecError(
             f"{where}: unknown key {shown(key)} for a sklearn source; keys: "
-            "source, features, targets, validation_split"
+            "source, features, targets, validation_split, scale"
         )
     columns = {}
     for role in ("features", "targets"):
@@ -281,8 +302,9 @@ def _file_columns(table, where, suffix, inputs) -> dict[str, object]:
     if extra:
         key = sorted(extra)[0]
         raise SpecError(
-            f"{where}: unknown key {shown(key)}; keys are source, validation_split, one_hot "
-            f"and input names ({', '.join(inputs)})" + _hint(key, [*inputs, "one_hot"])
+            f"{where}: unknown key {shown(key)}; keys are source, validation_split, scale, "
+            f"one_hot and input names ({', '.join(inputs)})"
+            + _hint(key, [*inputs, "one_hot", "scale"])
         )
     columns: dict[str, object] = {}
     for name in inputs:
@@ -306,18 +328,63 @@ def _file_columns(table, where, suffix, inputs) -> dict[str, object]:
     return columns
 
 
-def _to_one_hot(arr: np.ndarray, classes: int, where: str) -> np.ndarray:
-    labels = np.asarray(arr, dtype=np.float64).reshape(len(arr), -1)
-    if labels.shape[1] != 1:
-        raise SpecError(f"{where}: one_hot needs one label column, got {labels.shape[1]}")
-    labels = labels[:, 0]
-    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= classes)
-    if np.any(bad):
+def _scale(value, where: str, inputs) -> str | dict | None:
+    """``scale``: a kind for every feature input, or a table input -> kind."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        if value not in SCALES:
+            raise SpecError(f"{where} scale: {shown(value)} is not one of {', '.join(SCALES)}")
+        return value
+    if not isinstance(value, Mapping):
+        raise SpecError(f'{where} scale: expected "standard", "minmax" or a table input -> kind')
+    for name, kind in value.items():
+        if name not in inputs:
+            raise SpecError(f"{where} scale: no input named {shown(name)}" + _hint(name, inputs))
+        if kind not in SCALES:
+            raise SpecError(
+                f"{where} scale {name}: {shown(kind)} is not one of {', '.join(SCALES)}"
+            )
+    return {k: v for k, v in value.items() if v != "none"} or None
+
+
+def _labels(arr: np.ndarray, where: str) -> np.ndarray:
+    """One label per row: int64 when every label is an integer, else strings."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise SpecError(f"{where}: one_hot needs one label column, got {math.prod(arr.shape[1:])}")
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if np.any(bad):
+            raise SpecError(
+                f"{where}: one_hot labels must be integers or names; data row "
+                f"{int(np.argmax(bad)) + 1} holds another value"
+            )
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "US":
+        raise SpecError(f"{where}: one_hot labels must be integers or names, not {arr.dtype}")
+    text = np.char.strip(arr.astype(str))
+    numbers = [_int_or_none(v) for v in text]
+    if all(v is None for v in numbers):
+        return text
+    bad = [k for k, v in enumerate(numbers) if v is None]
+    if bad:  # "1.5" beside "1" and "2": a typo far more often than a class name
         raise SpecError(
-            f"{where}: one_hot labels must be integers in [0, {classes}); data row "
-            f"{int(np.argmax(bad)) + 1} holds another value"
+            f"{where}: one_hot labels must be integers or names, not both; data row "
+            f"{bad[0] + 1} holds a label that is no integer"
         )
-    return np.eye(classes, dtype=np.float32)[labels.astype(np.int64)]
+    return np.array(numbers, dtype=np.int64)
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _fit_shape(arr: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -339,10 +406,10 @@ def _fit_shape(arr: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarra
     return np.ascontiguousarray(arr)
 
 
-def read_csv(path, where: str, wanted: Mapping[str, list[str]]) -> dict[str, np.ndarray]:
+def read_csv(path, where: str, wanted: Mapping[str, list[str]], labels=()) -> dict[str, np.ndarray]:
     """The float64 columns each input of ``wanted`` (input -> column names) reads from a CSV
-    file with a header row; errors name the input, row and column, never a cell's content or
-    a column the spec does not name.
+    file with a header row (the inputs in ``labels``: the cells' text); errors name the input,
+    row and column, never a cell's content or a column the spec does not name.
 
     Read twice, streaming: the first pass counts the rows, so that the array is checked against
     GRAPHNN_MAX_DATA_BYTES before it is allocated (a list of every cell took about 40 times the
@@ -362,8 +429,10 @@ def read_csv(path, where: str, wanted: Mapping[str, list[str]]) -> dict[str, np.
         need = 8 * count * len(picked)
         budgets.check("GRAPHNN_MAX_DATA_BYTES", need, f"{table} take {budgets.nbytes(need)}")
         rows = np.empty((count, len(picked)), dtype=np.float64)
+        text_at = {header.index(c) for n in labels for c in wanted[n]}
+        texts = np.empty((count, len(picked)), dtype=object)
         with open(path, newline="", encoding="utf-8-sig") as f:
-            _fill(rows, csv.reader(f), header, picked, path, where)
+            _fill(rows, csv.reader(f), header, picked, path, where, text_at, texts)
     except LimitError as exc:
         raise SpecError(f"{where} source: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -371,7 +440,11 @@ def read_csv(path, where: str, wanted: Mapping[str, list[str]]) -> dict[str, np.
     except (OSError, csv.Error) as exc:
         raise SpecError(f"{where} source: cannot read {path}: {exc}") from None
     place = {k: j for j, k in enumerate(picked)}
-    return {name: rows[:, [place[header.index(c)] for c in cols]] for name, cols in wanted.items()}
+    out = {}
+    for name, cols in wanted.items():
+        at = [place[header.index(c)] for c in cols]
+        out[name] = texts[:, at].astype(str) if name in labels else rows[:, at]
+    return out
 
 
 def _pick(header: list[str], wanted: Mapping[str, list[str]], path, where: str) -> list[int]:
@@ -399,7 +472,7 @@ def _filled(row: list[str]) -> bool:
     return bool(row) and any(c.strip() for c in row)
 
 
-def _fill(rows: np.ndarray, reader, header: list[str], picked, path, where: str) -> None:
+def _fill(rows, reader, header: list[str], picked, path, where: str, text_at, texts) -> None:
     lines = (r for r in reader if _filled(r))
     next(lines)  # the header
     for r, line in zip(range(len(rows)), lines, strict=False):  # the file may have grown
@@ -409,6 +482,9 @@ def _fill(rows: np.ndarray, reader, header: list[str], picked, path, where: str)
                 f"the header has {len(header)}"
             )
         for j, c in enumerate(picked):
+            if c in text_at:
+                texts[r, j] = line[c]
+                continue
             try:
                 rows[r, j] = float(line[c])
             except ValueError:
@@ -419,16 +495,14 @@ def _fill(rows: np.ndarray, reader, header: list[str], picked, path, where: str)
 
 
 def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features, targets) of a bundled scikit-learn dataset, scaled, as float32."""
+    """(features, targets) of a bundled scikit-learn dataset as float32; raw features but for
+    digits' (/16): standardizing here would use the held-out rows' statistics too."""
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
     x = bunch.data.astype(np.float64)
     if name == "digits":
-        x = x / 16.0
-    else:
-        std = x.std(axis=0)
-        x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        x = x / 16.0  # a fixed unit (pixels in 0..16), not a statistic of the rows
     classes = int(bunch.target.max()) + 1
     if classes == 2:
         y = bunch.target.astype(np.float32)[:, None]

@@ -134,27 +134,32 @@ def run_spec(
     fit = spec.fit_options()
     fit["epochs"] = epochs or fit["epochs"]
     model = driver.compile(spec.graph, **options)
+    if spec.data.source.lower().endswith(".csv"):  # graphnn predict reads the same columns
+        model.columns = dict(spec.data.columns)
 
-    def record_accuracy(model, epoch, logs):
-        if model.accuracy_kind and model.target:
-            model.history.record(accuracy=model.evaluate(train)["accuracy"])
-
+    if model.accuracy_kind and model.target and "accuracy" not in fit["metrics"]:
+        fit["metrics"] = ["accuracy", *fit["metrics"]]  # training accuracy in the history too
     checkpoints = None
     if out is not None:
         out = Path(out)
         checkpoints = out / "checkpoints"
         # rank 0 writes (the others wait: none looks for checkpoints before they are cleared)
         distributed.from_main(lambda: _prepare(checkpoints, overwrite))
-    history = model.fit(
-        train,
-        validation_data=heldout,
-        checkpoint_dir=checkpoints,
-        checkpoint_every=max(1, fit["epochs"] // 10),
-        callbacks=[record_accuracy],
-        progress=progress,
-        resume=resume,
-        **fit,
-    )
+    try:
+        history = model.fit(
+            train,
+            validation_data=heldout,
+            checkpoint_dir=checkpoints,
+            checkpoint_every=max(1, fit["epochs"] // 10),
+            progress=progress,
+            resume=resume,
+            **fit,
+        )
+    except KeyboardInterrupt:  # fit stopped at a complete epoch, and checkpointed it
+        if out is not None and distributed.is_main():
+            model.save(out / "model.npz")
+            model.history.save_json(out / "history.json")
+        raise
     result = RunResult(
         spec,
         model,

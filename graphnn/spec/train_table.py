@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest
 from graphnn.ir.shapes import show
-from graphnn.optim import optimizers
+from graphnn.optim import optimizers, schedules
+from graphnn.train.metrics import is_builtin
 
 _SGD = ("lr", "momentum", "nesterov", "weight_decay")
 _ADAM = ("lr", "beta1", "beta2", "eps", "weight_decay")
@@ -41,6 +42,8 @@ TRAIN_KEYS = (
     "seed",
     "dtype",
     "predict",
+    "metrics",
+    "schedule",
     *SETTINGS,
 )
 CONVERGENCE_KEYS = ("tol", "patience", "early_stopping")
@@ -63,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     predict: str | None = None
+    metrics: tuple[str, ...] = ()
 
 
 def check_keys(table, where: str, allowed, required=(), what: str = "key") -> None:
@@ -137,10 +141,50 @@ def parse_optimizer(table: Mapping, where: str) -> optimizers.Optimizer:
             settings[key] = _number(value, f"{where} {key}", positive=key == "lr")
     if "clip_norm" in table:
         settings["clip_norm"] = _number(table["clip_norm"], f"{where} clip_norm", True)
+    if "schedule" in table:
+        settings["schedule"] = parse_schedule(table["schedule"], f"{where} schedule")
     try:
         return factory(**settings)
     except GraphnnError as exc:
         raise SpecError(f"{where} optimizer: {exc}") from None
+
+
+# kind -> (class, its keys: name -> (required, an int?))
+SCHEDULES = {
+    "step": (schedules.Step, {"every": (True, True), "gamma": (False, False)}),
+    "exponential": (schedules.Exponential, {"gamma": (True, False)}),
+    "cosine": (schedules.Cosine, {"total_steps": (True, True), "floor": (False, False)}),
+    "warmup": (schedules.Warmup, {"steps": (True, True), "then": (False, None)}),
+}
+
+
+def parse_schedule(value, where: str) -> schedules.Schedule:
+    """A learning-rate schedule table, e.g. ``{ kind = "cosine", total_steps = 1000 }``, or
+    ``{ kind = "warmup", steps = 100, then = { kind = "cosine", total_steps = 900 } }``.
+    Steps count optimizer steps over the whole run."""
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f'{where}: must be a table, e.g. {{ kind = "cosine", total_steps = 1000 }}, got '
+            f"{shown(value)}"
+        )
+    kind = _choice(value.get("kind"), f"{where} kind", tuple(SCHEDULES))
+    cls, keys = SCHEDULES[kind]
+    check_keys(value, where, ("kind", *keys), [k for k, (need, _) in keys.items() if need])
+    args = {}
+    for key, given in value.items():
+        if key == "kind":
+            continue
+        is_int = keys[key][1]
+        if is_int is None:  # warmup's then: a schedule of its own
+            args[key] = parse_schedule(given, f"{where}.{key}")
+        elif is_int:
+            args[key] = _int(given, f"{where} {key}", 1)
+        else:
+            args[key] = _number(given, f"{where} {key}")
+    try:
+        return cls(**args)
+    except GraphnnError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> TrainConfig:
@@ -172,6 +216,16 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
     if not isinstance(early, bool):
         raise SpecError(f"{conv_where} early_stopping: must be true or false")
     predict = table.get("predict")
+    metrics = table.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise SpecError(f'{where} metrics: expected a list of names, e.g. ["mae", "r2"]')
+    for name in metrics:
+        if not is_builtin(name):
+            known = ["accuracy", "precision", "recall", "f1", "top3", "mae", "rmse", "r2"]
+            raise SpecError(
+                f"{where} metrics: unknown metric {shown(name)}; known: accuracy, precision, "
+                f"recall, f1, top<k>, mae, rmse, r2; " + _suggest(name, known)
+            )
     return TrainConfig(
         optimizer=optimizer,
         loss=loss,
@@ -184,6 +238,7 @@ def parse_train(table: Mapping, where: str, nodes: Mapping, leaves: Mapping) -> 
         seed=_int(table.get("seed", 0), f"{where} seed", 0, 2**32 - 1),
         dtype=_choice(table.get("dtype", "float32"), f"{where} dtype", DTYPES),
         predict=None if predict is None else _node(predict, f"{where} predict", nodes, leaves),
+        metrics=tuple(metrics),
     )
 
 

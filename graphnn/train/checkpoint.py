@@ -1,9 +1,10 @@
 """Crash-safe checkpoints: atomic file writes and self-verifying ``.npz`` checkpoint files.
 
-A checkpoint is one uncompressed ``.npz`` zip holding the arrays as ``arr_0``, ``arr_1``, ...,
-the JSON-encoded ``meta`` as ``meta`` and a JSON ``header`` (format, version, the array names in
-order and a SHA-256 digest of meta + every array's name, dtype, shape and bytes). Storing names in
-the header lets names such as ``"opt/m/W1"`` or ``"a.npy"`` round-trip unchanged. Files are
+A checkpoint is one uncompressed ``.npz`` zip holding the arrays under their own names (so
+``np.load(path).files`` shows ``param/W1``, ``state/v_W1``, ...; a name that is not plain
+letters, digits and ``_ . / -`` is stored as ``arr_<k>``), the JSON-encoded ``meta`` as ``meta``
+and a JSON ``header`` (format, version, the array names and their keys in order and a SHA-256
+digest of meta + every array's name, dtype, shape and bytes). Files are
 written with :func:`atomic_write_bytes`, so ``path`` always holds a complete old or new file.
 
 >>> save_checkpoint("runs/" + checkpoint_name(100), arrays={"W": W}, meta={"step": 100})
@@ -35,7 +36,8 @@ __all__ = [
 ]
 
 FORMAT = "graphnn-checkpoint"
-VERSION = 1
+VERSION = 2  # 1: every array stored as arr_<k>
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
 _NAME_RE = re.compile(r"ckpt-(\d+)\.npz")
 
 
@@ -120,14 +122,21 @@ def save_checkpoint(
             raise CheckpointError(
                 f"cannot save checkpoint {where}: array {name!r} has dtype object"
             )
-    header = {"format": FORMAT, "version": VERSION, "names": names}
+    keys = [_key(name, i) for i, name in enumerate(names)]
+    header = {"format": FORMAT, "version": VERSION, "names": names, "keys": keys}
     header["sha256"] = _digest(meta_bytes, names, values)
-    entries = {f"arr_{i}": a for i, a in enumerate(values)}
+    entries = dict(zip(keys, values, strict=True))
     entries["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
     entries["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **entries)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _key(name: str, index: int) -> str:
+    """The zip member an array is stored as: its own name when that is plain."""
+    plain = _PLAIN_KEY.fullmatch(name) and ".." not in name and not name.startswith("arr_")
+    return name if plain and name not in ("meta", "header") else f"arr_{index}"
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
@@ -161,12 +170,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             header = json.loads(npz["header"].tobytes())
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 raise bad("header has no graphnn format tag")
-            if header.get("version") != VERSION:
+            if header.get("version") not in (1, VERSION):
                 raise bad(f"unsupported version {header.get('version')!r}")
             names, digest = header["names"], header["sha256"]
+            keys = header.get("keys") or [f"arr_{i}" for i in range(len(names))]
             meta_bytes = npz["meta"].tobytes()
             meta = json.loads(meta_bytes)
-            values = [npz[f"arr_{i}"] for i in range(len(names))]
+            values = [npz[k] for k in keys]
     except CheckpointError:
         raise
     except Exception as e:  # BadZipFile, bad CRC, bad .npy header, JSON, missing key, ...

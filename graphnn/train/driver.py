@@ -23,27 +23,34 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from graphnn.errors import CheckpointError, DataError, GraphnnWarning, RunExistsError, shown
+from graphnn.errors import (
+    CheckpointError,
+    DataError,
+    RunExistsError,
+    shown,
+)
 from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
 from graphnn.train import checkpoint as ckpt
 from graphnn.train import distributed as mpi
+from graphnn.train import metrics as metric_table
 from graphnn.train.data import as_shaped, check_data
 from graphnn.train.denormals import flush_denormals
 from graphnn.train.history import History, ProgressBar, Watch
+from graphnn.train.interrupt import DeferredInterrupt, is_interrupt
 from graphnn.train.metrics import accuracy
+from graphnn.train.model_files import BEST, ModelFiles, newest_that_verifies
 from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 from graphnn.train.parallel import DataParallel
+from graphnn.train.preprocess import Preprocessing, resolve_scale
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
-BEST = "best.npz"
 
 
 def compile(
@@ -54,13 +61,18 @@ def compile(
     predict: str | None = None,
     seed: int = 0,
     flush_denormals: bool = True,
+    scale=None,
 ) -> Model:  # noqa: A001
     """Generate and compile the training kernels of ``graph``; returns a :class:`Model`.
 
+    ``scale``: ``"standard"`` or ``"minmax"`` scales every input but the target (or a dict
+    input -> kind names them), with statistics from the first ``fit``'s training rows; the
+    model keeps them and applies them in ``fit``, ``evaluate``, ``predict`` and its files.
     ``flush_denormals``: treat denormal floats as zero while ``fit`` runs (x86-64; up to 3x
     faster for Adam, whose buffers drift into denormals; see :mod:`graphnn.train.denormals`).
     """
-    return Model(graph, optimizer or SGD(lr=0.01), backend, dtype, predict, seed, flush_denormals)
+    optimizer = optimizer or SGD(lr=0.01)
+    return Model(graph, optimizer, backend, dtype, predict, seed, flush_denormals, scale)
 
 
 def _check_seed(seed, none_ok: bool = False) -> None:
@@ -119,7 +131,7 @@ def _rows(arrays) -> int:
     return len(next(iter(arrays.values()))) if arrays else 1
 
 
-class Model:
+class Model(ModelFiles):
     """Parameters, optimizer state and compiled kernels of one graph.
 
     ``params`` and ``state`` are dicts of arrays that training updates in place.  An entry may be
@@ -128,11 +140,14 @@ class Model:
     its place.
     """
 
-    def __init__(self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True):
+    def __init__(
+        self, graph, optimizer, backend, dtype, predict=None, seed=0, flush=True, scale=None
+    ):
         from codegen import get_backend
 
         _check_seed(seed)
         self.graph, self.optimizer, self.backend = graph, optimizer, backend
+        self.seed = seed
         self.flush_denormals = bool(flush)
         try:
             self.dtype = np.dtype(dtype)
@@ -148,6 +163,14 @@ class Model:
         self.prediction = predict or guess
         fwd.node(self.prediction)  # a clear error for an unknown node name
         self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
+        self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
+        # the input labels may fill: a classifier's target (a regression's integers stay numbers)
+        labelled = self.accuracy_kind is not None and self.target is not None
+        self._labels = {self.target: self._shapes[self.target]} if labelled else {}
+        self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
+        self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them
+        self.metrics: dict = {}  # name -> f(prediction, target, kind), beyond loss and accuracy
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
         self.trainer = get_backend(backend).Trainer(
             graph, optimizer, self.dtype, (graph.loss_name, self.prediction)
         )
@@ -163,6 +186,7 @@ class Model:
         self._best = None  # early stopping: the best parameters of the current run
         self._predictors: dict = {}
         self._snapshot: dict = {}  # parameters and state at the current epoch's start
+        self._snapshot_step = -1
 
     # --- description ---------------------------------------------------------------------------
 
@@ -197,6 +221,15 @@ class Model:
             f"optimizer: {self._optimizer_text()}; back end: {self.backend}, {self.dtype.name}",
             f"trained: {self.step} steps",
         ]
+        if self.preprocessing.scale or self.preprocessing.classes:
+            lines.append(f"preprocessing: {self.preprocessing}")
+        last = {
+            k: v[-1]
+            for k, v in self.history.items()
+            if k not in ("lr", "epochs") and isinstance(v, list) and v
+        }
+        if last:  # the last epoch's loss and metrics
+            lines.append("last epoch: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items()))
         return "\n".join(lines)
 
     def _as_mapping(self, data, targets):
@@ -231,6 +264,7 @@ class Model:
         progress: bool = False,
         distributed: str | None = "auto",
         zero: bool = False,
+        metrics=None,
     ) -> History:
         """Train until the run has ``epochs`` epochs; ``batch_size=None`` is batch gradient descent.
 
@@ -243,7 +277,10 @@ class Model:
         ``ckpt-*.npz`` files (an older one is deleted after a newer one is on disk).
         ``resume``: continue the run of the latest checkpoint in ``checkpoint_dir`` (or the
         model's own run).  ``callbacks``: ``f(model, epoch, logs)`` after each epoch.
-        ``progress``: a tqdm bar on stderr.
+        ``progress``: a tqdm bar on stderr.  ``metrics``: names (``"accuracy"``, ``"precision"``,
+        ``"recall"``, ``"f1"`` (macro), ``"top3"``, ``"mae"``, ``"rmse"``, ``"r2"``) or functions
+        ``f(prediction, target) -> float``, recorded each epoch on the training rows (and
+        ``val_<name>`` on validation data); the model keeps them for ``evaluate``.
 
         ``distributed``: "auto" trains data-parallel over MPI when an MPI launcher (mpiexec,
         srun) started more than one rank, "mpi" always, None never (see
@@ -263,7 +300,10 @@ class Model:
                     epochs, batch_size, patience, tol, checkpoint_every, checkpoint_keep, callbacks
                 )
                 _check_seed(seed, none_ok=True)
+                if metrics is not None:
+                    self.metrics = metric_table.resolve(metrics, *self._metric_reading())
                 checkpoint_dir = _checkpoint_dir(checkpoint_dir, make=main)
+                data = self.preprocessing.encode(data, self._labels, fit=True)
                 arrays = check_data(self.graph.forward, data, self.dtype)
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
@@ -279,6 +319,9 @@ class Model:
                     self._resume(files, seed, early_stopping)
                 else:
                     self._new_run(files, seed)
+                if not self.preprocessing.fitted:  # the training rows only: none held out
+                    self.preprocessing.fit_scaling(train)
+                train, val = self._scaled(train), self._scaled(val)
                 self._trainable_arrays()
             threads = mpi.blas_threads(comm) if comm is not None else None
             # the run's state from rank 0; the model's own arrays hold the values after the block
@@ -288,13 +331,24 @@ class Model:
                 flush_denormals(self.flush_denormals),
                 mpi.limit_blas_threads(threads) if threads else contextlib.nullcontext(),
                 ProgressBar(progress and main, self.epoch, epochs) as bar,
+                DeferredInterrupt(enabled=comm is None) as interrupt,  # MPI: ranks stop alike
             ):
                 watch = Watch(tol, patience, early_stopping, monitor)
                 reason = watch.replay(self.history) if resume else None
                 self.history["stopped"] = reason
+                self.stop_training = False
+                saving = (checkpoint_dir if main else None, checkpoint_keep)
                 while reason is None and self.epoch < epochs:
+                    start = (self.step, self._rng.bit_generator.state)
                     perm = self._rng.permutation(n) if shuffle else np.arange(n)
-                    logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)
+                    try:
+                        logs = self._train_epoch(train, val, perm, bs, checkpoint_dir, dp)
+                    except BaseException as exc:
+                        if not is_interrupt(exc) or dp is not None:
+                            raise
+                        self._roll_back(*start)  # a hard Ctrl-C: the epoch is undone
+                        self._stopped("interrupted", saving)
+                        raise KeyboardInterrupt from None
                     reason = watch.update(logs)
                     if watch.is_best and early_stopping:
                         self._best = {k: v.copy() for k, v in self.params.items()}
@@ -303,16 +357,56 @@ class Model:
                     bar.update(logs)
                     # Before the checkpoint: what a callback records in the history is the
                     # epoch's, and a resumed run must find it there.
-                    for callback in callbacks:
-                        callback(self, self.epoch, logs)
+                    reason = self._callbacks(callbacks, logs, saving) or reason
+                    ended = reason or ended
+                    self.history["stopped"] = ended
                     if checkpoint_dir is not None and main:
                         every, keep = checkpoint_every, checkpoint_keep
                         self._checkpoint(checkpoint_dir, every, keep, watch.is_best, ended)
+                    if interrupt.requested:  # Ctrl-C: this epoch is done and saved; stop here
+                        self._stopped("interrupted", saving)
+                        raise KeyboardInterrupt
         self.history["stopped"] = reason or "epochs"
         if early_stopping and self._best is not None:
             for name, value in self._best.items():
                 self.params[name][...] = value
         return self.history
+
+    def _metric_reading(self) -> tuple[str | None, tuple | None]:
+        """(how the loss reads classes, the target's per-sample shape) for metrics.resolve."""
+        if self.target is None:
+            return None, None
+        return self.accuracy_kind, self._shapes[self.target]
+
+    def _callbacks(self, callbacks, logs, files) -> str | None:
+        """Run the epoch's callbacks: "callback" when one returns False or sets
+        ``model.stop_training``; one that raises ends the run saved, then re-raises."""
+        stop = False
+        for callback in callbacks:
+            try:
+                stop = callback(self, self.epoch, logs) is False or stop
+            except BaseException as exc:
+                self._stopped("interrupted" if is_interrupt(exc) else "error", files)
+                raise
+        return "callback" if stop or self.stop_training else None
+
+    def _stopped(self, why: str, files) -> None:
+        """End a run early with its last complete epoch: say why, and checkpoint it
+        (``files``: the checkpoint directory, None on ranks that write none, and how many to
+        keep)."""
+        self.history["stopped"] = why
+        directory, keep = files
+        if directory is not None:
+            self.save(Path(directory) / ckpt.checkpoint_name(self.step))
+            if keep is not None:
+                ckpt.prune_checkpoints(directory, keep)
+
+    def _roll_back(self, step: int, rng_state) -> None:
+        """Undo an epoch a hard interrupt cut short: parameters, state, steps and shuffle."""
+        if self._snapshot_step == step:  # the epoch had started updating
+            self._restore_saved(self._snapshot)
+        self.step = step
+        self._rng.bit_generator.state = rng_state
 
     def _trainable_arrays(self) -> None:
         """Every parameter and optimizer buffer as a writable C-contiguous array of the model's
@@ -347,9 +441,10 @@ class Model:
             arrays[name] = fresh if fresh.flags.writeable else fresh.copy()
 
     def _monitor(self, monitor, val) -> str:
-        known = ["loss"]
+        known = ["loss", *self.metrics]
         if val:
             known += ["val_loss"] + (["val_accuracy"] if self.accuracy_kind else [])
+            known += [f"val_{k}" for k in self.metrics]
         monitor = monitor or ("val_loss" if val else "loss")
         if monitor not in known:
             hint = "; val_ metrics need validation_data or validation_split" if not val else ""
@@ -362,6 +457,7 @@ class Model:
         if validation_data is not None:
             if split:
                 raise DataError("pass validation_data or validation_split, not both")
+            validation_data = self.preprocessing.encode(validation_data, self._labels)
             return arrays, check_data(self.graph.forward, validation_data, self.dtype)
         if not split:
             return arrays, None
@@ -385,7 +481,7 @@ class Model:
         self._rng = np.random.default_rng(seed)
 
     def _resume(self, checkpoint_dir, seed, early_stopping) -> None:
-        latest = _newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
+        latest = newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
         if latest is not None:
             self._restore(*latest)
             self._best = None
@@ -399,8 +495,11 @@ class Model:
 
     def _train_epoch(self, train, val, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
         logs = self._run_epoch(train, perm, bs, checkpoint_dir, dp)
+        if self.metrics:  # on the epoch's final parameters, as val_ metrics are
+            found = dp.evaluate(train) if dp else self._metrics(train)  # MPI: accuracy only
+            logs.update({k: v for k, v in found.items() if k != "loss"})
         if val:
-            metrics = dp.evaluate(val) if dp else self.evaluate(val)
+            metrics = dp.evaluate(val) if dp else self._metrics(val)
             logs.update({f"val_{k}": v for k, v in metrics.items()})
         self.history.record(**logs)
         self.epoch += 1
@@ -415,6 +514,7 @@ class Model:
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
         before = self._saved(self._snapshot)
+        self._snapshot_step = self.step  # which epoch's start it holds (see _roll_back)
         perm = perm.astype(np.int64, copy=False)
         if dp is not None:
             total, done, status = dp.epoch(perm, lrs, self.step)
@@ -500,13 +600,22 @@ class Model:
 
     def evaluate(self, data: Mapping) -> dict[str, float]:
         """Mean loss (and accuracy, for classifiers) on ``data``."""
-        arrays = check_data(self.graph.forward, data, self.dtype)
+        data = self.preprocessing.encode(data, self._labels) if isinstance(data, Mapping) else data
+        arrays = self._scaled(check_data(self.graph.forward, data, self.dtype))
         self._trainable_arrays()
+        return self._metrics(arrays)
+
+    def _metrics(self, arrays) -> dict[str, float]:
+        """The metrics of checked, scaled ``arrays``."""
         out = self._forward(arrays)
         metrics = {"loss": out["loss"]}
         if self.accuracy_kind and self.target:
             kind = self.accuracy_kind
             metrics["accuracy"] = accuracy(out["prediction"], arrays[self.target], kind)
+        for name, fn in self.metrics.items():
+            if self.target is None:
+                raise DataError(f"metric {name!r}: the model has no target input to compare with")
+            metrics[name] = fn(out["prediction"], arrays[self.target], self.accuracy_kind)
         return metrics
 
     def predict(self, data: Mapping, node: str | None = None) -> np.ndarray:
@@ -524,6 +633,7 @@ class Model:
         self._trainable_arrays()
         needed = trainer.forward_inputs()
         arrays = check_data(self.graph.forward, data, self.dtype, required=needed)
+        arrays = self._scaled(arrays)
         if not needed:  # the node reads no data: one value, with no batch dimension
             return np.asarray(trainer.forward(self.params, {})[node])
         chunks = [
@@ -532,86 +642,32 @@ class Model:
         ]
         return np.concatenate([c[node] for c in chunks])
 
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    def save(self, path) -> Path:
-        """Write parameters, optimizer state, counters and RNG state atomically to ``path``."""
-        arrays = {f"param/{k}": v for k, v in self.params.items()}
-        arrays |= {f"state/{k}": v for k, v in self.state.items()}
-        meta = {
-            "epoch": self.epoch,
-            "step": self.step,
-            "rng": self._rng.bit_generator.state if self._rng is not None else None,
-            "history": dict(self.history),
-            "optimizer": self.optimizer.name,
-            "dtype": self.dtype.name,
-        }
-        ckpt.save_checkpoint(path, arrays=arrays, meta=meta)
-        return Path(path)
-
-    def load(self, path, weights_only: bool = False) -> None:
-        """Restore a checkpoint written by :meth:`save`: parameters, and unless ``weights_only``
-        the optimizer state, counters, history and shuffling RNG.  Raises CheckpointError naming
-        ``path`` for a missing, corrupt or mismatched file; the model is unchanged then."""
-        self._restore(path, *ckpt.load_checkpoint(path), weights_only)
-
-    def _restore(self, path, arrays, meta, weights_only: bool = False) -> None:
-        self._trainable_arrays()  # the checkpoint is written into these arrays
-        params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
-        state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
-        if not weights_only and meta.get("optimizer") != self.optimizer.name:
-            raise CheckpointError(
-                f"checkpoint {path} holds the state of optimizer {meta.get('optimizer')!r}, "
-                f"this model uses {self.optimizer.name!r} (load(..., weights_only=True) "
-                "takes only the parameters)"
+    def predict_labels(self, data: Mapping) -> np.ndarray:
+        """The class of each row, as the labels ``fit`` was given (strings, ints) or as class
+        indices; for classifiers (softmax or sigmoid/BCE outputs) only."""
+        if not (self.accuracy_kind and self.target):
+            raise DataError(
+                f"predict_labels: the prediction '{self.prediction}' is no classifier's"
             )
-        wanted = [(params, self.params)] + ([] if weights_only else [(state, self.state)])
-        for saved, current in wanted:
-            for name, value in current.items():
-                if name not in saved or saved[name].shape != value.shape:
-                    got = saved[name].shape if name in saved else "nothing"
-                    raise CheckpointError(
-                        f"checkpoint {path} does not match this model at '{name}': "
-                        f"expected shape {value.shape}, found {got}"
-                    )
-        if not weights_only and not all(k in meta for k in ("epoch", "step", "history")):
-            raise CheckpointError(f"checkpoint {path} is not a model checkpoint (no counters)")
-        for saved, current in wanted:
-            for name, value in current.items():
-                value[...] = saved[name]
-        if weights_only:
-            return
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        self.history = History(meta["history"])
-        self._rng = None
-        if meta.get("rng") is not None:
-            self._rng = np.random.default_rng()
-            self._rng.bit_generator.state = meta["rng"]
+        pred = self.predict(data)
+        return self.preprocessing.labels(self.target, pred, self.accuracy_kind)
 
-    def _checkpoint(self, directory, every: int, keep: int | None, is_best: bool, last) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.epoch % every == 0 or last:
-            self.save(directory / ckpt.checkpoint_name(self.step))
-            if keep is not None:
-                ckpt.prune_checkpoints(directory, keep)
-        if is_best:
-            self.save(directory / BEST)
+    def _scaled(self, arrays):
+        """``arrays`` (checked data, or None) with the model's input scaling applied."""
+        if arrays is None or not self.preprocessing.scale:
+            return arrays
+        if not self.preprocessing.fitted:
+            raise DataError(
+                "the model scales its inputs but has not fitted the scaling yet: fit it first "
+                "(or load a trained model)"
+            )
+        return self.preprocessing.transform(arrays, self.dtype)
 
+    def export(self, path, backend="cpu", epochs=None, batch_size=None, blas=True) -> Path:
+        """Write a standalone module of this model (``g.export``'s kernels and optimizer) whose
+        ``predict`` takes raw rows: the scaling and classes are written into it, with
+        ``load_params(model_file)`` to read trained parameters.  See
+        :mod:`graphnn.train.export_model`."""
+        from graphnn.train.export_model import export_model
 
-def _newest_that_verifies(directory) -> tuple[Path, dict, dict] | None:
-    """(path, arrays, meta) of the newest checkpoint in ``directory`` that loads and verifies,
-    warning about each newer one that does not; None if there is none at all."""
-    found = ckpt.checkpoints_newest_first(directory)
-    failed = []
-    for path in found:
-        try:
-            return (path, *ckpt.load_checkpoint(path))
-        except CheckpointError as exc:
-            failed.append(exc)
-            if path != found[-1]:
-                warnings.warn(f"{exc}; resuming from an older checkpoint", GraphnnWarning, 3)
-    if failed:
-        more = f" (and {len(failed) - 1} older ones)" if len(failed) > 1 else ""
-        raise CheckpointError(f"{failed[0]}{more}; no checkpoint of {directory} can be resumed")
-    return None
+        return export_model(self, path, backend, epochs, batch_size, blas)

@@ -45,13 +45,17 @@ class History(dict):
         return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def plot(self, path) -> Path:
-        """Loss (and accuracy, when recorded) curves per epoch as a PNG."""
+        """Loss and metric (accuracy, ...) curves per epoch as a PNG, one panel each."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = [k for k in ("loss", "accuracy") if k in self or f"val_{k}" in self]
+        kept = ("epochs", "stopped", "lr")
+        names = [k.removeprefix("val_") for k in self if k not in kept]
+        panels = list(
+            dict.fromkeys(n for n in names if isinstance(self.get(n, self.get(f"val_{n}")), list))
+        )
         if not panels:
             raise ValueError(f"nothing to plot: the history records {sorted(self)}")
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
@@ -72,13 +76,19 @@ class History(dict):
         return path
 
 
+HIGHER = ("accuracy", "precision", "recall", "f1", "r2")  # metrics that improve upwards
+
+
 class Watch:
     """Convergence (training loss change < tol for ``patience`` epochs) and early stopping
     (``monitor`` not improving for ``patience`` epochs; accuracies improve upwards)."""
 
     def __init__(self, tol, patience, early_stopping, monitor):
         self.tol, self.patience, self.early, self.monitor = tol, patience, early_stopping, monitor
-        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0
+        better_up = (
+            monitor.removeprefix("val_") in HIGHER or monitor.removeprefix("val_")[:3] == "top"
+        )
+        self.sign = -1.0 if better_up or monitor.endswith("accuracy") else 1.0
         self.best, self.is_best = math.inf, False
         self.flat = self.stale = 0
         self.last = None
