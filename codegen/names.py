@@ -30,7 +30,10 @@ CPU |= {"loss", "status", "total", "steps", "idx", "perm", "batch_size", "lrs", 
 CPU |= {"clip_norm", "start", "all_finite", "sum_squares", "ws", "workspace", "rows", "r"}
 CPU |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch", "P_", "G_"}
 CPU |= {"update_all"}
-CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's target row sum
+CPU |= {f"i{k}" for k in range(8)} | {"tsum"}
+# codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
+# "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
+CPU |= {"acc", "v", "hit", "_kk", "_ll"}  # tsum: softmax cross-entropy's target row sum
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 MATMUL = {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
 

@@ -17,6 +17,7 @@ import sympy
 
 from codegen.plan import Plan
 from codegen.printer import print_expr
+from graphnn.derive.contraction import text as contraction_text
 from graphnn.errors import CodegenError
 from graphnn.ir.elementwise import BATCH
 from graphnn.ir.graph import GraphIR, Node
@@ -156,6 +157,8 @@ def describe(node: Node) -> str:
         return f"sum({ins[0]}, axes={node.attr('axes')})"
     if node.op == "const":
         return str(node.attr("value"))
+    if node.op == "contract":
+        return contraction_text(dict(node.attrs), ins)
     fn = node.attr("fn", node.op)
     return f"{fn}({', '.join(ins)})"
 

@@ -25,7 +25,9 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
+from graphnn.ir.conv import avg_pool2d, conv2d, flatten, max_pool2d
 from graphnn.ir.elementwise import ACTIVATIONS
+from graphnn.ir.indexed import contract
 from graphnn.ir.ops import (
     Tensor,
     apply,
@@ -42,6 +44,7 @@ from graphnn.ir.ops import (
     param,
     power,
     relu,
+    reshape,
     sigmoid,
     silu,
     softmax,
@@ -68,6 +71,12 @@ __all__ = [
     "compile",
     "distributed",
     "ACTIVATIONS",
+    "avg_pool2d",
+    "contract",
+    "reshape",
+    "conv2d",
+    "flatten",
+    "max_pool2d",
     "CheckpointError",
     "CodegenError",
     "DataError",

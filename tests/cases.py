@@ -34,6 +34,10 @@ def leaves() -> SimpleNamespace:
         Vt=gn.param("Vt", (3, 4)),
         c=gn.param("c", (4, 1), init="normal"),
         s=gn.param("s", (1,), init="normal"),
+        img=gn.input("img", (5, 6, 2)),
+        K=gn.param("K", (3, 3, 2, 3), init="normal"),
+        Kd=gn.param("Kd", (2, 2, 3, 2), init="normal"),
+        F=gn.param("F", (12, 2)),
     )
 
 
@@ -80,6 +84,24 @@ STRUCTURAL = {
     # (batch, batch) scores x W x^T: n * n elements, not n
     "batch_by_batch": lambda L: gn.sum(
         gn.tanh(gn.matmul(L.x @ L.W, L.x, tb=True)) * gn.matmul(L.x, L.x, tb=True)
+    ),
+}
+
+# Image layers (NHWC): indexed contractions, their derived adjoints, max pooling's argmax mask.
+STRUCTURAL |= {
+    "conv2d_same": lambda L: gn.sum(gn.tanh(gn.conv2d(L.img, L.K, padding="same")) ** 2),
+    "conv2d_stride_dilation": lambda L: gn.sum(
+        gn.sigmoid(gn.conv2d(L.img, L.K, stride=2, padding=1, dilation=(1, 2)))
+    ),
+    # conv -> conv: the second kernel's input adjoint (a strided scatter, inverted) reaches K
+    "conv2d_stacked": lambda L: gn.sum(
+        gn.tanh(gn.conv2d(gn.tanh(gn.conv2d(L.img, L.K)), L.Kd, stride=(2, 1), padding=1))
+    ),
+    "max_pool": lambda L: gn.sum(
+        gn.max_pool2d(gn.conv2d(L.img, L.K, padding=1), 2, stride=(2, 1), padding=1) ** 2
+    ),
+    "avg_pool_flatten": lambda L: gn.sum(
+        gn.tanh(gn.flatten(gn.avg_pool2d(gn.conv2d(L.img, L.K), (2, 3), padding=1)) @ L.F)
     ),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sympy
 
+from codegen.contraction import Nest, window_mask, window_max
 from codegen.cpu import matmul
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
@@ -92,6 +93,41 @@ class CpuSteps(StepEmitter):
         if how == "loops":
             return lines + loops
         return lines + [f"if {how}:", *indent(loops, 1), "else:", f"    {dot}, {node.name})"]
+
+    def emit_contract(self, step: Step) -> list[str]:
+        """A loop over the output's elements, each summing its products over the other indices
+        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps)."""
+        node = step.node
+        nest = self._nest(node)
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        lines += loop_header(node.shape, nest.out_vars, self)
+        return lines + indent(nest.body(node.name), len(node.shape))
+
+    def _nest(self, node: Node) -> Nest:
+        attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+        shapes = [self.ir.node(i).shape for i in node.inputs]
+        return Nest(attrs, node.inputs, shapes, self.dim, self.literal(0))
+
+    def emit_max_pool(self, step: Step) -> list[str]:
+        """Per output element, the maximum over its window (padding never wins)."""
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + [f"{node.name}[_b, _i, _j, _c] = acc"]
+        out = ["_b", "_i", "_j", "_c"]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header(node.shape, out, self) + indent(body, 4)
+
+    def emit_max_pool_mask(self, step: Step) -> list[str]:
+        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it)."""
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
+        out = ["_b", "_i", "_j", "_c"]
+        b, oh, ow, _, _, c = node.shape
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
 
     def emit_reduce_sum(self, step: Step) -> list[str]:
         node = step.node

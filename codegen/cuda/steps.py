@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from codegen.contraction import Nest, window_mask, window_max
 from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
@@ -234,6 +235,37 @@ class CudaSteps(CudaScope):
         host = [comment(node), self.alloc(node.name, node.shape)]
         host.append(f"{name}[{config}]({', '.join(a for a, _ in args)})")
         return Piece([Kernel(name, args, body, [comment(node)])], host)
+
+    def _per_element(self, step: Step, names: list[str], shape, body: list[str]) -> Piece:
+        """One thread per element of shape (grid-stride), its indices named ``names``."""
+        node = step.node
+        head = f"for k in range(cuda.grid(1), {count(shape)}, cuda.gridsize(1)):"
+        loop = [head, *indent(unravel("k", names, shape) + body, 1)]
+        return self._kernel(step, list(dict.fromkeys(node.inputs)), [node.name], loop, shape)
+
+    def emit_contract(self, step: Step) -> Piece:
+        """One thread per output element sums its products (:class:`codegen.contraction.Nest`:
+        bounds-checked reads, output maps inverted: no atomics)."""
+        node = step.node
+        attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+        shapes = [self.ir.node(i).shape for i in node.inputs]
+        nest = Nest(attrs, node.inputs, shapes, self.dim, self.literal(0))
+        return self._per_element(step, nest.out_vars, node.shape, nest.body(node.name))
+
+    def emit_max_pool(self, step: Step) -> Piece:
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + [f"{node.name}[_b, _i, _j, _c] = acc"]
+        return self._per_element(step, ["_b", "_i", "_j", "_c"], node.shape, body)
+
+    def emit_max_pool_mask(self, step: Step) -> Piece:
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
+        b, oh, ow, _, _, c = node.shape
+        return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
 
     def emit_reshape(self, step: Step) -> Piece:
         node = step.node
