@@ -88,7 +88,8 @@ def contract_adjoint(t: Tensor, g: Tensor, m: int) -> Tensor:
     operands[m], maps[m] = g, t.attrs["out"]
     label = f"d{t.label}/d{target.label}"
     label = label if len(label) <= 60 else label[:57] + "..."
-    return contract(operands, maps, out, dict(t.attrs["sizes"]), target.shape, label)
+    fn = f"d_{t.attrs['fn']}"  # d_conv2d: named after the op it is an adjoint of
+    return contract(operands, maps, out, dict(t.attrs["sizes"]), target.shape, label, fn)
 
 
 def _contract_numpy(node: Node, a, n, dtype):

@@ -89,7 +89,7 @@ def conv2d(x, K, stride=1, padding=0, dilation=1) -> Tensor:
     maps = [read, tuple(A(i) for i in "klco")]
     out = tuple(A(i) for i in "bijo")
     label = _label("conv2d({}, {})", x, K)
-    return contract([x, K], maps, out, sizes, (x.shape[0], oh, ow, o), label)
+    return contract([x, K], maps, out, sizes, (x.shape[0], oh, ow, o), label, "conv2d")
 
 
 def _pool_args(x, size, stride, padding, layer):
@@ -110,7 +110,7 @@ def avg_pool2d(x, size, stride=None, padding=0) -> Tensor:
     sizes = {"b": x.shape[0], "i": oh, "j": ow, "k": size[0], "l": size[1], "c": x.shape[3]}
     label = _label("avg_pool2d({})", x)
     shape = (x.shape[0], oh, ow, x.shape[3])
-    total = contract([x], [read], tuple(A(i) for i in "bijc"), sizes, shape, label)
+    total = contract([x], [read], tuple(A(i) for i in "bijc"), sizes, shape, label, "window_sum")
     return total * (1.0 / (size[0] * size[1]))
 
 
@@ -141,7 +141,8 @@ def max_pool_adjoint(t: Tensor, g: Tensor) -> Tensor:
     _, _, read = _window(x, t.attrs["size"], t.attrs["stride"], t.attrs["padding"], (1, 1), "")
     sizes = {"b": x.shape[0], "i": oh, "j": ow, "k": kh, "l": kw, "c": c}
     maps = [tuple(A(i) for i in "bijc"), tuple(A(i) for i in "bijklc")]
-    return contract([g, mask], maps, read, sizes, x.shape, f"d{t.label}/d{x.label}")
+    label = f"d{t.label}/d{x.label}"
+    return contract([g, mask], maps, read, sizes, x.shape, label, "d_max_pool")
 
 
 def flatten(x) -> Tensor:

@@ -93,8 +93,10 @@ def contract(
     sizes: Mapping[str, int | None],
     shape: Shape,
     label: str | None = None,
+    fn: str = "contract",
 ) -> Tensor:
-    """The indexed contraction (see the module doc); ``sizes`` orders and bounds the indices."""
+    """The indexed contraction (see the module doc); ``sizes`` orders and bounds the indices;
+    ``fn`` names it in node names (``conv2d1``)."""
     operands = [_as_tensor(x) for x in operands]
     maps, out = tuple(tuple(m) for m in maps), tuple(out)
     if len(maps) != len(operands) or not operands:
@@ -113,6 +115,6 @@ def contract(
     for idx, d in sizes.items():
         if d is not None and (not isinstance(d, int) or d <= 0):
             raise ShapeError(f"contract: index '{idx}' has size {d!r}; sizes are positive ints")
-    attrs = {"sizes": tuple(sizes.items()), "maps": maps, "out": out}
+    attrs = {"sizes": tuple(sizes.items()), "maps": maps, "out": out, "fn": fn}
     text = label or _label("contract(" + ", ".join("{}" for _ in operands) + ")", *operands)
     return Tensor("contract", tuple(operands), tuple(shape), attrs, None, text)
