@@ -107,14 +107,54 @@ class Nest:
                 found.append((f"0 <= {spell(a)} < {self.dim(self.shapes[k][axis])}", []))
         return found
 
+    @property
+    def row_index(self) -> str | None:
+        """The output's last index when it can run innermost over a whole output row: it is
+        plain in the output and wherever an operand reads it (no bounds check depends on it),
+        so the CPU loop over it vectorizes (a conv's output channels: out[b, i, j, :] +=
+        x[b, r, c, ci] * K[k, l, ci, :])."""
+        last = plain(self.out[-1])
+        for comps in self.maps:
+            if any(last in dict(a[0]) and plain(a) != last for a in comps):
+                return None
+        return last
+
+    def _product(self) -> str:
+        return " * ".join(
+            f"{name}[{', '.join(spell(a) for a in comps)}]"
+            for name, comps in zip(self.operands, self.maps, strict=True)
+        )
+
+    def row_body(self, out_name: str) -> list[str]:
+        """Lines computing the output row at ``out_vars[:-1]``, the :attr:`row_index` innermost:
+        the row is zeroed, then every product is added to it."""
+        v = self.row_index
+        size = self.dim(self.sizes[v])
+        at = ", ".join(self.out_vars)
+        zero = [f"for {var(v)} in range({size}):", f"    {out_name}[{at}] = {self.zero}"]
+        inner = [f"for {var(v)} in range({size}):", f"    {out_name}[{at}] += {self._product()}"]
+        return zero + self._nested(inner)
+
+    def _nested(self, inner: list[str]) -> list[str]:
+        """inner inside the loops over the summed indices, each bounds check as far out as the
+        indices it needs allow."""
+        known = {plain(a) for a in self.out} - {None}
+        done: set = set()
+        levels = [self._guard(g) for g in self._guards(known, done)]
+        for idx in self.loops:
+            levels.append(([], f"for {var(idx)} in range({self.dim(self.sizes[idx])}):", []))
+            known.add(idx)
+            levels += [self._guard(g) for g in self._guards(known, done)]
+        lines = inner
+        for before, header, after in reversed(levels):
+            lines = [*before, header, *indent(after + lines, 1)]
+        return lines
+
     def body(self, out_name: str) -> list[str]:
         """Lines computing the element at ``out_vars`` and storing it in ``out_name``."""
         known = {plain(a) for a in self.out} - {None}
         done: set = set()
-        product = " * ".join(
-            f"{name}[{', '.join(spell(a) for a in comps)}]"
-            for name, comps in zip(self.operands, self.maps, strict=True)
-        )
+        product = self._product()
         # each level: (lines before its header, the header, lines opening its body)
         levels = [self._guard(g) for g in self._guards(known, done)]
         for idx in self.loops:

@@ -100,8 +100,12 @@ class CpuSteps(StepEmitter):
         node = step.node
         nest = self._nest(node)
         lines = [comment(node), *self.empty(node.name, node.shape)]
-        lines += loop_header(node.shape, nest.out_vars, self)
-        return lines + indent(nest.body(node.name), len(node.shape))
+        if nest.row_index is None:
+            lines += loop_header(node.shape, nest.out_vars, self)
+            return lines + indent(nest.body(node.name), len(node.shape))
+        rows = node.shape[:-1]
+        lines += loop_header(rows, nest.out_vars[:-1], self)
+        return lines + indent(nest.row_body(node.name), len(rows))
 
     def _nest(self, node: Node) -> Nest:
         attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
