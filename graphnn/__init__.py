@@ -27,6 +27,7 @@ from graphnn.errors import (
 )
 from graphnn.ir.conv import avg_pool2d, conv2d, flatten, max_pool2d
 from graphnn.ir.elementwise import ACTIVATIONS
+from graphnn.ir.embedding import embedding, layer_norm, one_hot
 from graphnn.ir.indexed import contract
 from graphnn.ir.ops import (
     Tensor,
@@ -73,6 +74,9 @@ __all__ = [
     "ACTIVATIONS",
     "avg_pool2d",
     "contract",
+    "embedding",
+    "layer_norm",
+    "one_hot",
     "reshape",
     "conv2d",
     "flatten",

@@ -38,6 +38,10 @@ def leaves() -> SimpleNamespace:
         K=gn.param("K", (3, 3, 2, 3), init="normal"),
         Kd=gn.param("Kd", (2, 2, 3, 2), init="normal"),
         F=gn.param("F", (12, 2)),
+        ids=gn.input("ids", (3,)),  # integer ids in [0, 6): see build()
+        E=gn.param("E", (6, 4), init="normal"),
+        gam=gn.param("gam", (4,), init="ones"),
+        bet=gn.param("bet", (4,), init="zeros"),
     )
 
 
@@ -105,6 +109,14 @@ STRUCTURAL |= {
     ),
 }
 
+# Embedding lookup (a one-hot contraction) and layer norm (a composition of elementwise ops).
+STRUCTURAL |= {
+    "embedding": lambda L: gn.sum(gn.tanh(gn.flatten(gn.embedding(L.ids, L.E)) @ L.F)),
+    "layer_norm": lambda L: gn.sum(
+        gn.sigmoid(gn.layer_norm(L.x @ L.W, L.gam, L.bet)) * (L.x @ L.W)
+    ),
+}
+
 LOSSES = {
     "mse": gn.mse,
     "softmax_ce": gn.softmax_cross_entropy,
@@ -121,6 +133,9 @@ def build(name: str, rows: int = BATCH):
     g = gn.Graph(STRUCTURAL[name](leaves()))
     rng = rng_for(name)
     data = {n.name: rng.normal(size=(rows, *n.shape[1:])) for n in g.forward.inputs}
+    if "ids" in data:  # the embedding's integer ids, including the table's first and last row
+        data["ids"] = rng.integers(0, 6, size=(rows, 3)).astype(float)
+        data["ids"][0, :2] = [0, 5]
     return g, data
 
 

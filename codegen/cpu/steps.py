@@ -133,6 +133,26 @@ class CpuSteps(StepEmitter):
         lines = [comment(node), *self.empty(node.name, node.shape)]
         return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
 
+    def emit_one_hot(self, step: Step) -> list[str]:
+        """Each id's row: 1 at the id, 0 elsewhere; all NaN for an id that is not a whole
+        number in [0, depth), so the step's finite check stops on it."""
+        node = step.node
+        (ids,) = node.inputs
+        lead = node.shape[:-1]
+        index = [f"i{k}" for k in range(len(lead))]
+        at = ", ".join(index)
+        depth = self.dim(node.shape[-1])
+        body = [
+            f"v = {ids}[{at}]",
+            "for j in range(" + depth + "):",
+            f"    {node.name}[{at}, j] = {self.literal(1)} if v == j else {self.literal(0)}",
+            f"if not (v >= 0 and v < {depth} and v == np.floor(v)):",
+            f"    for j in range({depth}):",
+            f"        {node.name}[{at}, j] = np.{self.dtype}(np.nan)",
+        ]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header(lead, index, self) + indent(body, len(lead))
+
     def emit_reduce_sum(self, step: Step) -> list[str]:
         node = step.node
         (x,) = node.inputs

@@ -267,6 +267,23 @@ class CudaSteps(CudaScope):
         b, oh, ow, _, _, c = node.shape
         return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
 
+    def emit_one_hot(self, step: Step) -> Piece:
+        """One thread per element: 1 at the id, 0 elsewhere, NaN for an id that is not a whole
+        number in [0, depth)."""
+        node = step.node
+        (ids,) = node.inputs
+        names = [f"i{k}" for k in range(len(node.shape) - 1)] + ["j"]
+        at = ", ".join(names[:-1])
+        depth = self.dim(node.shape[-1])
+        body = [
+            f"v = {ids}[{at}]",
+            f"if v >= 0 and v < {depth} and v == math.floor(v):",
+            f"    {node.name}[{at}, j] = {self.literal(1)} if v == j else {self.literal(0)}",
+            "else:",
+            f"    {node.name}[{at}, j] = np.{self.dtype}(math.nan)",
+        ]
+        return self._per_element(step, names, node.shape, body)
+
     def emit_reshape(self, step: Step) -> Piece:
         node = step.node
         reshape = f"{node.name} = {node.inputs[0]}.reshape({dims_text(node.shape)})"

@@ -124,6 +124,17 @@ def _max_pool_mask_numpy(node: Node, a, n, dtype):
     return np.moveaxis(onehot.reshape(b, oh, ow, c, kh, kw), 3, 5).astype(a[0].dtype)
 
 
+# --- one_hot: integer ids (held in a float tensor) to one-hot rows; NaN rows for a bad id -------
+
+
+def _one_hot_numpy(node: Node, a, n, dtype):
+    ids, depth = a[0], node.attr("depth")
+    valid = (ids == np.floor(ids)) & (ids >= 0) & (ids < depth)
+    safe = np.where(valid, ids, 0).astype(np.int64)
+    out = (safe[..., None] == np.arange(depth)).astype(ids.dtype)
+    return np.where(valid[..., None], out, np.nan)
+
+
 # --- reduce_sum: a sum over axes; its adjoint repeats the cotangent back -------------------------
 
 
@@ -247,6 +258,7 @@ STRUCTURAL: dict[str, Structural] = {
         lambda t, g: [max_pool_adjoint(t, g)], _max_pool_numpy, _shown_as_call("max_pool2d")
     ),
     "max_pool_mask": Structural(no_vjp, _max_pool_mask_numpy, _shown_as_call("argmax_mask")),
+    "one_hot": Structural(lambda t, g: [None], _one_hot_numpy, _shown_as_call("one_hot")),
     "reduce_sum": Structural(
         _reduce_vjp,
         _reduce_numpy,

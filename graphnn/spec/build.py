@@ -41,12 +41,12 @@ from graphnn.api import Graph
 from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import conv, ops, rewrites
+from graphnn.ir import conv, embedding, ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
 from graphnn.spec.data_table import DataSpec
-from graphnn.spec.image_layers import expand_image_layer, kind_of
+from graphnn.spec.layer_kinds import expand_image_layer, kind_of
 from graphnn.spec.train_table import TrainConfig, check_keys, parse_expect, parse_train
 
 __all__ = ["Spec", "load_spec", "loads_spec", "GRAPH_FUNCTIONS", "RESERVED"]
@@ -61,7 +61,8 @@ GRAPH_FUNCTIONS |= {"softmax_cross_entropy": ops.softmax_cross_entropy, "mse": o
 GRAPH_FUNCTIONS |= {"binary_cross_entropy_with_logits": ops.binary_cross_entropy_with_logits}
 GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 GRAPH_FUNCTIONS |= {"conv2d": conv.conv2d, "max_pool2d": conv.max_pool2d, "flatten": conv.flatten}
-GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d}
+GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d, "embedding": embedding.embedding}
+GRAPH_FUNCTIONS |= {"layer_norm": embedding.layer_norm, "one_hot": embedding.one_hot}
 Z = sympy.Symbol("z")
 
 

@@ -1,4 +1,5 @@
-"""``[[layers]]`` kinds for images (NHWC): ``conv2d``, ``max_pool``, ``avg_pool``, ``flatten``.
+"""``[[layers]]`` kinds besides dense: images (NHWC) ``conv2d``, ``max_pool``, ``avg_pool``,
+``flatten``, and ``embedding = {vocab, dim}`` (integer ids to rows of a table ``E{k}``).
 
 Each expands, as a dense layer does, to ``[params]`` and a ``[graph]`` expression an explicit
 spec would hold: layer k's ``conv2d = {filters = 16, kernel = 3, stride = 1, padding = 1}`` is
@@ -13,10 +14,10 @@ stand-in inputs, so a window that does not fit is reported at the layer that ask
 from __future__ import annotations
 
 from graphnn.errors import GraphnnError, SpecError, shown
-from graphnn.ir import conv, ops
+from graphnn.ir import conv, embedding, ops
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 
-KINDS = ("conv2d", "max_pool", "avg_pool", "flatten")
+KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "embedding")
 _CONV_KEYS = ("filters", "kernel", "stride", "padding", "dilation")
 _POOL_KEYS = ("size", "stride", "padding")
 
@@ -68,6 +69,14 @@ def expand_image_layer(layer: dict, k: int, prev: str, shape: tuple[int, ...], w
         if layer["flatten"] is not True:
             raise SpecError(f"{where} flatten: write flatten = true")
         return {}, f"flatten({prev})", _shape_of(lambda: conv.flatten(stand_in), where)
+    if kind == "embedding":
+        s = _settings(layer[kind], ("vocab", "dim"), f"{where} embedding", ("vocab", "dim"))
+        vocab = _int(s["vocab"], f"{where} embedding vocab", 1)
+        dim = _int(s["dim"], f"{where} embedding dim", 1)
+        table = ops.param("E", (vocab, dim))
+        out = _shape_of(lambda: embedding.embedding(stand_in, table), where)
+        params = {f"E{k}": {"shape": [vocab, dim], "init": "glorot_uniform"}}
+        return params, f"embedding({prev}, E{k})", out
     if len(shape) != 3:
         raise SpecError(f"{where}: {kind} needs (height, width, channels) input, got {list(shape)}")
     if kind == "conv2d":
