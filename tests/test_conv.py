@@ -203,3 +203,18 @@ def test_a_contraction_whose_last_output_position_is_inverted():
     for p in ("X", "w"):
         assert relative_error(grads[p], numeric[p]) < 1e-7, p
         assert relative_error(cpu[p], grads[p]) < 1e-5, p
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_batch_input_of_one_row_and_more_on_cpu(rows):
+    """The batch axis of an input image (None in the graph) at 1 and 3 rows, CPU vs NumPy."""
+    x, K, y = _conv_graph(CONVS[2])
+    h = gn.flatten(gn.max_pool2d(gn.relu(y), 2, 1, 1))
+    g = gn.Graph(gn.mean(gn.tanh(h @ gn.param("W", (h.shape[1], 2)))))
+    params = {k: v.astype(np.float32) for k, v in g.init_params(5).items()}
+    data = {"x": np.random.default_rng(rows).normal(size=(rows, *x.shape[1:])).astype(np.float32)}
+    want_loss, want = g.value_and_grad(params, data, backend="numpy")
+    loss, got = g.value_and_grad(params, data, backend="cpu")
+    assert relative_error(loss, want_loss) < 1e-5
+    for p in g.param_names:
+        assert relative_error(got[p], want[p]) < 1e-5, p
