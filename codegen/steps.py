@@ -41,6 +41,7 @@ class Scope:
         # place of the size, so the text serves every model whose sizes follow the same pattern
         self.size_vars: dict[int, str] = dict(sizes or {})
         self.fast_tanh = fast_tanh  # print tanh as codegen.cpu.approx.tanh_r
+        self.step_arg: str | None = None  # the training step's variable; None: eval form
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
         # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
         # instead of new allocations: a step then allocates nothing.

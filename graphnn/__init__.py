@@ -26,6 +26,7 @@ from graphnn.errors import (
     SpecError,
 )
 from graphnn.ir.conv import avg_pool2d, conv2d, flatten, max_pool2d
+from graphnn.ir.dropout import dropout
 from graphnn.ir.elementwise import ACTIVATIONS
 from graphnn.ir.embedding import embedding, layer_norm, one_hot
 from graphnn.ir.indexed import contract
@@ -74,6 +75,7 @@ __all__ = [
     "ACTIVATIONS",
     "avg_pool2d",
     "contract",
+    "dropout",
     "embedding",
     "layer_norm",
     "one_hot",

@@ -109,6 +109,13 @@ STRUCTURAL |= {
     ),
 }
 
+# Dropout: its masks at step 0 (value_and_grad's step), the same on every back end.
+STRUCTURAL |= {
+    "dropout": lambda L: gn.sum(
+        gn.tanh(gn.dropout(gn.tanh(L.x @ L.W), 0.4, seed=2) @ L.V) * gn.dropout(L.x @ L.V, 0.5)
+    ),
+}
+
 # Embedding lookup (a one-hot contraction) and layer norm (a composition of elementwise ops).
 STRUCTURAL |= {
     "embedding": lambda L: gn.sum(gn.tanh(gn.flatten(gn.embedding(L.ids, L.E)) @ L.F)),

@@ -30,6 +30,7 @@ from codegen.steps import (
     needs,
     returned,
 )
+from graphnn.ir.dropout import MIX_LINES
 
 # No fast-math flag in the kernels: each can change whether a value is NaN or Inf, and NaN must
 # reach the step's guard as it does in the NumPy reference.  reassoc folded exp(log(z)) and
@@ -110,6 +111,7 @@ def kernel(
     scope = CpuSteps(
         dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
     )
+    scope.step_arg = "step" if "step" in args else None  # None: dropout's eval form
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -131,7 +133,8 @@ def kernel(
     body = head + _bindings(bound, sources, body) + body
     signature = [JIT, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
-    return _workspace_function(scope, args, sources) + ["", ""] + signature + indent(body, 1)
+    arrays = [a for a in args if a != "step"]  # the buffers' sizes come from arrays only
+    return _workspace_function(scope, arrays, sources) + ["", ""] + signature + indent(body, 1)
 
 
 def _workspace_function(scope: Scope, args: Sequence[str], sources) -> list[str]:
@@ -247,7 +250,9 @@ def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
     grads = tuple(f"grad_{p}" for p in sig.params)
-    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
+    step = ["int(t)"] if sig.step else []  # dropout masks are drawn for the step
+    call = ", ".join([*sig.inputs, *sig.params, *step, "ws"])
+    body = [f"loss, {', '.join(grads)} = loss_and_grads({call})"]
     n_state = len(optimizer.state)
     states = [_flat(sig, sig.state[k::n_state]) for k in range(n_state)] if n_state else []
     flat = [_flat(sig, sig.params), _flat(sig, grads), *states]
@@ -285,8 +290,9 @@ def _epoch_function(
     grads = tuple(f"grad_{p}" for p in sig.params)
     hyper_now = ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
     update = ["P_", _flat(sig, grads), *(f"{b}_" for b in state_buffers), *hyper_now]
+    call = ", ".join([*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"])
     loop += [
-        f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)",
+        f"loss, {', '.join(grads)} = loss_and_grads({call})",
         f"status = update_all(loss, {', '.join(update)}, np.{dtype}(t0 + steps + 1))",
         "if status != 0:",
         "    return total, steps, status",
@@ -325,12 +331,19 @@ def training_kernel(sig: Signature, dtype: str = "float32") -> list[str]:
         "loss_and_grads",
         sig.training,
         [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params],
+        [*sig.inputs, *sig.params, *(["step"] if sig.step else [])],
         dtype,
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
         sizes=size_names(sig),
     )
+
+
+def dropout_source() -> str:
+    """dropout_mix: the integer hash of dropout's counter-based masks (graphnn.ir.dropout)."""
+    doc = '"""32-bit integer hash: dropout keeps element e at step t if mix(key ^ e) is large."""'
+    body = indent([doc, *MIX_LINES], 1)
+    return "\n".join(["@njit(cache=True)", "def dropout_mix(h):", *body]) + "\n"
 
 
 def module_source(
@@ -352,6 +365,9 @@ def module_source(
     if "tanh_r(" in text:  # defined once, before the kernels that call it
         first = text.index("@njit")
         text = text[:first] + tanh_source(dtype) + "\n\n" + text[first:]
+    if "dropout_mix(" in text:
+        first = text.index("@njit")
+        text = text[:first] + dropout_source() + "\n\n" + text[first:]
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
     return needs(text)

@@ -13,6 +13,7 @@ from codegen.contraction import Nest, window_mask, window_max
 from codegen.cpu import matmul
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
+from graphnn.ir.dropout import threshold
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 
@@ -132,6 +133,27 @@ class CpuSteps(StepEmitter):
         b, oh, ow, _, _, c = node.shape
         lines = [comment(node), *self.empty(node.name, node.shape)]
         return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
+
+    def emit_dropout(self, step: Step) -> list[str]:
+        """Training: keep element e (row-major) when dropout_mix(key ^ e) clears the rate's
+        threshold, key a hash of (seed, step); the forward kernel's eval form is the identity."""
+        node = step.node
+        (x,) = node.inputs
+        if self.step_arg is None:
+            return [comment(node) + "  (eval form: the identity)", f"{node.name} = {x}"]
+        rate, seed = node.attr("rate"), node.attr("seed")
+        index = [f"i{k}" for k in range(len(node.shape))]
+        at = f"[{', '.join(index)}]"
+        body = [
+            f"if dropout_mix(key ^ e) >= {threshold(rate)}:",
+            f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
+            "else:",
+            f"    {node.name}{at} = {self.literal(0)}",
+            "e += 1",
+        ]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.step_arg})", "e = 0"]
+        return lines + loop_header(node.shape, index, self) + indent(body, len(node.shape))
 
     def emit_one_hot(self, step: Step) -> list[str]:
         """Each id's row: 1 at the id, 0 elsewhere; all NaN for an id that is not a whole

@@ -22,6 +22,7 @@ from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
 from codegen.steps import StepEmitter, describe, indent
+from graphnn.ir.dropout import MIX_LINES, threshold
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node
 
@@ -266,6 +267,35 @@ class CudaSteps(CudaScope):
         body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
         b, oh, ow, _, _, c = node.shape
         return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
+
+    def emit_dropout(self, step: Step) -> Piece:
+        """One thread per element; element k (row-major, as the CPU counts) is kept when its hash
+        clears the rate's threshold (graphnn.ir.dropout); the eval form is the identity."""
+        node = step.node
+        (x,) = node.inputs
+        if self.step_arg is None:
+            note = comment(node) + "  (eval form: the identity)"
+            return Piece([], [note, f"{node.name} = {x}"])
+        rate, seed = node.attr("rate"), node.attr("seed")
+        mix = [line.replace("return ", "h = ") for line in MIX_LINES]
+        index = [f"i{k}" for k in range(len(node.shape))]
+        at = f"[{', '.join(index)}]"
+        body = [f"h = {seed}", *mix, f"h = h ^ {self.step_arg}", *mix, "key = h"]
+        loop = [
+            "h = key ^ k  # the element's row-major index is its counter",
+            *mix,
+            f"if h >= {threshold(rate)}:",
+            f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
+            "else:",
+            f"    {node.name}{at} = {self.literal(0)}",
+        ]
+        body += grid_stride(node.shape, loop)
+        args = [self.array_arg(x), self.array_arg(node.name), (self.step_arg, "int64")]
+        args += self.sizes(body)
+        name = self.kernel_name(node)
+        host = [comment(node), self.alloc(node.name, node.shape)]
+        host += launch_lines(name, [a for a, _ in args], count(node.shape))
+        return Piece([Kernel(name, args, body, [comment(node)])], host)
 
     def emit_one_hot(self, step: Step) -> Piece:
         """One thread per element: 1 at the id, 0 elsewhere, NaN for an id that is not a whole

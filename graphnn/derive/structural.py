@@ -28,6 +28,7 @@ from graphnn.derive.formula import Formula, call_tex, column_sum, matmul, wrap
 from graphnn.errors import GraphError
 from graphnn.ir import ops
 from graphnn.ir.conv import max_pool_adjoint
+from graphnn.ir.dropout import dropout, keep_mask
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 from graphnn.ir.indexed import contract
@@ -133,6 +134,19 @@ def _one_hot_numpy(node: Node, a, n, dtype):
     safe = np.where(valid, ids, 0).astype(np.int64)
     out = (safe[..., None] == np.arange(depth)).astype(ids.dtype)
     return np.where(valid[..., None], out, np.nan)
+
+
+# --- dropout: its mask depends only on (seed, step, element index): its adjoint is itself -------
+
+
+def _dropout_numpy(node: Node, a, n, dtype, step: int | None = 0):
+    """The training form at ``step``; ``step=None`` is the eval form (the identity)."""
+    (x,) = a
+    if step is None:
+        return x
+    rate = node.attr("rate")
+    keep = keep_mask(node.attr("seed"), step, x.shape, rate)
+    return np.where(keep, x * x.dtype.type(1 / (1 - rate)), x.dtype.type(0))
 
 
 # --- reduce_sum: a sum over axes; its adjoint repeats the cotangent back -------------------------
@@ -258,6 +272,11 @@ STRUCTURAL: dict[str, Structural] = {
         lambda t, g: [max_pool_adjoint(t, g)], _max_pool_numpy, _shown_as_call("max_pool2d")
     ),
     "max_pool_mask": Structural(no_vjp, _max_pool_mask_numpy, _shown_as_call("argmax_mask")),
+    "dropout": Structural(
+        lambda t, g: [dropout(g, t.attrs["rate"], t.attrs["seed"])],
+        _dropout_numpy,
+        _shown_as_call("dropout"),
+    ),
     "one_hot": Structural(lambda t, g: [None], _one_hot_numpy, _shown_as_call("one_hot")),
     "reduce_sum": Structural(
         _reduce_vjp,

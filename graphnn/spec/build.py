@@ -41,7 +41,7 @@ from graphnn.api import Graph
 from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import conv, embedding, ops, rewrites
+from graphnn.ir import conv, dropout, embedding, ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
@@ -63,6 +63,7 @@ GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 GRAPH_FUNCTIONS |= {"conv2d": conv.conv2d, "max_pool2d": conv.max_pool2d, "flatten": conv.flatten}
 GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d, "embedding": embedding.embedding}
 GRAPH_FUNCTIONS |= {"layer_norm": embedding.layer_norm, "one_hot": embedding.one_hot}
+GRAPH_FUNCTIONS |= {"dropout": dropout.dropout}
 Z = sympy.Symbol("z")
 
 

@@ -1,5 +1,7 @@
 """``[[layers]]`` kinds besides dense: images (NHWC) ``conv2d``, ``max_pool``, ``avg_pool``,
-``flatten``, and ``embedding = {vocab, dim}`` (integer ids to rows of a table ``E{k}``).
+``flatten``, ``embedding = {vocab, dim}`` (integer ids to rows of a table ``E{k}``) and
+``dropout = 0.5`` (or ``{rate, seed}``; the seed defaults to the layer's number, so each
+layer drops its own elements).
 
 Each expands, as a dense layer does, to ``[params]`` and a ``[graph]`` expression an explicit
 spec would hold: layer k's ``conv2d = {filters = 16, kernel = 3, stride = 1, padding = 1}`` is
@@ -17,7 +19,7 @@ from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.ir import conv, embedding, ops
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 
-KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "embedding")
+KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "embedding", "dropout")
 _CONV_KEYS = ("filters", "kernel", "stride", "padding", "dilation")
 _POOL_KEYS = ("size", "stride", "padding")
 
@@ -69,6 +71,15 @@ def expand_image_layer(layer: dict, k: int, prev: str, shape: tuple[int, ...], w
         if layer["flatten"] is not True:
             raise SpecError(f"{where} flatten: write flatten = true")
         return {}, f"flatten({prev})", _shape_of(lambda: conv.flatten(stand_in), where)
+    if kind == "dropout":
+        value = layer["dropout"]
+        value = {"rate": value} if isinstance(value, int | float) else value
+        s = _settings(value, ("rate", "seed"), f"{where} dropout", ("rate",))
+        rate = s["rate"]
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < 1:
+            raise SpecError(f"{where} dropout rate: must be a number in [0, 1), got {shown(rate)}")
+        seed = _int(s.get("seed", k), f"{where} dropout seed", 0)
+        return {}, f"dropout({prev}, rate={rate}, seed={seed})", shape
     if kind == "embedding":
         s = _settings(layer[kind], ("vocab", "dim"), f"{where} embedding", ("vocab", "dim"))
         vocab = _int(s["vocab"], f"{where} embedding vocab", 1)

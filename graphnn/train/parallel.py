@@ -75,6 +75,8 @@ class DataParallel:
         self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
         self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
         module = model.trainer.module
+        if getattr(model.trainer, "sig", None) is not None and model.trainer.sig.step:
+            raise DistributedError("data-parallel training does not support dropout yet")
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
