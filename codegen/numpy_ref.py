@@ -51,9 +51,12 @@ def batch_size(ir: GraphIR, values: Mapping[str, np.ndarray]) -> int:
 
 
 def evaluate(
-    ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None, outputs=None
+    ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None, outputs=None, step: int | None = 0
 ) -> dict[str, np.ndarray]:
-    """Every node's value (or only what ``outputs`` need), given inputs' and parameters' arrays."""
+    """Every node's value (or only what ``outputs`` need), given inputs' and parameters' arrays.
+
+    ``step``: the training step dropout masks are drawn for; None runs the eval form (dropout
+    is the identity), as prediction and evaluation do."""
     env: dict[str, np.ndarray] = {}
     dtype = np.dtype(dtype) if dtype is not None else next(iter(values.values())).dtype
     n = batch_size(ir, values)
@@ -67,14 +70,18 @@ def evaluate(
         rule = RULES.get(node.op)
         if rule is None:
             raise CodegenError(f"the numpy back end has no rule for op '{node.op}' ({node.name})")
-        out = rule(node, [env[i] for i in node.inputs], n, dtype)
+        args = [env[i] for i in node.inputs]
+        if node.op == "dropout":
+            out = rule(node, args, n, dtype, step)
+        else:
+            out = rule(node, args, n, dtype)
         env[node.name] = np.asarray(out, dtype=dtype)
     return env
 
 
-def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
+def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, step: int = 0):
     """Back-end entry point: the loss and every parameter's gradient on one batch."""
-    env = evaluate(graph.training, values, dtype)
+    env = evaluate(graph.training, values, dtype, step=step)
     return env[graph.loss_name], {p: env[g].copy() for p, g in graph.grad_names.items()}
 
 
@@ -113,7 +120,7 @@ class Trainer:
     def step(self, params, state, batch, hyper, lr, t) -> tuple[float, int]:
         values = {**params, **batch}
         with np.errstate(all="ignore"):  # NaN/Inf are reported through the status, as compiled
-            loss, grads = value_and_grad(self.graph, values, self.dtype)
+            loss, grads = value_and_grad(self.graph, values, self.dtype, step=t)
         if not np.isfinite(loss):
             return float(loss), -1
         names = self.graph.param_names
@@ -148,7 +155,7 @@ class Trainer:
         return tuple(n.name for n in self.graph.forward.inputs if n.name in needed)
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
-        env = evaluate(self.graph.forward, {**params, **data}, self.dtype, self.outputs)
+        env = evaluate(self.graph.forward, {**params, **data}, self.dtype, self.outputs, None)
         return {k: env[k] for k in self.outputs}
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from codegen.names import RESERVED, identifiers, size_variables
 from codegen.plan import make_plan
+from graphnn.errors import CodegenError
+from graphnn.ir.dropout import has_dropout
 from graphnn.ir.graph import GraphIR
 from graphnn.optim.optimizers import state_key
 
@@ -32,6 +34,7 @@ class Signature:
     loss: str
     grads: tuple[str, ...]  # gradient node identifiers, in parameter order
     ident: dict  # node name -> identifier
+    step: bool = False  # the training kernel takes the step number (dropout masks depend on it)
 
 
 def signature(graph, optimizer) -> Signature:
@@ -58,7 +61,17 @@ def signature(graph, optimizer) -> Signature:
         loss=ident[graph.loss_name],
         grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
         ident=ident,
+        step=has_dropout(graph.training),
     )
+
+
+def refuse_dropout(sig: Signature, what: str) -> None:
+    """Dropout's training kernels take the step number, which ``what`` does not pass yet."""
+    if sig.step:
+        raise CodegenError(
+            f"{what} does not support dropout yet (its kernels take the training step); "
+            "train with gn.compile(...).fit, which does"
+        )
 
 
 def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import sympy
 
 from codegen.plan import Plan
 from codegen.printer import print_expr
+from graphnn.derive.contraction import text as contraction_text
 from graphnn.errors import CodegenError
 from graphnn.ir.elementwise import BATCH
 from graphnn.ir.graph import GraphIR, Node
@@ -40,6 +41,7 @@ class Scope:
         # place of the size, so the text serves every model whose sizes follow the same pattern
         self.size_vars: dict[int, str] = dict(sizes or {})
         self.fast_tanh = fast_tanh  # print tanh as codegen.cpu.approx.tanh_r
+        self.step_arg: str | None = None  # the training step's variable; None: eval form
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
         # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
         # instead of new allocations: a step then allocates nothing.
@@ -156,6 +158,8 @@ def describe(node: Node) -> str:
         return f"sum({ins[0]}, axes={node.attr('axes')})"
     if node.op == "const":
         return str(node.attr("value"))
+    if node.op == "contract":
+        return contraction_text(dict(node.attrs), ins)
     fn = node.attr("fn", node.op)
     return f"{fn}({', '.join(ins)})"
 

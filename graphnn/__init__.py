@@ -25,7 +25,11 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
+from graphnn.ir.conv import avg_pool2d, conv2d, flatten, max_pool2d
+from graphnn.ir.dropout import dropout
 from graphnn.ir.elementwise import ACTIVATIONS
+from graphnn.ir.embedding import embedding, layer_norm, one_hot
+from graphnn.ir.indexed import contract
 from graphnn.ir.ops import (
     Tensor,
     apply,
@@ -42,6 +46,7 @@ from graphnn.ir.ops import (
     param,
     power,
     relu,
+    reshape,
     sigmoid,
     silu,
     softmax,
@@ -69,6 +74,16 @@ __all__ = [
     "compile",
     "distributed",
     "ACTIVATIONS",
+    "avg_pool2d",
+    "contract",
+    "dropout",
+    "embedding",
+    "layer_norm",
+    "one_hot",
+    "reshape",
+    "conv2d",
+    "flatten",
+    "max_pool2d",
     "CheckpointError",
     "CodegenError",
     "DataError",

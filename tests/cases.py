@@ -34,6 +34,14 @@ def leaves() -> SimpleNamespace:
         Vt=gn.param("Vt", (3, 4)),
         c=gn.param("c", (4, 1), init="normal"),
         s=gn.param("s", (1,), init="normal"),
+        img=gn.input("img", (5, 6, 2)),
+        K=gn.param("K", (3, 3, 2, 3), init="normal"),
+        Kd=gn.param("Kd", (2, 2, 3, 2), init="normal"),
+        F=gn.param("F", (12, 2)),
+        ids=gn.input("ids", (3,)),  # integer ids in [0, 6): see build()
+        E=gn.param("E", (6, 4), init="normal"),
+        gam=gn.param("gam", (4,), init="ones"),
+        bet=gn.param("bet", (4,), init="zeros"),
     )
 
 
@@ -83,6 +91,39 @@ STRUCTURAL = {
     ),
 }
 
+# Image layers (NHWC): indexed contractions, their derived adjoints, max pooling's argmax mask.
+STRUCTURAL |= {
+    "conv2d_same": lambda L: gn.sum(gn.tanh(gn.conv2d(L.img, L.K, padding="same")) ** 2),
+    "conv2d_stride_dilation": lambda L: gn.sum(
+        gn.sigmoid(gn.conv2d(L.img, L.K, stride=2, padding=1, dilation=(1, 2)))
+    ),
+    # conv -> conv: the second kernel's input adjoint (a strided scatter, inverted) reaches K
+    "conv2d_stacked": lambda L: gn.sum(
+        gn.tanh(gn.conv2d(gn.tanh(gn.conv2d(L.img, L.K)), L.Kd, stride=(2, 1), padding=1))
+    ),
+    "max_pool": lambda L: gn.sum(
+        gn.max_pool2d(gn.conv2d(L.img, L.K, padding=1), 2, stride=(2, 1), padding=1) ** 2
+    ),
+    "avg_pool_flatten": lambda L: gn.sum(
+        gn.tanh(gn.flatten(gn.avg_pool2d(gn.conv2d(L.img, L.K), (2, 3), padding=1)) @ L.F)
+    ),
+}
+
+# Dropout: its masks at step 0 (value_and_grad's step), the same on every back end.
+STRUCTURAL |= {
+    "dropout": lambda L: gn.sum(
+        gn.tanh(gn.dropout(gn.tanh(L.x @ L.W), 0.4, seed=2) @ L.V) * gn.dropout(L.x @ L.V, 0.5)
+    ),
+}
+
+# Embedding lookup (a one-hot contraction) and layer norm (a composition of elementwise ops).
+STRUCTURAL |= {
+    "embedding": lambda L: gn.sum(gn.tanh(gn.flatten(gn.embedding(L.ids, L.E)) @ L.F)),
+    "layer_norm": lambda L: gn.sum(
+        gn.sigmoid(gn.layer_norm(L.x @ L.W, L.gam, L.bet)) * (L.x @ L.W)
+    ),
+}
+
 LOSSES = {
     "mse": gn.mse,
     "softmax_ce": gn.softmax_cross_entropy,
@@ -99,6 +140,9 @@ def build(name: str, rows: int = BATCH):
     g = gn.Graph(STRUCTURAL[name](leaves()))
     rng = rng_for(name)
     data = {n.name: rng.normal(size=(rows, *n.shape[1:])) for n in g.forward.inputs}
+    if "ids" in data:  # the embedding's integer ids, including the table's first and last row
+        data["ids"] = rng.integers(0, 6, size=(rows, 3)).astype(float)
+        data["ids"][0, :2] = [0, 5]
     return g, data
 
 

@@ -109,6 +109,16 @@ def _train(act, loss, optimizer, names=None):
     return lambda: (*mlp()[::2], optimizer)  # (graph, data, optimizer)
 
 
+def _dropout_train():
+    """An MLP with dropout: every step draws new masks, from the step number."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, W2 = gn.param("W1", (4, 6)), gn.param("W2", (6, 3))
+    h = gn.dropout(gn.tanh(x @ W1), 0.3, seed=1)
+    rng = _rng("dropout_train")
+    data = {"x": rng.normal(size=(10, 4)), "y": np.eye(3)[rng.integers(0, 3, 10)]}
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2, y)), data, gn.Adam(lr=0.05)
+
+
 # name -> (graph, data, optimizer) builder; batch 4 over 10 rows: steps of 4, 4, 2 rows.
 TRAIN_CASES = {
     "adam_tanh_softmax_ce": _train("tanh", "softmax_ce", gn.Adam(lr=0.05)),
@@ -116,6 +126,7 @@ TRAIN_CASES = {
         "sigmoid", "mse", gn.SGD(lr=0.5, momentum=0.9, nesterov=True, clip_norm=0.5)
     ),
     "rmsprop_3d_input": lambda: (*_op_case("tanh")[::2], gn.RMSProp(lr=0.05)),
+    "adam_dropout": _dropout_train,
 }
 TRAIN_EPOCHS, TRAIN_BATCH = 2, 4
 

@@ -16,7 +16,7 @@ from graphnn.spec.runner import run_spec
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.toml"))
-EXPECTED = {"neuron", "xor", "digits", "iris", "breast_cancer", "swish", "layers"}
+EXPECTED = {"neuron", "xor", "digits", "iris", "breast_cancer", "swish", "layers", "digits_cnn"}
 
 
 def test_the_examples_are_all_there():

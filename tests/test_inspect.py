@@ -83,7 +83,17 @@ def softplus_mse():
     return gn.Graph(gn.mse(gn.softplus(x @ gn.param("W", (3, 1))), t))
 
 
+def small_cnn():
+    """conv (strided, padded) -> relu -> max pool -> avg pool -> flatten -> dense: every δ of
+    the chain is an indexed contraction, the argmax mask or a reshape."""
+    x, y = gn.input("x", (6, 5, 2)), gn.input("y", (3,))
+    h = gn.relu(gn.conv2d(x, gn.param("K", (3, 3, 2, 4)), stride=(1, 2), padding=1))
+    h = gn.avg_pool2d(gn.max_pool2d(h, 2, stride=1), (2, 1))
+    return gn.Graph(gn.softmax_cross_entropy(gn.flatten(h) @ gn.param("W", (16, 3)), y))
+
+
 GRAPHS = {
+    "small_cnn": small_cnn,
     "digits_mlp": digits_mlp,
     "residual": residual,
     "shared_weight": shared_weight,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from codegen.cpu.approx import tanh_source
+from codegen.cpu.helpers import with_helpers
 from codegen.cpu.steps import CpuSteps
 from codegen.cpu.stepwise import StepKernel, split_blocks
 from codegen.plan import make_plan
@@ -113,6 +113,7 @@ def kernel(
     scope = CpuSteps(
         dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
     )
+    scope.step_arg = "step" if "step" in args else None  # None: dropout's eval form
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -138,7 +139,8 @@ def kernel(
     body = head + _bindings(bound, sources, body) + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
-    workspace_lines = _workspace_function(scope, args, sources, ws_function)
+    arrays = [a for a in args if a != "step"]  # the buffers' sizes come from arrays only
+    workspace_lines = _workspace_function(scope, arrays, sources, ws_function)
     return workspace_lines + ["", ""] + signature + indent(body, 1)
 
 
@@ -260,7 +262,9 @@ def _update_all_function(sig: Signature, optimizer, dtype: str, jit=True) -> lis
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
     grads = tuple(f"grad_{p}" for p in sig.params)
-    body = [f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)"]
+    step = ["int(t)"] if sig.step else []  # dropout masks are drawn for the step
+    call = ", ".join([*sig.inputs, *sig.params, *step, "ws"])
+    body = [f"loss, {', '.join(grads)} = loss_and_grads({call})"]
     n_state = len(optimizer.state)
     states = [_flat(sig, sig.state[k::n_state]) for k in range(n_state)] if n_state else []
     flat = [_flat(sig, sig.params), _flat(sig, grads), *states]
@@ -305,8 +309,9 @@ def _epoch_function(
     grads = tuple(f"grad_{p}" for p in sig.params)
     hyper_now = ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
     update = ["P_", _flat(sig, grads), *(f"{b}_" for b in state_buffers), *hyper_now]
+    call = ", ".join([*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"])
     loop += [
-        f"loss, {', '.join(grads)} = loss_and_grads({', '.join(sig.inputs + sig.params)}, ws)",
+        f"loss, {', '.join(grads)} = loss_and_grads({call})",
         f"status = update_all(loss, {', '.join(update)}, np.{dtype}(t0 + steps + 1))",
         "if status != 0:",
         "    return total, steps, status",
@@ -365,7 +370,7 @@ def training_kernel(sig: Signature, dtype: str = "float32", stepwise=None) -> li
         "loss_and_grads",
         sig.training,
         [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params],
+        [*sig.inputs, *sig.params, *(["step"] if sig.step else [])],
         dtype,
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
@@ -389,10 +394,7 @@ def module_source(
         lines += ["", ""] + _update_all_function(sig, optimizer, dtype)
         lines += ["", ""] + _step_function(sig, optimizer, dtype)
         lines += ["", ""] + _epoch_function(sig, optimizer.state, dtype, sizes)
-    text = "\n".join(lines) + "\n"
-    if "tanh_r(" in text:  # defined once, before the kernels that call it
-        first = text.index("@njit")
-        text = text[:first] + tanh_source(dtype) + "\n\n" + text[first:]
+    text = with_helpers("\n".join(lines) + "\n", dtype)  # each defined once, before the kernels
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
     return needs(text)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sympy
 
+from codegen.contraction import Nest, window_mask, window_max
 from codegen.cpu import matmul
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
+from graphnn.ir.dropout import threshold
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
 
@@ -92,6 +94,86 @@ class CpuSteps(StepEmitter):
         if how == "loops":
             return lines + loops
         return lines + [f"if {how}:", *indent(loops, 1), "else:", f"    {dot}, {node.name})"]
+
+    def emit_contract(self, step: Step) -> list[str]:
+        """A loop over the output's elements, each summing its products over the other indices
+        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps)."""
+        node = step.node
+        nest = self._nest(node)
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        if nest.row_index is None:
+            lines += loop_header(node.shape, nest.out_vars, self)
+            return lines + indent(nest.body(node.name), len(node.shape))
+        rows = node.shape[:-1]
+        lines += loop_header(rows, nest.out_vars[:-1], self)
+        return lines + indent(nest.row_body(node.name), len(rows))
+
+    def _nest(self, node: Node) -> Nest:
+        attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+        shapes = [self.ir.node(i).shape for i in node.inputs]
+        return Nest(attrs, node.inputs, shapes, self.dim, self.literal(0))
+
+    def emit_max_pool(self, step: Step) -> list[str]:
+        """Per output element, the maximum over its window (padding never wins)."""
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + [f"{node.name}[_b, _i, _j, _c] = acc"]
+        out = ["_b", "_i", "_j", "_c"]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header(node.shape, out, self) + indent(body, 4)
+
+    def emit_max_pool_mask(self, step: Step) -> list[str]:
+        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it)."""
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
+        out = ["_b", "_i", "_j", "_c"]
+        b, oh, ow, _, _, c = node.shape
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
+
+    def emit_dropout(self, step: Step) -> list[str]:
+        """Training: keep element e (row-major) when dropout_mix(key ^ e) clears the rate's
+        threshold, key a hash of (seed, step); the forward kernel's eval form is the identity."""
+        node = step.node
+        (x,) = node.inputs
+        if self.step_arg is None:
+            return [comment(node) + "  (eval form: the identity)", f"{node.name} = {x}"]
+        rate, seed = node.attr("rate"), node.attr("seed")
+        index = [f"i{k}" for k in range(len(node.shape))]
+        at = f"[{', '.join(index)}]"
+        body = [
+            f"if dropout_mix(key ^ e) >= {threshold(rate)}:",
+            f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
+            "else:",
+            f"    {node.name}{at} = {self.literal(0)}",
+            "e += 1",
+        ]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.step_arg})", "e = 0"]
+        return lines + loop_header(node.shape, index, self) + indent(body, len(node.shape))
+
+    def emit_one_hot(self, step: Step) -> list[str]:
+        """Each id's row: 1 at the id, 0 elsewhere; all NaN for an id that is not a whole
+        number in [0, depth), so the step's finite check stops on it."""
+        node = step.node
+        (ids,) = node.inputs
+        lead = node.shape[:-1]
+        index = [f"i{k}" for k in range(len(lead))]
+        at = ", ".join(index)
+        depth = self.dim(node.shape[-1])
+        body = [
+            f"v = {ids}[{at}]",
+            "for j in range(" + depth + "):",
+            f"    {node.name}[{at}, j] = {self.literal(1)} if v == j else {self.literal(0)}",
+            f"if not (v >= 0 and v < {depth} and v == np.floor(v)):",
+            f"    for j in range({depth}):",
+            f"        {node.name}[{at}, j] = np.{self.dtype}(np.nan)",
+        ]
+        lines = [comment(node), *self.empty(node.name, node.shape)]
+        return lines + loop_header(lead, index, self) + indent(body, len(lead))
 
     def emit_reduce_sum(self, step: Step) -> list[str]:
         node = step.node

@@ -33,10 +33,10 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from codegen.cpu.approx import tanh_source
+from codegen.cpu.helpers import HELPERS, with_helpers
 
 # Names a block may read that are the module's, not the kernel's: never arguments.
-MODULE_NAMES = frozenset({"np", "math", "njit", "tanh_r"}) | frozenset(dir(builtins))
+MODULE_NAMES = frozenset({"np", "math", "njit", *HELPERS}) | frozenset(dir(builtins))
 JIT = '@njit(cache=True, error_model="numpy")'
 
 
@@ -156,9 +156,7 @@ def _module(function: str, dtype: str) -> str:
     if "math." in function:
         head += ["import math", ""]
     head += ["import numpy as np", "from numba import njit", "", ""]
-    if "tanh_r(" in function:
-        head += [tanh_source(dtype), "", ""]
-    return "\n".join([*head, JIT, function]) + "\n"
+    return with_helpers("\n".join([*head, JIT, function]) + "\n", dtype)
 
 
 def split_blocks(

@@ -108,8 +108,9 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, launch=None):
     dtype = np.dtype(dtype)
     module = build(graph, None, dtype, (), launch)
     names = [n.name for n in graph.forward.inputs] + list(graph.param_names)
+    step = [0] if cuda_signature(graph, None).step else []  # dropout's masks of step 0
     loss, *grads = module.loss_and_grads(
-        module.Workspace(), *(_upload(cuda, values[a], dtype) for a in names)
+        module.Workspace(), *(_upload(cuda, values[a], dtype) for a in names), *step
     )
     shapes = {n.name: n.shape for n in graph.forward.params}
     grads = {p: _download(g, shapes[p]) for p, g in zip(graph.param_names, grads, strict=True)}

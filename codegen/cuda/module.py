@@ -38,7 +38,8 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()
     """(kernels, source lines of the host function, matmul variants used)."""
     plan = make_plan(ir, outputs)
     scope = CudaSteps(dtype, ir, plan, taken, prefix)
-    batch = next((a for a in args if ir.node(a).op == "input"), None)
+    scope.step_arg = "step" if "step" in args else None  # None: dropout's eval form
+    batch = next((a for a in args if a != "step" and ir.node(a).op == "input"), None)
     body = [f'"""{doc}"""', f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
     kernels: list[Kernel] = []
     for step in plan.steps:
@@ -123,9 +124,8 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
         loop += [f'{x} = ws.array("{x}", {dims})']
         loop += [f"gather_rows[blocks({count(node.shape)}), THREADS]({src}, perm, start, {dst})"]
     grads = [f"grad_{p}" for p in sig.params]
-    loop += [
-        f"{', '.join(['loss', *grads])} = loss_and_grads(ws, {', '.join(sig.inputs + sig.params)})"
-    ]
+    call = [*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else [])]
+    loop += [f"{', '.join(['loss', *grads])} = loss_and_grads(ws, {', '.join(call)})"]
     check = ["loss", *(f"ws.flat({g})" for g in grads), "losses", "status", "gscale", "steps"]
     check += ["clip_norm"] if optimizer.clip_norm is not None else []
     loop += ["# record the loss, or the first NaN/Inf (then no update runs)"]
@@ -185,7 +185,7 @@ def module_source(
     train_doc = "Loss and gradients on one batch: device arrays in, workspace buffers out."
     train = host_function(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params], dtype, taken, "k", train_doc,
+        [*sig.inputs, *sig.params, *(["step"] if sig.step else [])], dtype, taken, "k", train_doc,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
     )  # fmt: skip
     names = list(outputs) or [graph.loss_name]

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from codegen.contraction import Nest, window_mask, window_max
 from codegen.cuda.library import array_type, block_sum
 from codegen.plan import Plan, Step
 from codegen.printer import print_expr
 from codegen.steps import StepEmitter, describe, indent
+from graphnn.ir.dropout import MIX_LINES, threshold
 from graphnn.ir.elementwise import ARGS, BATCH
 from graphnn.ir.graph import GraphIR, Node
 
@@ -234,6 +236,83 @@ class CudaSteps(CudaScope):
         host = [comment(node), self.alloc(node.name, node.shape)]
         host.append(f"{name}[{config}]({', '.join(a for a, _ in args)})")
         return Piece([Kernel(name, args, body, [comment(node)])], host)
+
+    def _per_element(self, step: Step, names: list[str], shape, body: list[str]) -> Piece:
+        """One thread per element of shape (grid-stride), its indices named ``names``."""
+        node = step.node
+        head = f"for k in range(cuda.grid(1), {count(shape)}, cuda.gridsize(1)):"
+        loop = [head, *indent(unravel("k", names, shape) + body, 1)]
+        return self._kernel(step, list(dict.fromkeys(node.inputs)), [node.name], loop, shape)
+
+    def emit_contract(self, step: Step) -> Piece:
+        """One thread per output element sums its products (:class:`codegen.contraction.Nest`:
+        bounds-checked reads, output maps inverted: no atomics)."""
+        node = step.node
+        attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+        shapes = [self.ir.node(i).shape for i in node.inputs]
+        nest = Nest(attrs, node.inputs, shapes, self.dim, self.literal(0))
+        return self._per_element(step, nest.out_vars, node.shape, nest.body(node.name))
+
+    def emit_max_pool(self, step: Step) -> Piece:
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + [f"{node.name}[_b, _i, _j, _c] = acc"]
+        return self._per_element(step, ["_b", "_i", "_j", "_c"], node.shape, body)
+
+    def emit_max_pool_mask(self, step: Step) -> Piece:
+        node = step.node
+        (x,) = node.inputs
+        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
+        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
+        b, oh, ow, _, _, c = node.shape
+        return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
+
+    def emit_dropout(self, step: Step) -> Piece:
+        """One thread per element; element k (row-major, as the CPU counts) is kept when its hash
+        clears the rate's threshold (graphnn.ir.dropout); the eval form is the identity."""
+        node = step.node
+        (x,) = node.inputs
+        if self.step_arg is None:
+            note = comment(node) + "  (eval form: the identity)"
+            return Piece([], [note, f"{node.name} = {x}"])
+        rate, seed = node.attr("rate"), node.attr("seed")
+        mix = [line.replace("return ", "h = ") for line in MIX_LINES]
+        index = [f"i{k}" for k in range(len(node.shape))]
+        at = f"[{', '.join(index)}]"
+        body = [f"h = {seed}", *mix, f"h = h ^ {self.step_arg}", *mix, "key = h"]
+        loop = [
+            "h = key ^ k  # the element's row-major index is its counter",
+            *mix,
+            f"if h >= {threshold(rate)}:",
+            f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
+            "else:",
+            f"    {node.name}{at} = {self.literal(0)}",
+        ]
+        body += grid_stride(node.shape, loop)
+        args = [self.array_arg(x), self.array_arg(node.name), (self.step_arg, "int64")]
+        args += self.sizes(body)
+        name = self.kernel_name(node)
+        host = [comment(node), self.alloc(node.name, node.shape)]
+        host += launch_lines(name, [a for a, _ in args], count(node.shape))
+        return Piece([Kernel(name, args, body, [comment(node)])], host)
+
+    def emit_one_hot(self, step: Step) -> Piece:
+        """One thread per element: 1 at the id, 0 elsewhere, NaN for an id that is not a whole
+        number in [0, depth)."""
+        node = step.node
+        (ids,) = node.inputs
+        names = [f"i{k}" for k in range(len(node.shape) - 1)] + ["j"]
+        at = ", ".join(names[:-1])
+        depth = self.dim(node.shape[-1])
+        body = [
+            f"v = {ids}[{at}]",
+            f"if v >= 0 and v < {depth} and v == math.floor(v):",
+            f"    {node.name}[{at}, j] = {self.literal(1)} if v == j else {self.literal(0)}",
+            "else:",
+            f"    {node.name}[{at}, j] = np.{self.dtype}(math.nan)",
+        ]
+        return self._per_element(step, names, node.shape, body)
 
     def emit_reshape(self, step: Step) -> Piece:
         node = step.node

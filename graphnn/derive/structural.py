@@ -23,11 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphnn.derive import contraction
 from graphnn.derive.formula import Formula, call_tex, column_sum, matmul, wrap
 from graphnn.errors import GraphError
 from graphnn.ir import ops
+from graphnn.ir.conv import max_pool_adjoint
+from graphnn.ir.dropout import dropout, keep_mask
 from graphnn.ir.elementwise import ARGS
 from graphnn.ir.graph import Node
+from graphnn.ir.indexed import contract
 from graphnn.ir.ops import Tensor
 
 
@@ -68,6 +72,81 @@ def _matmul_vjp(t: Tensor, g: Tensor) -> list[Tensor]:
 
 def _matmul_numpy(node: Node, a, n, dtype):
     return (a[0].T if node.attr("ta") else a[0]) @ (a[1].T if node.attr("tb") else a[1])
+
+
+# --- contract: the indexed contraction (conv2d, pooling); graphnn.ir.indexed -------------------
+
+
+def contract_adjoint(t: Tensor, g: Tensor, m: int) -> Tensor:
+    """The cotangent of operand ``m`` of contraction ``t``, given ``g``, the cotangent of ``t``.
+
+    One mechanical rule for every contraction: swap the roles of the output and operand ``m``
+    (``g`` is read through the old output map, the new output is written through operand ``m``'s
+    map, which the emitters invert) and keep the bounds of every index.
+    """
+    operands, maps = list(t.inputs), list(t.attrs["maps"])
+    target, out = operands[m], maps[m]
+    operands[m], maps[m] = g, t.attrs["out"]
+    label = f"d{t.label}/d{target.label}"
+    label = label if len(label) <= 60 else label[:57] + "..."
+    fn = f"d_{t.attrs['fn']}"  # d_conv2d: named after the op it is an adjoint of
+    return contract(operands, maps, out, dict(t.attrs["sizes"]), target.shape, label, fn)
+
+
+def _contract_numpy(node: Node, a, n, dtype):
+    attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+    return contraction.evaluate(attrs, a, n, concrete(node.shape, n))
+
+
+# --- max_pool: the window maximum; its adjoint is a contraction with the argmax mask ------------
+
+
+def _windows(node: Node, x: np.ndarray) -> np.ndarray:
+    """(b, oh, ow, kh, kw, c): every window of x, padding as -inf (it never wins a max)."""
+    (kh, kw), (sh, sw), (ph, pw) = node.attr("size"), node.attr("stride"), node.attr("padding")
+    _, oh, ow, _ = node.shape if node.op == "max_pool" else node.shape[:3] + node.shape[5:]
+    padded = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=-np.inf)
+    rows = sh * np.arange(oh)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = sw * np.arange(ow)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    return padded[:, rows, cols, :]
+
+
+def _max_pool_numpy(node: Node, a, n, dtype):
+    return _windows(node, a[0]).max(axis=(3, 4))
+
+
+def _max_pool_mask_numpy(node: Node, a, n, dtype):
+    """1 at the first maximum of each window (row-major over the window), else 0."""
+    win = _windows(node, a[0])
+    b, oh, ow, kh, kw, c = win.shape
+    flat = np.moveaxis(win, 5, 3).reshape(b, oh, ow, c, kh * kw)
+    first = np.argmax(flat, axis=-1)
+    onehot = np.arange(kh * kw) == first[..., None]
+    return np.moveaxis(onehot.reshape(b, oh, ow, c, kh, kw), 3, 5).astype(a[0].dtype)
+
+
+# --- one_hot: integer ids (held in a float tensor) to one-hot rows; NaN rows for a bad id -------
+
+
+def _one_hot_numpy(node: Node, a, n, dtype):
+    ids, depth = a[0], node.attr("depth")
+    valid = (ids == np.floor(ids)) & (ids >= 0) & (ids < depth)
+    safe = np.where(valid, ids, 0).astype(np.int64)
+    out = (safe[..., None] == np.arange(depth)).astype(ids.dtype)
+    return np.where(valid[..., None], out, np.nan)
+
+
+# --- dropout: its mask depends only on (seed, step, element index): its adjoint is itself -------
+
+
+def _dropout_numpy(node: Node, a, n, dtype, step: int | None = 0):
+    """The training form at ``step``; ``step=None`` is the eval form (the identity)."""
+    (x,) = a
+    if step is None:
+        return x
+    rate = node.attr("rate")
+    keep = keep_mask(node.attr("seed"), step, x.shape, rate)
+    return np.where(keep, x * x.dtype.type(1 / (1 - rate)), x.dtype.type(0))
 
 
 # --- reduce_sum: a sum over axes; its adjoint repeats the cotangent back -------------------------
@@ -184,6 +263,21 @@ STRUCTURAL: dict[str, Structural] = {
         _matmul_numpy,
         lambda node, ins: matmul(*ins, node.attr("ta"), node.attr("tb")),
     ),
+    "contract": Structural(
+        lambda t, g: [contract_adjoint(t, g, m) for m in range(len(t.inputs))],
+        _contract_numpy,
+        contraction.display,
+    ),
+    "max_pool": Structural(
+        lambda t, g: [max_pool_adjoint(t, g)], _max_pool_numpy, _shown_as_call("max_pool2d")
+    ),
+    "max_pool_mask": Structural(no_vjp, _max_pool_mask_numpy, _shown_as_call("argmax_mask")),
+    "dropout": Structural(
+        lambda t, g: [dropout(g, t.attrs["rate"], t.attrs["seed"])],
+        _dropout_numpy,
+        _shown_as_call("dropout"),
+    ),
+    "one_hot": Structural(lambda t, g: [None], _one_hot_numpy, _shown_as_call("one_hot")),
     "reduce_sum": Structural(
         _reduce_vjp,
         _reduce_numpy,

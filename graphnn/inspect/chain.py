@@ -32,6 +32,11 @@ ADJOINTS = {
     "reduce_sum": "sum adjoint: δ repeated over the summed axes",
     "reshape": "reshape adjoint: δ reshaped back",
     "softmax": "softmax adjoint: Y ∘ (δ - rowsum(δ ∘ Y))",
+    "contract": (
+        "contraction adjoint: the same sum with the output and this operand swapped "
+        "(δ read where the output was written, the result written where the operand was read)"
+    ),
+    "max_pool": "max pool adjoint: δ routed to each window's first maximum (argmax mask)",
     "softmax_ce": (
         "fused softmax cross-entropy: (softmax(z) ∘ rowsum(t) - t)/n, max-subtracted (stable)"
     ),

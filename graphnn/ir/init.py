@@ -15,6 +15,9 @@ import numpy as np
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 4:  # a conv2d kernel (kh, kw, in, out), as TensorFlow's HWIO
+        window = shape[0] * shape[1]
+        return window * shape[2], window * shape[3]
     if len(shape) == 1:
         return shape[0], shape[0]
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1

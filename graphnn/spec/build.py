@@ -41,11 +41,12 @@ from graphnn.api import Graph
 from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import ops, rewrites
+from graphnn.ir import conv, dropout, embedding, ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
 from graphnn.spec.data_table import DataSpec
+from graphnn.spec.layer_kinds import expand_image_layer, kind_of
 from graphnn.spec.train_table import TrainConfig, check_keys, parse_expect, parse_train
 
 __all__ = ["Spec", "load_spec", "loads_spec", "GRAPH_FUNCTIONS", "RESERVED"]
@@ -59,6 +60,10 @@ GRAPH_FUNCTIONS |= {"exp": ops.exp_, "log": ops.log_, "softmax": ops.softmax}
 GRAPH_FUNCTIONS |= {"softmax_cross_entropy": ops.softmax_cross_entropy, "mse": ops.mse}
 GRAPH_FUNCTIONS |= {"binary_cross_entropy_with_logits": ops.binary_cross_entropy_with_logits}
 GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
+GRAPH_FUNCTIONS |= {"conv2d": conv.conv2d, "max_pool2d": conv.max_pool2d, "flatten": conv.flatten}
+GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d, "embedding": embedding.embedding}
+GRAPH_FUNCTIONS |= {"layer_norm": embedding.layer_norm, "one_hot": embedding.one_hot}
+GRAPH_FUNCTIONS |= {"dropout": dropout.dropout}
 Z = sympy.Symbol("z")
 
 
@@ -423,13 +428,15 @@ def expand_layers(layers, model, inputs, functions, file: str, origin: dict):
     """
     where = f"{file} [model]"
     check_keys(model, where, ("input", "target", "loss"), required=("input", "target", "loss"))
+    images = isinstance(layers, list) and any(isinstance(x, dict) and kind_of(x) for x in layers)
     for role in ("input", "target"):
         name = model[role]
         if name not in inputs:
             raise SpecError(
                 f"{where} {role}: no input named {shown(name)}; " + _suggest(str(name), inputs)
             )
-        if not isinstance(inputs[name], list) or len(inputs[name]) != 1:
+        ndims = (1, 3) if role == "input" and images else (1,)  # image layers read (h, w, c)
+        if not isinstance(inputs[name], list) or len(inputs[name]) not in ndims:
             raise SpecError(f"{where} {role}: input {shown(name)} must have a 1-D shape like [64]")
     if model["loss"] not in LAYER_LOSSES:
         raise SpecError(
@@ -439,9 +446,28 @@ def expand_layers(layers, model, inputs, functions, file: str, origin: dict):
     if not isinstance(layers, list) or not layers or not all(isinstance(x, dict) for x in layers):
         raise SpecError(f"{file} [[layers]]: must be a non-empty array of tables [[layers]]")
     params, graph = {}, {}
-    prev, width = model["input"], inputs[model["input"]][0]
+    prev, shape = model["input"], tuple(inputs[model["input"]])
     for k, layer in enumerate(layers, 1):
         last = k == len(layers)
+        if kind_of(layer):
+            at = f"{file} [[layers]] #{k}"
+            if last:
+                raise SpecError(f"{at}: the last layer gives the outputs: a dense one (units)")
+            node = layer.get("name", f"h{k}")
+            if not isinstance(node, str):
+                raise SpecError(f"{at} name: must be a string, got {shown(node)}")
+            more, graph[node], shape = expand_image_layer(layer, k, prev, shape, at)
+            params |= more
+            for key in [*(f"params.{p}" for p in more), f"graph.{node}"]:
+                origin[key] = at
+            prev = node
+            continue
+        if len(shape) != 1:
+            raise SpecError(
+                f"{file} [[layers]] #{k}: a dense layer needs 1-D input, got {list(shape)}; "
+                "put a layer with flatten = true before it"
+            )
+        width = shape[0]
         name, units, act, init = _layer(layer, f"{file} [[layers]] #{k}", last, model, functions)
         name = name or (f"h{k}" if not last else "output" if model["loss"] == "mse" else "logits")
         params[f"W{k}"] = {"shape": [width, units], "init": init}
@@ -450,7 +476,8 @@ def expand_layers(layers, model, inputs, functions, file: str, origin: dict):
         graph[name] = f"{act}({z})" if act else z
         for key in (f"params.W{k}", f"params.b{k}", f"graph.{name}"):
             origin[key] = f"{file} [[layers]] #{k}"
-        prev, width = name, units
+        prev, shape = name, (units,)
+    width = shape[0]
     target_width = inputs[model["target"]][0]
     if width != target_width:
         raise SpecError(

@@ -78,6 +78,8 @@ class DataParallel:
         # compiling the fused module, and computes the same bits; per step it adds a Numba call
         # per block, microseconds against a distributed step's collectives.
         module = model.trainer.stepwise
+        if getattr(model.trainer, "sig", None) is not None and model.trainer.sig.step:
+            raise DistributedError("data-parallel training does not support dropout yet")
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
