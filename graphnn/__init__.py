@@ -25,7 +25,7 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
-from graphnn.ir.conv import avg_pool2d, conv2d, flatten, max_pool2d
+from graphnn.ir.conv import avg_pool2d, concat, conv2d, flatten, max_pool2d
 from graphnn.ir.dropout import dropout
 from graphnn.ir.elementwise import ACTIVATIONS
 from graphnn.ir.embedding import embedding, layer_norm, one_hot
@@ -81,6 +81,7 @@ __all__ = [
     "layer_norm",
     "one_hot",
     "reshape",
+    "concat",
     "conv2d",
     "flatten",
     "max_pool2d",

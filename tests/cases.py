@@ -52,6 +52,9 @@ def _bias_col(L):
 
 
 STRUCTURAL = {
+    # concat: one contraction per part, its adjoint the derived slice (graphnn.ir.conv.concat)
+    "concat": lambda L: gn.sum(gn.tanh(gn.concat([L.x @ L.W, gn.sigmoid(L.x @ L.V)])) ** 2),
+    "concat_middle_axis": lambda L: gn.sum(gn.tanh(gn.concat([L.x3 * L.c, L.x3], axis=1)) ** 2),
     "matmul_chain": lambda L: gn.sum(L.x @ L.W @ L.V),
     "matmul_transposed": lambda L: gn.sum(gn.tanh(L.x @ gn.matmul(L.W, L.Vt, ta=True, tb=True))),
     "matmul_fan_out": lambda L: (

@@ -101,3 +101,29 @@ def test_conv_kernel_init_uses_the_window_fan_in():
     """he_normal of a (kh, kw, in, out) kernel: std sqrt(2 / (kh kw in)), as Keras."""
     k = init_array("K", (3, 3, 8, 64), "he_normal", 0, np.float64)
     assert k.std() == pytest.approx(np.sqrt(2 / 72), rel=0.03)
+
+
+def test_concat_in_a_spec_formula_and_its_errors():
+    import graphnn as gn
+    from graphnn.errors import ShapeError
+
+    spec = loads_spec(
+        """
+[inputs]
+x = [4]
+y = [2]
+[params]
+W = [4, 3]
+V = [4, 2]
+U = [5, 2]
+[graph]
+h = "concat(tanh(x @ W), relu(x @ V))"
+loss = "mse(h @ U, y)"
+"""
+    )
+    assert spec.nodes["h"].shape == (None, 5)
+    x, W = gn.input("x", (4,)), gn.param("W", (4, 3))
+    with pytest.raises(ShapeError, match=r"concat: .* does not match .* outside axis -1"):
+        gn.concat([x @ W, gn.input("u", (2, 2))])
+    with pytest.raises(ShapeError, match="is not a feature axis"):
+        gn.concat([x @ W, x @ W], axis=0)

@@ -151,3 +151,51 @@ def flatten(x) -> Tensor:
     if not x.shape or x.shape[0] is not None or None in x.shape[1:]:
         raise ShapeError(f"flatten: '{x.label}' {show(x.shape)} must have a leading batch axis")
     return reshape(x, (None, math.prod(x.shape[1:])))
+
+
+def concat(tensors, axis: int = -1) -> Tensor:
+    """The tensors side by side along ``axis`` (any axis but the batch's; the others agree).
+
+    A sum of one contraction per part, each writing its part's columns: part m is read at
+    ``j - offset_m`` (outside its columns, zero), so the adjoint of each part is the derived
+    slice of the cotangent, from the same rule as every contraction.  The first part, at offset
+    0, reads ``x[..., j + z]`` with a size-1 index ``z``: a plain ``j`` would have to run over the
+    part's own width, not the output's.
+    """
+    parts = [_as_tensor(t) for t in tensors]
+    if len(parts) < 2:
+        raise GraphError(f"concat needs at least two tensors, got {len(parts)}")
+    first = parts[0]
+    rank = len(first.shape)
+    ax = axis + rank if axis < 0 else axis
+    if not 0 <= ax < rank or first.shape[ax] is None:
+        raise ShapeError(
+            f"concat: axis {axis} of '{first.label}' {show(first.shape)} is not a feature axis"
+        )
+    for t in parts[1:]:
+        same = len(t.shape) == rank and all(
+            a == b for k, (a, b) in enumerate(zip(t.shape, first.shape, strict=False)) if k != ax
+        )
+        if not same:
+            raise ShapeError(
+                f"concat: '{t.label}' {show(t.shape)} does not match '{first.label}' "
+                f"{show(first.shape)} outside axis {axis}"
+            )
+    names = [f"i{k}" for k in range(rank)]
+    total = sum(t.shape[ax] for t in parts)
+    shape = tuple(total if k == ax else d for k, d in enumerate(first.shape))
+    out = tuple(A(i) for i in names)
+    result, offset = None, 0
+    for t in parts:
+        sizes = {i: d for i, d in zip(names, shape, strict=True)}
+        if offset == 0:
+            sizes["z"] = 1
+            read = A(names[ax], "z")
+        else:
+            read = A(names[ax], const=-offset)
+        maps = [tuple(read if k == ax else A(i) for k, i in enumerate(names))]
+        label = _label("concat({})", t)
+        part = contract([t], maps, out, sizes, shape, label, "concat")
+        result = part if result is None else result + part
+        offset += t.shape[ax]
+    return result
