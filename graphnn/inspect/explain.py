@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from codegen.cpu.module import training_kernel
 from codegen.signature import signature
 from graphnn.derive.formula import Formula
+from graphnn.derive.formula import show as show_expr
 from graphnn.derive.screen import PREFERENCE, SCREEN_POINTS, Derivative, rank
 from graphnn.inspect.chain import Local, Step, backward_nodes, chain
 from graphnn.ir.elementwise import BATCH
@@ -171,13 +172,15 @@ def why(d: Derivative) -> list[str]:
 
 def _form_text(loc: Local) -> list[str]:
     d = loc.derivative
-    out = [f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {loc.expr}"]
+    out = [
+        f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {show_expr(loc.expr)}"
+    ]
     for c in d.candidates:
         mark = "*" if c.form == d.form else " "
         bad = [f"NaN/Inf at {_pts(c.nonfinite)}"] if c.nonfinite else []
         bad += [f"precision lost at {_pts(c.inaccurate)}"] if c.inaccurate else []
         verdict = "; ".join(bad) or "finite and accurate"
-        out.append(f"  {mark} {c.form:<10} {loc.named(c.expr)}    {verdict}")
+        out.append(f"  {mark} {c.form:<10} {show_expr(loc.named(c.expr))}    {verdict}")
     out += [f"    why: {line}" for line in why(d)]
     return out
 
@@ -188,7 +191,7 @@ def _form_markdown(loc: Local) -> list[str]:
     out += ["| form | expression | NaN/Inf at | precision lost at |", "|---|---|---|---|"]
     for c in d.candidates:
         form = f"**{c.form}** (chosen)" if c.form == d.form else c.form
-        expr = _cell(str(loc.named(c.expr)))
+        expr = _cell(show_expr(loc.named(c.expr)))
         out.append(f"| {form} | `{expr}` | {_pts(c.nonfinite)} | {_pts(c.inaccurate)} |")
     return out + [""] + [f"- {line}" for line in why(d)] + [""]
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from codegen.cpu.module import training_kernel
 from codegen.signature import signature
+from graphnn.derive.formula import show as show_expr
 from graphnn.inspect.audit import stability_audit
 from graphnn.inspect.explain import explain, why
 from graphnn.ir.shapes import show
@@ -113,7 +114,7 @@ def _section(e) -> list[str]:
             bad = "bad" if c.nonfinite or c.inaccurate else "ok"
             out.append(
                 f"<tr{cls}><td>{h(c.form)}{' (chosen)' if cls else ''}</td>"
-                f"<td><code>{h(str(loc.named(c.expr)))}</code></td>"
+                f"<td><code>{h(show_expr(loc.named(c.expr)))}</code></td>"
                 f'<td class="{bad}">{_pts(c.nonfinite)}</td>'
                 f'<td class="{bad}">{_pts(c.inaccurate)}</td></tr>'
             )

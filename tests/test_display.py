@@ -1,0 +1,93 @@
+"""How gradients read: short numbers, constants in sight, relu' as an Iverson bracket.
+
+Each display change is checked twice: the text a reader sees, and that the displayed formula still
+evaluates to the back end's gradient (so a prettier formula is never a different one).
+"""
+
+import numpy as np
+import sympy
+from matplotlib.mathtext import MathTextParser
+
+import graphnn as gn
+from graphnn.derive.formula import short_float, show, show_latex
+from graphnn.inspect import explain
+from tests.finite_diff import relative_error
+
+
+def parse_mathtext(tex):
+    MathTextParser("path").parse("$" + tex + "$")
+
+
+def focal():
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    p = gn.sigmoid(x @ gn.param("W", (4, 3)))
+    return gn.Graph(gn.mean(-(y * (1 - p) ** 2 * gn.log(p))))
+
+
+def decayed_relu():
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, W2 = gn.param("W1", (4, 5)), gn.param("W2", (5, 3))
+    h = gn.relu(x @ W1)
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2, y) + 1e-4 * gn.sum(W1 * W1))
+
+
+def assert_shown_is_computed(g, seed=3):
+    rng = np.random.default_rng(seed)
+    data = {"x": rng.normal(size=(6, 4)), "y": rng.uniform(size=(6, 3))}
+    params = {k: v.astype(np.float64) for k, v in g.init_params(seed=seed).items()}
+    values = g.evaluate_nodes(params, data, dtype=np.float64)
+    _, grads = g.value_and_grad(params, data, dtype=np.float64)
+    for p in g.param_names:
+        formula = g.gradient(p)
+        assert relative_error(formula.evaluate(values), grads[p]) < 1e-6, (p, str(formula))
+        parse_mathtext(formula.latex())
+
+
+def test_floats_print_short():
+    assert [short_float(v) for v in (1e-4, 2e-4, 0.5, 3.0, 2.5e-7)] == [
+        "1e-4",
+        "2e-4",
+        "0.5",
+        "3",
+        "2.5e-7",
+    ]
+    a = sympy.Symbol("W")
+    assert show(sympy.Float(1e-4) * a) == "1e-4*W"
+    parse_mathtext(show_latex(sympy.Float(1e-4) * a))
+
+
+def test_weight_decay_shows_its_scalar():
+    g = decayed_relu()
+    text = str(g.gradient("W1"))
+    assert text.startswith("2e-4*W1 + x^T "), text
+    assert "0.000" not in text
+    e = explain(g, "W1").text().split("Generated kernel lines")[0]  # the kernel is codegen's
+    assert "0.000100000" not in e and "mul2 = 1e-4*reduce_sum1" in e, e
+    assert_shown_is_computed(g)
+
+
+def test_relu_derivative_is_an_iverson_bracket():
+    relu = sympy.Piecewise((1, sympy.Symbol("z") > 0), (0, True))
+    assert show(relu) == "[z > 0]"
+    assert show_latex(relu) == r"\left[z > 0\right]"
+    parse_mathtext(show_latex(relu))
+    e = explain(decayed_relu(), "W1").text()
+    assert "Piecewise" not in e
+    assert "∂relu1/∂matmul1 = [relu1 > 0]" in e, e
+
+
+def test_a_piecewise_that_is_not_an_indicator_keeps_its_cases():
+    z = sympy.Symbol("z")
+    expr = sympy.Piecewise((z, z > 0), (0, True))
+    assert show(expr) == "Piecewise((z, z > 0), (0, True))"
+    parse_mathtext(show_latex(expr))
+
+
+def test_focal_loss_shows_its_constants_and_scalars():
+    g = focal()
+    text = str(g.gradient("W"))
+    # 1 - p in sight (not a hidden sub1), scalars as factors (not "-1/(3*n) ∘ log1", "*-1")
+    assert "(1 - sigmoid1)" in text and "sub1" not in text, text
+    assert "∘ (log1)" not in text and "*-1" not in text and "/(3*n) ∘" not in text, text
+    assert "sub1 = 1 - sigmoid1" in explain(g, "W").text()
+    assert_shown_is_computed(g)
