@@ -338,16 +338,12 @@ def cmd_grad(args) -> int:
         report = _inspect("report", f"grad --format {args.format}")
         print(report(graph, args.format, None if args.param is None else [args.param]))
         return 0
-    loss = graph.loss_name
-    for name in [args.param] if args.param else graph.param_names:
-        formula = graph.gradient(name)
-        if args.format == "latex":
-            print(
-                rf"\frac{{\partial \mathrm{{{loss}}}}}{{\partial \mathrm{{{name}}}}} = "
-                + formula.latex()
-            )
-        else:
-            print(f"d{loss}/d{name} = {formula}")
+    # shared chain parts (a layer's δ) defined once, textbook style, and read by each gradient
+    backprop = graph.backprop(None if args.param is None else [args.param])
+    if args.format == "latex":
+        print("\n".join(backprop.latex(graph.loss_name)))
+    else:
+        print(backprop.text(graph.loss_name))
     return 0
 
 

@@ -232,16 +232,23 @@ def test_grad_text_and_latex(capsys):
     assert main(["grad", str(EXAMPLES / "digits.toml")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" = ")[0] for line in lines] == [
+        "δ2",
+        "δ1",
         "dloss/dW1",
         "dloss/db1",
         "dloss/dW2",
         "dloss/db2",
     ]
-    assert lines[2] == "dloss/dW2 = h1^T ((softmax(logits) ∘ rowsum(y) - y)/n)"
+    assert lines[0] == "δ2 = dloss/d(logits) = (softmax(logits) ∘ rowsum(y) - y)/n"
+    assert lines[1] == "δ1 = dloss/d(add1) = (δ2 W2^T) ∘ relu'(add1)"
+    assert lines[4] == "dloss/dW2 = h1^T δ2"
     assert main(["grad", str(EXAMPLES / "digits.toml"), "--format", "latex", "--param", "W2"]) == 0
-    latex = capsys.readouterr().out.strip()
-    assert latex.startswith(r"\frac{\partial \mathrm{loss}}{\partial \mathrm{W2}} = ")
-    assert "\n" not in latex
+    latex = capsys.readouterr().out.strip().splitlines()
+    assert latex[0].startswith(
+        r"\delta_{2} = \frac{\partial \mathrm{loss}}{\partial \mathrm{logits}}"
+    )
+    assert latex[1] == r"\frac{\partial \mathrm{loss}}{\partial \mathrm{W2}} = h_{1}^{T} \delta_{2}"
+    assert len(latex) == 2
 
 
 def test_grad_unknown_param_suggests(capsys):

@@ -4,7 +4,11 @@ Each display change is checked twice: the text a reader sees, and that the displ
 evaluates to the back end's gradient (so a prettier formula is never a different one).
 """
 
+import doctest
+import importlib
+
 import numpy as np
+import pytest
 import sympy
 from matplotlib.mathtext import MathTextParser
 
@@ -91,3 +95,65 @@ def test_focal_loss_shows_its_constants_and_scalars():
     assert "∘ (log1)" not in text and "*-1" not in text and "/(3*n) ∘" not in text, text
     assert "sub1 = 1 - sigmoid1" in explain(g, "W").text()
     assert_shown_is_computed(g)
+
+
+def three_hidden_layers():
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    widths = [4, 5, 6, 5, 3]
+    h, ws = x, []
+    for k in range(1, 5):
+        W = gn.param(f"W{k}", (widths[k - 1], widths[k]))
+        b = gn.param(f"b{k}", (widths[k],), init="normal")
+        ws.append(W)
+        h = h @ W + b if k == 4 else gn.relu(h @ W + b)
+    return gn.Graph(gn.softmax_cross_entropy(h, y) + 1e-4 * gn.sum(ws[0] * ws[0]))
+
+
+def test_a_deep_chain_reads_as_named_deltas():
+    g = three_hidden_layers()
+    bp = g.backprop()
+    lines = bp.text().splitlines()
+    assert [d.name for d in bp.deltas] == ["δ4", "δ3", "δ2", "δ1"]
+    assert lines[0] == "δ4 = dL/d(add4) = (softmax(add4) ∘ rowsum(y) - y)/n"
+    assert lines[1] == "δ3 = dL/d(add3) = (δ4 W4^T) ∘ relu'(add3)"
+    assert lines[3] == "δ1 = dL/d(add1) = (δ2 W2^T) ∘ relu'(add1)"
+    assert "dL/dW1 = 2e-4*W1 + x^T δ1" in lines
+    assert "dL/dW2 = relu1^T δ2" in lines and "dL/db3 = 1^T δ3" in lines
+    # the shared chain is written once: no line nests parentheses
+    assert max(line.count("((") for line in lines) == 0, lines
+    assert str(g.gradient("W1")).count("((((") > 0  # the expanded form it replaces
+    for line in bp.latex():
+        parse_mathtext(line)
+
+
+def test_named_gradients_evaluate_to_the_kernels_values():
+    g = three_hidden_layers()
+    rng = np.random.default_rng(5)
+    data = {"x": rng.normal(size=(7, 4)), "y": np.eye(3)[rng.integers(0, 3, 7)]}
+    params = {k: v.astype(np.float64) for k, v in g.init_params(seed=5).items()}
+    values = g.evaluate_nodes(params, data, dtype=np.float64)
+    _, grads = g.value_and_grad(params, data, dtype=np.float64)
+    bp = g.backprop()
+    for p, formula in bp.gradients.items():
+        assert np.abs(grads[p]).max() > 0, p
+        assert relative_error(formula.evaluate(values), grads[p]) < 1e-6, (p, str(formula))
+    # δ1 is dL/d(add1): x^T δ1 + 2e-4 W1 is dL/dW1, so a wrong δ1 would fail above; and
+    # the bias gradient is its column sum
+    d1 = next(d for d in bp.deltas if d.name == "δ1").formula.evaluate(values)
+    assert relative_error(d1.sum(axis=0), grads["b1"]) < 1e-6
+
+
+def test_one_parameters_chain_keeps_the_names_of_all():
+    g = three_hidden_layers()
+    one = g.backprop(["W2"]).text().splitlines()
+    assert one == [
+        line
+        for line in g.backprop().text().splitlines()
+        if line.split(" = ")[0] in ("δ4", "δ3", "δ2", "dL/dW2")
+    ]
+
+
+@pytest.mark.parametrize("module", ["formula", "matrixform", "deltas"])
+def test_module_examples_run(module):
+    result = doctest.testmod(importlib.import_module(f"graphnn.derive.{module}"))
+    assert result.attempted > 0 and result.failed == 0
