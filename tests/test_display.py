@@ -14,6 +14,7 @@ from matplotlib.mathtext import MathTextParser
 
 import graphnn as gn
 from graphnn.derive.formula import short_float, show, show_latex
+from graphnn.derive.readable import readable
 from graphnn.inspect import explain
 from tests.finite_diff import relative_error
 
@@ -153,7 +154,40 @@ def test_one_parameters_chain_keeps_the_names_of_all():
     ]
 
 
-@pytest.mark.parametrize("module", ["formula", "matrixform", "deltas"])
+@pytest.mark.parametrize("module", ["formula", "matrixform", "deltas", "readable"])
 def test_module_examples_run(module):
     result = doctest.testmod(importlib.import_module(f"graphnn.derive.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_chosen_form_is_shown_simplified_and_the_kernel_keeps_the_screened_one():
+    x, t = gn.input("x", (3,)), gn.input("t", (2,))
+    g = gn.Graph(gn.mse(gn.silu(x @ gn.param("W", (3, 2))), t))
+    e = explain(g, "W")
+    (silu,) = [loc for loc in e.forms if loc.node == "silu1"]
+    assert silu.derivative.form == "sigmoid"
+    shown = readable(silu.expr)
+    assert show(shown) == "(matmul1*(1 - σ(matmul1)) + 1)*σ(matmul1)"
+    text = e.text()
+    assert f"chosen form 'sigmoid' = {show(shown)}" in text
+    assert f"∂silu1/∂matmul1 = {show(shown)}" in text
+    parse_mathtext(show_latex(shown))
+    # the same function: equal to the screened form wherever that is finite in float64
+    z = sympy.Symbol("matmul1")
+    back = sympy.lambdify(z, shown.rewrite(sympy.exp), "numpy")
+    screened = sympy.lambdify(z, silu.expr, "numpy")
+    points = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0])
+    np.testing.assert_allclose(back(points), screened(points), rtol=1e-12, atol=1e-300)
+    # display only: the kernel computes the screened form (exponentials, no σ, no factoring)
+    kernel = "\n".join(b.text() for b in e.blocks)
+    (line,) = [s for s in kernel.splitlines() if s.strip().startswith("d_silu1[")]
+    assert "σ" not in kernel
+    assert line.count("np.exp(-matmul1[i0, i1])") == 2, line  # -(-z + z s - 1) s, s = 1/(1+e^-z)
+
+
+def test_readable_keeps_what_factoring_would_not_simplify():
+    y = sympy.Symbol("Y")
+    assert show(readable(1 - y**2)) == "1 - Y**2"
+    assert show(readable(-y * (y - 1))) == "Y*(1 - Y)"
+    relu = sympy.Piecewise((1, y > 0), (0, True))
+    assert readable(relu) == relu

@@ -23,6 +23,7 @@ import sympy
 from codegen.steps import describe
 from graphnn.derive.formula import show
 from graphnn.derive.matrixform import Formula, elementwise, gradient_formula, holds_constant
+from graphnn.derive.readable import readable
 from graphnn.derive.screen import Derivative
 from graphnn.derive.store import derivative
 from graphnn.ir.elementwise import ARGS, Y
@@ -138,7 +139,7 @@ def local(consumer: Node, wrt: str) -> Local:
     expr = d.expr.xreplace(names)
     if holds_constant(consumer):  # sub1 = 1 - p, not sub1 = sub(p), which hides the 1
         equation = f"{consumer.name} = {show(consumer.attr('expr').xreplace(names))}"
-    rule = f"∂{consumer.name}/∂{wrt} = {show(expr)}"
+    rule = f"∂{consumer.name}/∂{wrt} = {show(readable(expr))}"
     return Local(consumer.name, wrt, equation, rule, d, expr, tuple(names.items()))
 
 

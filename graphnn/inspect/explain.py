@@ -25,6 +25,7 @@ from codegen.cpu.module import training_kernel
 from codegen.signature import signature
 from graphnn.derive.formula import Formula
 from graphnn.derive.formula import show as show_expr
+from graphnn.derive.readable import readable
 from graphnn.derive.screen import PREFERENCE, SCREEN_POINTS, Derivative, rank
 from graphnn.inspect.chain import Local, Step, backward_nodes, chain
 from graphnn.ir.elementwise import BATCH
@@ -172,9 +173,8 @@ def why(d: Derivative) -> list[str]:
 
 def _form_text(loc: Local) -> list[str]:
     d = loc.derivative
-    out = [
-        f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {show_expr(loc.expr)}"
-    ]
+    shown = show_expr(readable(loc.expr))  # simplified for reading; the kernel's form is below
+    out = [f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {shown}"]
     for c in d.candidates:
         mark = "*" if c.form == d.form else " "
         bad = [f"NaN/Inf at {_pts(c.nonfinite)}"] if c.nonfinite else []
@@ -187,7 +187,9 @@ def _form_text(loc: Local) -> list[str]:
 
 def _form_markdown(loc: Local) -> list[str]:
     d = loc.derivative
-    out = [f"**∂{loc.node}/∂{loc.wrt}** (`{_cell(loc.equation)}`): chosen form *{d.form}*", ""]
+    shown = _cell(show_expr(readable(loc.expr)))
+    out = [f"**∂{loc.node}/∂{loc.wrt}** (`{_cell(loc.equation)}`): chosen form *{d.form}*"]
+    out += [f"= `{shown}`", ""]
     out += ["| form | expression | NaN/Inf at | precision lost at |", "|---|---|---|---|"]
     for c in d.candidates:
         form = f"**{c.form}** (chosen)" if c.form == d.form else c.form

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from codegen.cpu.module import training_kernel
 from codegen.signature import signature
 from graphnn.derive.formula import show as show_expr
+from graphnn.derive.readable import readable
 from graphnn.inspect.audit import stability_audit
 from graphnn.inspect.explain import explain, why
 from graphnn.ir.shapes import show
@@ -106,7 +107,11 @@ def _section(e) -> list[str]:
     out += ["</table>", "<h3>Elementwise derivative forms</h3>"]
     for loc in e.forms:
         d = loc.derivative
-        out.append(f"<p><b>∂{h(loc.node)}/∂{h(loc.wrt)}</b> (<code>{h(loc.equation)}</code>)</p>")
+        shown = show_expr(readable(loc.expr))
+        out.append(
+            f"<p><b>∂{h(loc.node)}/∂{h(loc.wrt)}</b> (<code>{h(loc.equation)}</code>) = "
+            f"<code>{h(shown)}</code></p>"
+        )
         out.append("<table><tr><th>form</th><th>expression</th><th>NaN/Inf at</th>")
         out.append("<th>precision lost at</th></tr>")
         for c in d.candidates:
