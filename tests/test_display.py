@@ -5,7 +5,9 @@ evaluates to the back end's gradient (so a prettier formula is never a different
 """
 
 import doctest
+import html
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -191,3 +193,38 @@ def test_readable_keeps_what_factoring_would_not_simplify():
     assert show(readable(-y * (y - 1))) == "Y*(1 - Y)"
     relu = sympy.Piecewise((1, y > 0), (0, True))
     assert readable(relu) == relu
+
+
+def test_html_math_is_sized_to_body_text():
+    from graphnn.inspect.report import report
+
+    page = report(three_hidden_layers(), "html")
+    styles = re.findall(
+        r'<img src="data:image/svg\+xml;base64,[^"]*" alt="[^"]*" style="([^"]*)"', page
+    )
+    assert len(styles) == page.count("<img ")  # every formula image is sized
+    for style in styles:
+        height = float(re.search(r"height:([\d.]+)em", style).group(1))
+        assert 1.0 <= height < 4.0, style  # at least a line of body text, never a 6 px fraction
+    # a formula without fractions renders about one em high: the scale is body text's
+    one_line = re.search(r'alt="1\^T δ1" style="[^"]*height:([\d.]+)em', page)
+    assert 1.0 <= float(one_line.group(1)) <= 1.6, one_line.group(0)
+
+
+def test_html_report_shows_shared_chain_parts_once():
+    from graphnn.inspect import explain as explain_of
+    from graphnn.inspect.report import report
+
+    g = three_hidden_layers()
+    page = report(g, "html")
+    # each δ defined once, and each gradient reads it
+    for d in g.backprop().deltas:
+        line = f"{d.name} = dL/d({d.of}) = {d.formula}"
+        assert page.count(html.escape(line) + "</code>") == 1, line
+    assert "<code>2e-4*W1 + x^T δ1</code>" in page
+    # a chain step row and a kernel block appear once, however many gradients share them
+    assert page.count("<tr><td><code>add4</code></td>") == 1
+    for p in g.param_names:
+        for b in explain_of(g, p).blocks:
+            assert page.count(html.escape(b.text())) == 1, b.nodes
+    assert 'as under <a href="#W1">dL/dW1</a>' in page  # b1's chain is W1's

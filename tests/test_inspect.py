@@ -304,7 +304,7 @@ def test_html_report_is_self_contained():
     assert not re.search(r"(src|href)=\"(https?:|//)", page)
     assert "@import" not in page and "url(" not in page
     images = [a["src"] for t, a in parser.tags if t == "img"]
-    assert len(images) == len(g.param_names)
+    assert len(images) == len(g.param_names) + len(g.backprop().deltas)  # each δ once
     import base64
 
     for src in images:
