@@ -228,3 +228,14 @@ def test_html_report_shows_shared_chain_parts_once():
         for b in explain_of(g, p).blocks:
             assert page.count(html.escape(b.text())) == 1, b.nodes
     assert 'as under <a href="#W1">dL/dW1</a>' in page  # b1's chain is W1's
+
+
+def test_markdown_report_defines_the_shared_deltas_once():
+    from graphnn.inspect.report import report
+
+    g = three_hidden_layers()
+    md = report(g, "markdown")
+    for d in g.backprop().deltas:
+        assert md.count(f"{d.name} = dL/d({d.of}) = {d.formula}\n") == 1, d.name
+    assert "| `W1` | (4, 5) | `2e-4*W1 + x^T δ1` |" in md
+    assert "| `b3` | (5,) | `1^T δ3` |" in md

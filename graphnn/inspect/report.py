@@ -51,9 +51,16 @@ def markdown_report(graph, params=None) -> str:
     out = [f"# Gradients of loss '{graph.loss_name}'", ""]
     out += ["| parameter | shape | dL/dparameter |", "|---|---|---|"]
     exps = explanations(graph, params)
+    backprop = graph.backprop([e.param for e in exps])
     for e in exps:
-        out.append(f"| `{e.param}` | {show(e.shape)} | `{_cell(str(e.formula))}` |")
+        out.append(
+            f"| `{e.param}` | {show(e.shape)} | `{_cell(str(backprop.gradients[e.param]))}` |"
+        )
     out.append("")
+    if backprop.deltas:  # the shared chain, once: the table above reads these δ
+        out += ["## Backpropagated signals", "", "δk = dL/d(node); δ1 is nearest the inputs.", ""]
+        out += ["```text", *(backprop.text().splitlines()[: len(backprop.deltas)]), "```", ""]
+        out += ["$$\n" + "\\\\\n".join(backprop.latex()[: len(backprop.deltas)]) + "\n$$", ""]
     out += [e.markdown(level=2) for e in exps]
     out += ["## Stability audit", "", "```text", str(stability_audit(graph)).rstrip(), "```", ""]
     return "\n".join(out)
