@@ -239,3 +239,23 @@ def test_markdown_report_defines_the_shared_deltas_once():
         assert md.count(f"{d.name} = dL/d({d.of}) = {d.formula}\n") == 1, d.name
     assert "| `W1` | (4, 5) | `2e-4*W1 + x^T δ1` |" in md
     assert "| `b3` | (5,) | `1^T δ3` |" in md
+
+
+def test_readable_forms_of_every_activation_are_the_same_functions():
+    x, t = gn.input("x", (3,)), gn.input("t", (2,))
+    seen = {}
+    for act in gn.ACTIVATIONS:
+        g = gn.Graph(gn.mse(gn.apply(act, x @ gn.param("W", (3, 2))), t))
+        for loc in explain(g, "W").forms:
+            if loc.node != "power1":
+                seen[act] = (loc.expr, readable(loc.expr))
+    assert show(seen["tanh"][1]) == "1 - tanh1**2"
+    assert show(seen["sigmoid"][1]) == "sigmoid1*(1 - sigmoid1)"
+    assert show(seen["softplus"][1]) == "σ(matmul1)"  # was a Piecewise of exponentials
+    assert "1*exp" not in show(seen["elu"][1])
+    for act, (expr, shown) in seen.items():
+        back = shown.rewrite(sympy.exp)
+        for v in (-7.5, -1.0, -0.25, 0.3, 2.0, 9.0):
+            at = {s: sympy.Rational(str(v)) for s in expr.free_symbols}
+            a, b = complex(expr.subs(at).evalf(30)), complex(back.subs(at).evalf(30))
+            assert abs(a - b) <= 1e-20 * max(1.0, abs(a)), (act, v, str(expr), str(shown))
