@@ -259,3 +259,13 @@ def test_readable_forms_of_every_activation_are_the_same_functions():
             at = {s: sympy.Rational(str(v)) for s in expr.free_symbols}
             a, b = complex(expr.subs(at).evalf(30)), complex(back.subs(at).evalf(30))
             assert abs(a - b) <= 1e-20 * max(1.0, abs(a)), (act, v, str(expr), str(shown))
+
+
+def test_a_node_the_user_named_keeps_its_name():
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    p = gn.sigmoid(x @ gn.param("W", (4, 3)))
+    q = (1 - p).named("q")
+    g = gn.Graph(gn.mean(-(y * q**2 * gn.log(p))))
+    text = str(g.gradient("W"))
+    assert "(2*q)" in text and "1 - sigmoid1" not in text, text
+    assert_shown_is_computed(g)

@@ -43,7 +43,8 @@ class _Assembler:
         return self.memo[name]
 
     def _build(self, node: Node) -> Formula:
-        if node.name in self.forward and holds_constant(node):  # 1 - p, not sub1
+        if node.name in self.forward and holds_constant(node) and self._unnamed(node):
+            # 1 - p, not sub1; a node the user named keeps its name
             ins = {ARGS[j]: self.of(i) for j, i in enumerate(node.inputs)}
             return elementwise(node.attr("expr"), ins)
         if node.name in self.forward or node.op in ("input", "param"):
@@ -58,6 +59,10 @@ class _Assembler:
         if node.op in STRUCTURAL:
             return STRUCTURAL[node.op].display(node, ins)
         raise KeyError(f"no display rule for op '{node.op}' ({node.name})")
+
+    def _unnamed(self, node: Node) -> bool:
+        t = self.ir.tensor_by_name.get(node.name)
+        return t is not None and t.name is None
 
     def _chain(self, node: Node, ins: list[Formula]) -> Formula:
         """cotangent ∘ local derivative; the local derivative is named if it is an activation."""
