@@ -269,3 +269,11 @@ def test_a_node_the_user_named_keeps_its_name():
     text = str(g.gradient("W"))
     assert "(2*q)" in text and "1 - sigmoid1" not in text, text
     assert_shown_is_computed(g)
+
+
+def test_explain_shows_the_chain_with_named_deltas():
+    g = three_hidden_layers()
+    text = explain(g, "W2").text()
+    named = text.split("With the shared δ named (δ1 nearest the inputs):\n")[1].split("\n\n")[0]
+    assert named.splitlines() == ["  " + line for line in g.backprop(["W2"]).text().splitlines()]
+    assert "  dL/dW2 = relu1^T δ2" in named

@@ -63,6 +63,7 @@ class Explanation:
     formula: Formula
     steps: tuple[Step, ...]
     blocks: tuple[KernelBlock, ...]
+    backprop: object = None  # the gradient with its shared δ named (graph.backprop([param]))
 
     @property
     def forms(self) -> list[Local]:
@@ -77,6 +78,9 @@ class Explanation:
     def text(self) -> str:
         out = [f"dL/d{self.param}  ({self.param}: {show(self.shape)}; n is the batch size)"]
         out += [f"  = {self.formula}", f"  LaTeX: {self.formula.latex()}", ""]
+        if self.backprop is not None and self.backprop.deltas:  # a deep chain, textbook style
+            out += ["With the shared δ named (δ1 nearest the inputs):"]
+            out += ["  " + line for line in self.backprop.text().splitlines()] + [""]
         out += [f"Chain rule, from the loss down to {self.param} (δ(v) = dL/dv):"]
         for s in self.steps:
             held = f"held in {s.delta}" if s.delta else s.holder()
@@ -129,7 +133,8 @@ def explain(graph, param: str, source: str | None = None) -> Explanation:
     wanted = {ident[n] for n in backward_nodes(graph, param)}
     blocks = tuple(b for b in kernel_blocks(text) if wanted & set(b.nodes))
     shape = graph.forward.node(param).shape
-    return Explanation(param, shape, graph.gradient(param), tuple(chain(graph, param)), blocks)
+    steps = tuple(chain(graph, param))
+    return Explanation(param, shape, graph.gradient(param), steps, blocks, graph.backprop([param]))
 
 
 def kernel_blocks(source: str, function: str = KERNEL) -> list[KernelBlock]:
