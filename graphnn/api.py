@@ -83,6 +83,16 @@ class Graph:
             )
         return self._formulas[name]
 
+    def backprop(self, params: Sequence[str] | None = None):
+        """The gradients of ``params`` (default: all) with their shared δ named, textbook style:
+        ``δ1 = (δ2 W2^T) ∘ relu'(add1)``, ``dL/dW1 = x^T δ1`` (a ``Backprop``; print it)."""
+        from graphnn.derive.deltas import named_deltas
+
+        names = None if params is None else [self._param(p) for p in params]
+        return named_deltas(
+            self.training, self.grad_names, self._forward_names, self.cotangents, names
+        )
+
     def explain(self, name: str):
         """dLoss/d(name) explained: formula, chain of deltas, derivative forms, kernel lines."""
         from graphnn.inspect.explain import explain

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-data", action="store_true", help=OUTSIDE)
     p.add_argument("--dot", type=Path, metavar="FILE", help="also write Graphviz DOT to FILE")
     p.add_argument("--png", type=Path, metavar="FILE", help="also render a PNG to FILE")
+    p.add_argument(
+        "--forward-only", action="store_true", help="--dot/--png without the gradient nodes"
+    )
 
     p = sub.add_parser("check", help="check the compiled gradients by finite differences")
     p.add_argument("spec", metavar="SPEC")
@@ -338,16 +341,12 @@ def cmd_grad(args) -> int:
         report = _inspect("report", f"grad --format {args.format}")
         print(report(graph, args.format, None if args.param is None else [args.param]))
         return 0
-    loss = graph.loss_name
-    for name in [args.param] if args.param else graph.param_names:
-        formula = graph.gradient(name)
-        if args.format == "latex":
-            print(
-                rf"\frac{{\partial \mathrm{{{loss}}}}}{{\partial \mathrm{{{name}}}}} = "
-                + formula.latex()
-            )
-        else:
-            print(f"d{loss}/d{name} = {formula}")
+    # shared chain parts (a layer's δ) defined once, textbook style, and read by each gradient
+    backprop = graph.backprop(None if args.param is None else [args.param])
+    if args.format == "latex":
+        print("\n".join(backprop.latex(graph.loss_name)))
+    else:
+        print(backprop.text(graph.loss_name))
     return 0
 
 
@@ -368,11 +367,11 @@ def cmd_graph(args) -> int:
     sizes = sum(math.prod(s) for s in graph.shapes.values())
     print(f"loss: {graph.loss_name}; {len(graph.param_names)} parameters, {sizes:,} values")
     if args.dot:
-        text = _inspect("to_dot", "graph --dot")(graph)
+        text = _inspect("to_dot", "graph --dot")(graph, args.forward_only)
         args.dot.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
         print(f"wrote {args.dot}")
     if args.png:
-        _inspect("render_png", "graph --png")(graph, args.png)
+        _inspect("render_png", "graph --png")(graph, args.png, args.forward_only)
         print(f"wrote {args.png}")
     return 0
 

@@ -232,16 +232,23 @@ def test_grad_text_and_latex(capsys):
     assert main(["grad", str(EXAMPLES / "digits.toml")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" = ")[0] for line in lines] == [
+        "δ2",
+        "δ1",
         "dloss/dW1",
         "dloss/db1",
         "dloss/dW2",
         "dloss/db2",
     ]
-    assert lines[2] == "dloss/dW2 = h1^T ((softmax(logits) ∘ rowsum(y) - y)/n)"
+    assert lines[0] == "δ2 = dloss/d(logits) = (softmax(logits) ∘ rowsum(y) - y)/n"
+    assert lines[1] == "δ1 = dloss/d(add1) = (δ2 W2^T) ∘ relu'(add1)"
+    assert lines[4] == "dloss/dW2 = h1^T δ2"
     assert main(["grad", str(EXAMPLES / "digits.toml"), "--format", "latex", "--param", "W2"]) == 0
-    latex = capsys.readouterr().out.strip()
-    assert latex.startswith(r"\frac{\partial \mathrm{loss}}{\partial \mathrm{W2}} = ")
-    assert "\n" not in latex
+    latex = capsys.readouterr().out.strip().splitlines()
+    assert latex[0].startswith(
+        r"\delta_{2} = \frac{\partial \mathrm{loss}}{\partial \mathrm{logits}}"
+    )
+    assert latex[1] == r"\frac{\partial \mathrm{loss}}{\partial \mathrm{W2}} = h_{1}^{T} \delta_{2}"
+    assert len(latex) == 2
 
 
 def test_grad_unknown_param_suggests(capsys):
@@ -255,8 +262,8 @@ def fake_inspect(monkeypatch):
     calls = []
     module = types.ModuleType("graphnn.inspect")
     module.report = lambda graph, fmt, params: calls.append(("report", fmt, params)) or "REPORT"
-    module.to_dot = lambda graph: calls.append(("to_dot",)) or "digraph g {}"
-    module.render_png = lambda graph, path: calls.append(("render_png", str(path)))
+    module.to_dot = lambda graph, fwd=False: calls.append(("to_dot", fwd)) or "digraph g {}"
+    module.render_png = lambda graph, path, fwd=False: calls.append(("render_png", str(path), fwd))
     module.stability_audit = lambda graph: calls.append(("audit",)) or "AUDIT OK"
     monkeypatch.setitem(sys.modules, "graphnn.inspect", module)
     return calls
@@ -294,7 +301,13 @@ def test_graph_prints_nodes_and_writes_dot_and_png(fake_inspect, in_tmp, capsys)
     assert rows["probs"][1] == "softmax"
     assert "4 parameters, 547 values" in out
     assert (in_tmp / "g.dot").read_text() == "digraph g {}\n"
-    assert fake_inspect == [("to_dot",), ("render_png", "g.png")]
+    assert fake_inspect == [("to_dot", False), ("render_png", "g.png", False)]
+
+
+def test_graph_forward_only_asks_for_the_forward_graph(fake_inspect, in_tmp):
+    argv = ["graph", str(EXAMPLES / "swish.toml"), "--dot", "g.dot", "--png", "g.png"]
+    assert main([*argv, "--forward-only"]) == 0
+    assert fake_inspect == [("to_dot", True), ("render_png", "g.png", True)]
 
 
 def test_check_passes_and_prints_each_param(fake_inspect, capsys):

@@ -314,7 +314,7 @@ def test_html_report_is_self_contained():
     assert not re.search(r"(src|href)=\"(https?:|//)", page)
     assert "@import" not in page and "url(" not in page
     images = [a["src"] for t, a in parser.tags if t == "img"]
-    assert len(images) == len(g.param_names)
+    assert len(images) == len(g.param_names) + len(g.backprop().deltas)  # each δ once
     import base64
 
     for src in images:
@@ -372,6 +372,24 @@ def test_to_dot_shows_forward_and_gradient_flow():
     for p, grad in g.grad_names.items():
         assert f'label="dL/d{p}"' in style[(grad, p)]
     assert "dotted" in style[("x", "matmul4")]  # a forward value read by the backward pass
+
+
+def test_to_dot_forward_only_leaves_out_the_gradient_flow():
+    g = digits_mlp()
+    nodes, edges = parse_dot(gi.to_dot(g, forward_only=True))
+    assert set(nodes) == set(g.forward.by_name)
+    assert all("red" not in s and "dotted" not in s for _, _, s in edges)
+    forward_edges = {(i, n.name) for n in g.forward.nodes for i in n.inputs}
+    assert {(a, b) for a, b, _ in edges} == forward_edges
+
+
+def test_render_png_forward_only(monkeypatch, tmp_path):
+    exe = fake_dot(tmp_path)
+    monkeypatch.setattr(shutil, "which", lambda name: exe if name == "dot" else None)
+    g = digits_mlp()
+    gi.render_png(g, tmp_path / "g.png", forward_only=True)
+    assert (tmp_path / "stdin.dot").read_text() == gi.to_dot(g, forward_only=True)
+    assert gi.to_dot(g, forward_only=True) != gi.to_dot(g)
 
 
 def test_render_png_without_graphviz(monkeypatch, tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
 
 from graphnn.errors import DataError
 from graphnn.ir.elementwise import ARGS, BATCH, numpy_function
@@ -34,6 +35,8 @@ class Formula:
     operands: tuple[Formula, ...] = ()
     run: Callable[[Mapping[str, np.ndarray], int], np.ndarray] = field(repr=False, default=None)
     batched: bool = field(repr=False, default=False)  # a node whose first axis is the batch
+    # a constant's SymPy value (-1/n, 2e-4), so products with it print as scalars, not as ∘
+    value: sympy.Expr | None = field(repr=False, default=None, compare=False)
 
     def __str__(self) -> str:
         return self.text
@@ -76,16 +79,64 @@ class Formula:
         return (self.kind not in _ATOMIC) + sum(o.count_ops() for o in self.operands)
 
 
-class _MathtextPrinter(LatexPrinter):
-    """SymPy's LaTeX, but Piecewise without ``cases`` (matplotlib's mathtext cannot parse it)."""
+def short_float(value) -> str:
+    """A float as a reader writes it: ``1e-4``, ``0.5``, ``0.0002`` (never SymPy's 15 digits)."""
+    v = float(value)
+    text = f"{v:.6e}" if 0 < abs(v) < 1e-3 else f"{v:.6g}"
+    mantissa, e, exponent = text.partition("e")
+    if e:
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    return f"{mantissa}e{int(exponent)}" if e else text
+
+
+def iverson(expr: sympy.Piecewise) -> sympy.Boolean | None:
+    """The condition of ``Piecewise((1, c), (0, True))``, shown as the Iverson bracket ``[c]``."""
+    if len(expr.args) == 2 and expr.args[1].cond == sympy.true:
+        (one, cond), (zero, _) = expr.args
+        if one == 1 and zero == 0:
+            return cond
+    return None
+
+
+class _TextPrinter(StrPrinter):
+    """SymPy's text, with short floats and ``[z > 0]`` for an indicator Piecewise."""
+
+    def _print_Float(self, expr):
+        return short_float(expr)
 
     def _print_Piecewise(self, expr):
+        cond = iverson(expr)
+        return f"[{self._print(cond)}]" if cond is not None else self._print_Basic(expr)
+
+
+class _MathtextPrinter(LatexPrinter):
+    """SymPy's LaTeX, but Piecewise without ``cases`` (matplotlib's mathtext cannot parse it),
+    an indicator Piecewise as an Iverson bracket, and short floats."""
+
+    def _print_Float(self, expr):
+        mantissa, e, exponent = short_float(expr).partition("e")
+        return rf"{mantissa} \cdot 10^{{{exponent}}}" if e else mantissa
+
+    def _print_Piecewise(self, expr):
+        cond = iverson(expr)
+        if cond is not None:
+            return rf"\left[{self._print(cond)}\right]"
         parts = [
             self._print(e)
             + (r"\ \mathrm{otherwise}" if c == sympy.true else r"\ \mathrm{if}\ " + self._print(c))
             for e, c in expr.args
         ]
         return r"\left\{" + r",\ ".join(parts) + r"\right."
+
+
+def show(expr: sympy.Expr) -> str:
+    """A scalar SymPy expression as display text: short floats, ``[z > 0]`` for relu'."""
+    return _TextPrinter().doprint(expr)
+
+
+def show_latex(expr: sympy.Expr) -> str:
+    """A scalar SymPy expression as LaTeX that matplotlib's mathtext parses."""
+    return _MathtextPrinter().doprint(expr)
 
 
 def wrap(f: Formula) -> tuple[str, str]:
@@ -101,12 +152,17 @@ def symbol(name: str, batched: bool = False) -> Formula:
 
 def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> Formula:
     """A scalar SymPy expression applied elementwise to matrix operands."""
+    if expr in operands:  # the operand itself: no parentheses, no "(log1)"
+        return operands[expr]
     names = {s: sympy.Symbol(f"_{k}") for k, s in enumerate(operands)}
     shown = expr.xreplace(names).xreplace({BATCH: sympy.Symbol("n")})
-    texts = {names[s]: sympy.Symbol(wrap(f)[0]) for s, f in operands.items()}
-    latexes = {names[s]: sympy.Symbol(wrap(f)[1]) for s, f in operands.items()}
-    text = sympy.sstr(shown.xreplace(texts))
-    tex = _MathtextPrinter().doprint(shown.xreplace(latexes))
+    # a plain sum (a gradient's accumulated parts) needs no parentheses around its terms
+    bare = expr.is_Add and all(a in operands for a in expr.args)
+    shown_as = (lambda f: (f.text, f.latex_text)) if bare else wrap
+    texts = {names[s]: sympy.Symbol(shown_as(f)[0]) for s, f in operands.items()}
+    latexes = {names[s]: sympy.Symbol(shown_as(f)[1]) for s, f in operands.items()}
+    text = show(shown.xreplace(texts))
+    tex = show_latex(shown.xreplace(latexes))
     order = list(operands)
     scalar = expr.xreplace(dict(zip(order, ARGS, strict=False)))
     kind = "const" if not operands else "elem"
@@ -118,7 +174,8 @@ def elementwise(expr: sympy.Expr, operands: Mapping[sympy.Symbol, Formula]) -> F
         with np.errstate(all="ignore"):
             return func(*(f.run(v, n) for f in operands.values()), n)
 
-    return Formula(kind, text, tex, tuple(operands.values()), run)
+    value = expr if not operands else None
+    return Formula(kind, text, tex, tuple(operands.values()), run, value=value)
 
 
 def call(

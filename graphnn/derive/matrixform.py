@@ -43,6 +43,10 @@ class _Assembler:
         return self.memo[name]
 
     def _build(self, node: Node) -> Formula:
+        if node.name in self.forward and holds_constant(node) and self._unnamed(node):
+            # 1 - p, not sub1; a node the user named keeps its name
+            ins = {ARGS[j]: self.of(i) for j, i in enumerate(node.inputs)}
+            return elementwise(node.attr("expr"), ins)
         if node.name in self.forward or node.op in ("input", "param"):
             return symbol(node.name, batched=bool(node.shape) and node.shape[0] is None)
         ins = [self.of(i) for i in node.inputs]
@@ -56,6 +60,10 @@ class _Assembler:
             return STRUCTURAL[node.op].display(node, ins)
         raise KeyError(f"no display rule for op '{node.op}' ({node.name})")
 
+    def _unnamed(self, node: Node) -> bool:
+        t = self.ir.tensor_by_name.get(node.name)
+        return t is not None and t.name is None
+
     def _chain(self, node: Node, ins: list[Formula]) -> Formula:
         """cotangent ∘ local derivative; the local derivative is named if it is an activation."""
         of: Tensor = node.attr("of")
@@ -68,22 +76,19 @@ class _Assembler:
         if Y in local.free_symbols:
             used[Y] = self.of_tensor(of)
         fn = of.attrs["fn"]
+        k = scale if scale is not None else g.value  # a constant cotangent: a scalar factor
         # relu'(add1), bce_with_logits'(logit, y): named, unless constant or repeated arguments
         # were merged away and the inputs are no longer the function's arguments in order
         if fn not in _ARITHMETIC and len(of.inputs) == of.attrs.get("arity", len(of.inputs)):
             term = call(fn, list(fwd_ins.values()), local, used, wrt=node.attr("wrt"))
-            if scale is not None and scale != 1:  # a mean's 1/n: bce_with_logits'(logit, y)/n
-                return elementwise(scale * ARGS[0], {ARGS[0]: term})
-        elif scale is not None:  # a scalar cotangent (a mean's 1/n) folds into the formula
-            return elementwise(scale * local, used)
+        elif k is not None:  # a scalar cotangent (a mean's 1/n) folds into the formula
+            return elementwise(k * local, used)
         else:
             term = elementwise(local, used)
-        if g.kind == "const" and g.text == "1":
-            return term
-        if term.kind == "const":
-            if term.text == "1":
-                return g
-            return elementwise(ARGS[0] * ARGS[1], {ARGS[0]: term, ARGS[1]: g})
+        if k is not None:
+            return term if k == 1 else elementwise(k * ARGS[0], {ARGS[0]: term})
+        if term.value is not None:  # a constant local derivative: -δ, not δ ∘ -1
+            return g if term.value == 1 else elementwise(term.value * ARGS[0], {ARGS[0]: g})
         return hadamard(g, term)
 
 
@@ -113,6 +118,14 @@ def gradient_formula(
         if node.name in needed:
             assembler.of(node.name)
     return assembler.of(grad_node)
+
+
+def holds_constant(node: Node) -> bool:
+    """A forward arithmetic op into which a constant was merged (``sub1 = 1 - p``,
+    ``mul2 = 1e-4*reduce_sum1``): shown as its expression, so the constant is seen."""
+    if node.op != "ewise" or node.attr("fn") not in _ARITHMETIC:
+        return False
+    return len(node.inputs) != node.attr("arity", len(node.inputs))
 
 
 # Unary ops shown through their formula (2 a0, -1, ...); every other unary op, built-in or

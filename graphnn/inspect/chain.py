@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import sympy
 
 from codegen.steps import describe
-from graphnn.derive.matrixform import Formula, elementwise, gradient_formula
+from graphnn.derive.formula import show
+from graphnn.derive.matrixform import Formula, elementwise, gradient_formula, holds_constant
+from graphnn.derive.readable import readable
 from graphnn.derive.screen import Derivative
 from graphnn.derive.store import derivative
 from graphnn.ir.elementwise import ARGS, Y
@@ -140,7 +142,9 @@ def local(consumer: Node, wrt: str) -> Local:
     names = {ARGS[j]: sympy.Symbol(x) for j, x in enumerate(consumer.inputs)}
     names[Y] = sympy.Symbol(consumer.name)
     expr = d.expr.xreplace(names)
-    rule = f"∂{consumer.name}/∂{wrt} = {sympy.sstr(expr)}"
+    if holds_constant(consumer):  # sub1 = 1 - p, not sub1 = sub(p), which hides the 1
+        equation = f"{consumer.name} = {show(consumer.attr('expr').xreplace(names))}"
+    rule = f"∂{consumer.name}/∂{wrt} = {show(readable(expr))}"
     return Local(consumer.name, wrt, equation, rule, d, expr, tuple(names.items()))
 
 

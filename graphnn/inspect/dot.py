@@ -50,8 +50,9 @@ def _op(node) -> str:
     return str(node.attr("fn", node.op))
 
 
-def to_dot(graph) -> str:
-    """Graphviz DOT text of the forward graph and the gradient flow of every parameter."""
+def to_dot(graph, forward_only: bool = False) -> str:
+    """Graphviz DOT text of the forward graph and the gradient flow of every parameter;
+    ``forward_only``: the forward graph alone (a deep net's gradient edges cross everywhere)."""
     fwd, training = graph.forward, graph.training
     forward = set(fwd.by_name)
     deltas = cotangent_nodes(graph).items()
@@ -65,6 +66,8 @@ def to_dot(graph) -> str:
         lines.append(f"  {_q(n.name)} [label={_q(label)}, shape={shape}{style}];")
     for n in fwd.nodes:
         lines += [f"  {_q(i)} -> {_q(n.name)} {_FORWARD_EDGE};" for i in n.inputs]
+    if forward_only:
+        return "\n".join(lines + ["}"]) + "\n"
     backward = [n for n in training.nodes if n.name not in forward]
     for n in backward:
         delta = f"\nδ({held[n.name]})" if n.name in held else ""
@@ -84,8 +87,9 @@ def to_dot(graph) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def render_png(graph, path) -> Path:
-    """Render :func:`to_dot` to a PNG at ``path`` with Graphviz's ``dot``; returns the path.
+def render_png(graph, path, forward_only: bool = False) -> Path:
+    """Render :func:`to_dot` (``forward_only`` as there) to a PNG at ``path`` with Graphviz's
+    ``dot``; returns the path.
 
     Raises :class:`GraphvizError` saying how to install Graphviz when ``dot`` is not on PATH.
     """
@@ -96,7 +100,7 @@ def render_png(graph, path) -> Path:
     try:
         done = subprocess.run(
             [exe, "-Tpng", "-o", str(path)],
-            input=to_dot(graph).encode(),
+            input=to_dot(graph, forward_only).encode(),
             capture_output=True,
             timeout=120,
         )

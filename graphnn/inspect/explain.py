@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from codegen.cpu.module import training_kernel
 from codegen.signature import signature
 from graphnn.derive.formula import Formula
+from graphnn.derive.formula import show as show_expr
+from graphnn.derive.readable import readable
 from graphnn.derive.screen import PREFERENCE, SCREEN_POINTS, Derivative, rank
 from graphnn.inspect.chain import Local, Step, backward_nodes, chain
 from graphnn.ir.elementwise import BATCH
@@ -61,6 +63,7 @@ class Explanation:
     formula: Formula
     steps: tuple[Step, ...]
     blocks: tuple[KernelBlock, ...]
+    backprop: object = None  # the gradient with its shared δ named (graph.backprop([param]))
 
     @property
     def forms(self) -> list[Local]:
@@ -75,6 +78,9 @@ class Explanation:
     def text(self) -> str:
         out = [f"dL/d{self.param}  ({self.param}: {show(self.shape)}; n is the batch size)"]
         out += [f"  = {self.formula}", f"  LaTeX: {self.formula.latex()}", ""]
+        if self.backprop is not None and self.backprop.deltas:  # a deep chain, textbook style
+            out += ["With the shared δ named (δ1 nearest the inputs):"]
+            out += ["  " + line for line in self.backprop.text().splitlines()] + [""]
         out += [f"Chain rule, from the loss down to {self.param} (δ(v) = dL/dv):"]
         for s in self.steps:
             held = f"held in {s.delta}" if s.delta else s.holder()
@@ -127,7 +133,8 @@ def explain(graph, param: str, source: str | None = None) -> Explanation:
     wanted = {ident[n] for n in backward_nodes(graph, param)}
     blocks = tuple(b for b in kernel_blocks(text) if wanted & set(b.nodes))
     shape = graph.forward.node(param).shape
-    return Explanation(param, shape, graph.gradient(param), tuple(chain(graph, param)), blocks)
+    steps = tuple(chain(graph, param))
+    return Explanation(param, shape, graph.gradient(param), steps, blocks, graph.backprop([param]))
 
 
 def kernel_blocks(source: str, function: str = KERNEL) -> list[KernelBlock]:
@@ -171,24 +178,27 @@ def why(d: Derivative) -> list[str]:
 
 def _form_text(loc: Local) -> list[str]:
     d = loc.derivative
-    out = [f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {loc.expr}"]
+    shown = show_expr(readable(loc.expr))  # simplified for reading; the kernel's form is below
+    out = [f"∂{loc.node}/∂{loc.wrt} ({loc.equation}): chosen form '{d.form}' = {shown}"]
     for c in d.candidates:
         mark = "*" if c.form == d.form else " "
         bad = [f"NaN/Inf at {_pts(c.nonfinite)}"] if c.nonfinite else []
         bad += [f"precision lost at {_pts(c.inaccurate)}"] if c.inaccurate else []
         verdict = "; ".join(bad) or "finite and accurate"
-        out.append(f"  {mark} {c.form:<10} {loc.named(c.expr)}    {verdict}")
+        out.append(f"  {mark} {c.form:<10} {show_expr(loc.named(c.expr))}    {verdict}")
     out += [f"    why: {line}" for line in why(d)]
     return out
 
 
 def _form_markdown(loc: Local) -> list[str]:
     d = loc.derivative
-    out = [f"**∂{loc.node}/∂{loc.wrt}** (`{_cell(loc.equation)}`): chosen form *{d.form}*", ""]
+    shown = _cell(show_expr(readable(loc.expr)))
+    out = [f"**∂{loc.node}/∂{loc.wrt}** (`{_cell(loc.equation)}`): chosen form *{d.form}*"]
+    out += [f"= `{shown}`", ""]
     out += ["| form | expression | NaN/Inf at | precision lost at |", "|---|---|---|---|"]
     for c in d.candidates:
         form = f"**{c.form}** (chosen)" if c.form == d.form else c.form
-        expr = _cell(str(loc.named(c.expr)))
+        expr = _cell(show_expr(loc.named(c.expr)))
         out.append(f"| {form} | `{expr}` | {_pts(c.nonfinite)} | {_pts(c.inaccurate)} |")
     return out + [""] + [f"- {line}" for line in why(d)] + [""]
 
