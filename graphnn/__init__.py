@@ -28,7 +28,12 @@ from graphnn.errors import (
 from graphnn.ir.conv import avg_pool2d, concat, conv2d, flatten, max_pool2d
 from graphnn.ir.dropout import dropout
 from graphnn.ir.elementwise import ACTIVATIONS
-from graphnn.ir.embedding import embedding, layer_norm, one_hot
+from graphnn.ir.embedding import (
+    embedding,
+    layer_norm,
+    one_hot,
+    sparse_softmax_cross_entropy,
+)
 from graphnn.ir.indexed import contract
 from graphnn.ir.ops import (
     Tensor,
@@ -120,6 +125,7 @@ __all__ = [
     "silu",
     "softmax",
     "softmax_cross_entropy",
+    "sparse_softmax_cross_entropy",
     "softplus",
     "sum",
     "tanh",

@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from graphnn.errors import GraphError, ShapeError
 from graphnn.ir.indexed import A, contract
-from graphnn.ir.ops import Tensor, _as_tensor, _label, mean, power
+from graphnn.ir.ops import (
+    Tensor,
+    _as_tensor,
+    _label,
+    mean,
+    power,
+    reshape,
+    softmax_cross_entropy,
+)
 from graphnn.ir.shapes import show
 
 
@@ -63,3 +71,28 @@ def layer_norm(x, gamma=None, beta=None, eps: float = 1e-5) -> Tensor:
     if beta is not None:
         y = y + beta
     return y
+
+
+def sparse_softmax_cross_entropy(logits, labels) -> Tensor:
+    """softmax_cross_entropy with integer class labels: ``labels`` holds one class id per row of
+    ``logits`` (shape ``logits.shape[:-1]``; for (batch, k) logits, an input of per-sample shape
+    ``()``).  The one-hot rows are made in the kernel, one batch at a time, so the data set is
+    never copied as one-hot rows; a label that is not a class id gives a NaN loss (one_hot's NaN
+    row), which stops training with a report instead of training on a wrong class.
+    """
+    logits, labels = _as_tensor(logits), _as_tensor(labels)
+    if len(logits.shape) < 2 or logits.shape[-1] is None:
+        raise ShapeError(
+            f"sparse_softmax_cross_entropy: logits '{logits.label}' {show(logits.shape)} need a "
+            "class axis last"
+        )
+    rows, classes = logits.shape[:-1], logits.shape[-1]
+    if labels.shape == (*rows, 1):  # a column of ids, as a spec's [inputs] y = [1] declares it
+        return softmax_cross_entropy(logits, reshape(one_hot(labels, classes), logits.shape))
+    if labels.shape != rows:
+        raise ShapeError(
+            f"sparse_softmax_cross_entropy: labels '{labels.label}' {show(labels.shape)} must "
+            f"have the logits' shape without the class axis, {show(rows)}, or a last axis of 1 "
+            "(one class id per row: per-sample shape () or (1,))"
+        )
+    return softmax_cross_entropy(logits, one_hot(labels, classes))

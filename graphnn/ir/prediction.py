@@ -20,8 +20,17 @@ def prediction_node(ir: GraphIR, loss: str) -> tuple[str, str | None]:
     depends: dict[str, bool] = {}
     for node in ir.nodes:
         depends[node.name] = node.op == "param" or any(depends[i] for i in node.inputs)
+
+    def target(name: str) -> str | None:  # an input, or an input of class ids read as one-hot
+        node = ir.node(name)
+        if node.op == "reshape":  # a column of ids: reshape(one_hot(y)) (sparse cross-entropy)
+            node = ir.node(node.inputs[0])
+        if node.op == "one_hot" and ir.node(node.inputs[0]).op == "input":
+            return node.inputs[0]
+        return name if node.op == "input" else None
+
     for node in reversed(ir.nodes):
-        targets = [i for i in node.inputs if ir.node(i).op == "input"]
+        targets = [t for t in map(target, node.inputs) if t is not None]
         preds = [i for i in node.inputs if depends[i]]
         if targets and preds:
             return preds[0], targets[0]

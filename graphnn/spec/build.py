@@ -64,6 +64,7 @@ GRAPH_FUNCTIONS |= {"conv2d": conv.conv2d, "max_pool2d": conv.max_pool2d, "flatt
 GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d, "embedding": embedding.embedding}
 GRAPH_FUNCTIONS |= {"layer_norm": embedding.layer_norm, "one_hot": embedding.one_hot}
 GRAPH_FUNCTIONS |= {"dropout": dropout.dropout}
+GRAPH_FUNCTIONS["sparse_softmax_cross_entropy"] = embedding.sparse_softmax_cross_entropy
 GRAPH_FUNCTIONS["concat"] = lambda *parts, axis=-1: conv.concat(parts, axis)  # concat(a, b, ...)
 Z = sympy.Symbol("z")
 

@@ -20,9 +20,13 @@ from graphnn.ir.graph import GraphIR
 from graphnn.ir.shapes import show
 
 
-def as_float(name: str, what: str, value, dtype) -> np.ndarray:
+def as_float(name: str, what: str, value, dtype, ids: bool = False) -> np.ndarray:
+    """``value`` as a C-contiguous ``dtype`` array; ``ids``: integers are taken too (class or
+    token ids that the graph reads through one_hot, exact as floats below 2**24)."""
     arr = np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.floating):
+    if ids and arr.dtype.kind in "iu" and arr.size and np.abs(arr).max() >= 2**24:
+        raise DataError(f"{what} '{name}' holds ids of 2**24 or more: not exact as floats")
+    if not np.issubdtype(arr.dtype, np.floating) and not (ids and arr.dtype.kind in "iu"):
         raise DataError(f"{what} '{name}' must hold floats, got an array of dtype {arr.dtype}")
     return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d (ascontiguousarray would not)
 
@@ -44,9 +48,12 @@ def check_data(ir: GraphIR, data: Mapping, dtype=np.float32, required=None) -> d
     if missing:
         raise DataError(f"data has no array for input(s) {missing}; inputs: {names}")
     out, batch = {}, None
+    # inputs read only through one_hot (class labels, token ids) may hold integers
+    ids = {n.inputs[0] for n in ir.nodes if n.op == "one_hot"}
+    ids -= {i for n in ir.nodes if n.op != "one_hot" for i in n.inputs}
     for name in names:
         node = ir.node(name)
-        arr = as_float(name, "input", data[name], dtype)
+        arr = as_float(name, "input", data[name], dtype, ids=name in ids)
         if arr.shape[1:] != node.shape[1:] or arr.ndim != len(node.shape):
             raise DataError(
                 f"input '{name}' expects shape {show(node.shape)}, "

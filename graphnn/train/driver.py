@@ -164,8 +164,10 @@ class Model(ModelFiles):
         fwd.node(self.prediction)  # a clear error for an unknown node name
         self.accuracy_kind = accuracy_kind(fwd, graph.loss_name, self.prediction)
         self._shapes = {n.name: n.shape[1:] for n in fwd.inputs}
-        # the input labels may fill: a classifier's target (a regression's integers stay numbers)
-        labelled = self.accuracy_kind is not None and self.target is not None
+        # the input labels may fill: a classifier's target (a regression's integers stay numbers),
+        # unless the graph reads it as class ids itself (gn.sparse_softmax_cross_entropy)
+        ids = {n.inputs[0] for n in fwd.nodes if n.op == "one_hot"}
+        labelled = self.accuracy_kind is not None and self.target not in (None, *ids)
         self._labels = {self.target: self._shapes[self.target]} if labelled else {}
         self.preprocessing = Preprocessing(resolve_scale(scale, self._shapes, self.target))
         self.columns: dict | None = None  # input -> CSV columns, when a spec's [data] named them

@@ -29,11 +29,20 @@ HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "r2")
 _TOP_K = re.compile(r"top(\d+)")
 
 
+def _class_ids(values: np.ndarray) -> np.ndarray:
+    """Class indices of one-hot (or score) rows, or of a column of class ids as it is (the
+    target of gn.sparse_softmax_cross_entropy)."""
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:  # a column of ids
+        values = values[:, 0]
+    return values.astype(np.int64) if values.ndim == 1 else values.argmax(axis=1)
+
+
 def _codes(values: np.ndarray, kind: str, threshold_of_target: bool = False) -> np.ndarray:
     """Class indices of rows (argmax) or of a 0/1 column."""
     values = np.asarray(values)
     if kind == "argmax":
-        return values.argmax(axis=1)
+        return _class_ids(values)
     threshold = 0.5 if threshold_of_target or kind == "prob" else 0.0
     return (values > threshold).astype(np.int64).reshape(len(values), -1)
 
@@ -42,7 +51,7 @@ def accuracy(pred: np.ndarray, target: np.ndarray, kind: str) -> float:
     """Fraction of rows whose predicted class matches the target's ('argmax'), or of outputs
     on the target's side of the threshold ('logit': 0, 'prob': 0.5; multi-label too)."""
     if kind == "argmax":
-        return float(np.mean(pred.argmax(axis=1) == target.argmax(axis=1)))
+        return float(np.mean(pred.argmax(axis=1) == _class_ids(target)))
     threshold = 0.0 if kind == "logit" else 0.5
     return float(np.mean((pred > threshold) == (target > 0.5)))
 
@@ -52,7 +61,7 @@ def _averaged(score: Callable) -> Callable:
         truth, guess = _codes(target, kind, True), _codes(pred, kind)
         if truth.ndim > 1 and truth.shape[1] > 1:  # multi-label: each column its own class
             return float(score(truth, guess, average="macro", zero_division=0))
-        labels = list(range(max(2, np.shape(target)[1] if kind == "argmax" else 2)))
+        labels = list(range(max(2, np.shape(pred)[1] if kind == "argmax" else 2)))
         truth, guess = truth.ravel(), guess.ravel()
         return float(score(truth, guess, labels=labels, average="macro", zero_division=0))
 
@@ -66,7 +75,7 @@ def _top_k(k: int) -> Callable:
         if kind != "argmax":
             raise DataError(f"top{k} needs a classifier of several classes (a softmax)")
         classes = np.shape(pred)[1]
-        truth = target.argmax(axis=1)
+        truth = _class_ids(target)
         return float(top_k_accuracy_score(truth, pred, k=min(k, classes), labels=range(classes)))
 
     return compute
