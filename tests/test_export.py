@@ -309,3 +309,55 @@ def test_no_blas_export_trains_without_scipy(digits):
     )
     r = run(digits, "-c", script, env={"PYTHONPATH": path})
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _only(packages, site: Path) -> Path:
+    """A site folder holding just ``packages`` (links to the installed ones, with the shared
+    libraries their wheels ship beside them, e.g. numpy.libs)."""
+    import importlib
+
+    site.mkdir(parents=True, exist_ok=True)
+    for name in packages:
+        folder = Path(importlib.import_module(name).__file__).resolve().parent
+        for entry in [folder, *folder.parent.glob(f"{name}.libs")]:
+            if not (site / entry.name).exists():
+                (site / entry.name).symlink_to(entry, target_is_directory=True)
+    return site
+
+
+def test_no_blas_export_trains_with_only_numpy_and_numba_importable(digits):
+    """What the module's docstring says it needs is all it needs: a Python started isolated
+    (-I -S: no site-packages, no user path) that can import numpy, numba and llvmlite (numba's
+    compiler) and nothing else trains the --no-blas module."""
+    out = digits.work / "digits_bare.py"
+    cmd = [sys.executable, "-m", "graphnn.cli", "export", str(REPO / "examples" / "digits.toml")]
+    r = subprocess.run([*cmd, "-o", str(out), "--no-blas"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "needs only numpy and numba" in out.read_text()
+    site = _only(["numpy", "numba", "llvmlite"], digits.work.parent / "bare_site")
+    script = (
+        f"import sys; sys.path[:0] = [{str(site)!r}, '.']\n"
+        "import numpy as np, digits_bare as m\n"
+        "with np.load('digits.npz') as f:\n"
+        "    data = {k: f[k] for k in f.files}\n"
+        "params = m.init_params(0); state = m.init_state(params)\n"
+        "first, t = m.fit_epoch(data, params, state)\n"
+        "last, t = m.fit_epoch(data, params, state, t0=t)\n"
+        "assert last < first, (first, last)\n"
+        "for name in ('scipy', 'sympy', 'graphnn', 'sklearn', 'networkx'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ImportError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'{name} was importable')\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script],
+        cwd=digits.work,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
