@@ -214,3 +214,43 @@ def test_forward_runs_the_training_steps_forward_kernels():
     kernels = lambda part: set(re.findall(r"\bstep_[0-9a-f]{12}\(", part))  # noqa: E731
     assert len(kernels(forward)) >= 4
     assert len(kernels(forward) - kernels(training)) <= 1  # softmax CE without its gradient
+
+
+def test_models_of_one_module_share_one_background_compile(monkeypatch, tmp_path):
+    """A grid search over the learning rate builds many models of one module in one process:
+    they share the child that compiles its fused epoch instead of starting one each."""
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    started = []
+
+    class Child:  # a child that never finishes while the test runs
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(fused_compile.subprocess, "Popen", Child)
+    g = _mlp(1, 5)
+    rng = np.random.default_rng(8)
+    data = {"x": rng.normal(size=(12, 8)), "y": np.eye(4)[rng.integers(0, 4, 12)]}
+    for lr in (0.1, 0.01, 0.001):
+        model, _ = _train(g, data, "background", monkeypatch, lambda lr=lr: gn.SGD(lr=lr))
+        assert isinstance(model.trainer.fused.child, Child)
+    assert len(started) == 1
+
+
+def test_a_child_that_cannot_start_is_reported_and_training_goes_on(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+
+    def no_process(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fused_compile.subprocess, "Popen", no_process)
+    g = _mlp(1, 7)
+    rng = np.random.default_rng(9)
+    data = {"x": rng.normal(size=(12, 8)), "y": np.eye(4)[rng.integers(0, 4, 12)]}
+    with pytest.warns(GraphnnWarning, match="cannot compile the fused epoch in the background"):
+        model, _ = _train(g, data, "background", monkeypatch, OPTIMIZERS["adam"], epochs=3)
+    assert model.trainer.fused.child is False and not model.trainer.fused._ready
+    reference, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["adam"], epochs=3)
+    assert_same_bits(model, reference)

@@ -31,6 +31,9 @@ from graphnn import files
 from graphnn.errors import GraphnnError, GraphnnWarning
 
 MODES = ("background", "wait", "never")
+# marker -> the child compiling it, for every model of this process: models of one module (a
+# grid search over the learning rate) share one child instead of starting one each
+_CHILDREN: dict[Path, subprocess.Popen] = {}
 
 
 def mode() -> str:
@@ -47,7 +50,7 @@ class FusedEpoch:
 
     def __init__(self, module, path: Path):
         self.module, self.path = module, Path(path)
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen | None | bool = None  # False: could not start one
         self._ready = False
 
     def ready(self, args) -> bool:
@@ -63,7 +66,7 @@ class FusedEpoch:
             marker = self._marker(args)
             if marker.exists():
                 self._ready = True  # the child compiled it: Numba loads it from the cache
-            elif self.child is not None and marker.with_suffix(".failed").exists():
+            elif self.child and marker.with_suffix(".failed").exists():
                 self._failed(marker.with_suffix(".failed"))
         return self._ready
 
@@ -82,24 +85,39 @@ class FusedEpoch:
 
     def start(self, args) -> None:
         """Start the child that compiles ``train_epoch`` for the types of ``args`` (once)."""
-        if self.child is not None or mode() != "background":
+        if self.child is not None or mode() != "background":  # started, failed, or not asked
             return
         from numba import typeof
 
         sig = tuple(typeof(a) for a in args)
         marker = self._marker(args, sig)
+        running = _CHILDREN.get(marker)
+        if running is not None and running.poll() is None:
+            self.child = running  # another model of this process is compiling it
+            return
         job = marker.with_suffix(".job")
-        files.publish(job, pickle.dumps(sig))
         env = dict(os.environ, GRAPHNN_CACHE_DIR=str(self.path.parent))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_root(), env.get("PYTHONPATH")]))
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "codegen.cpu.fused_compile", str(self.path), str(job)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+        try:
+            files.publish(job, pickle.dumps(sig))
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "codegen.cpu.fused_compile", str(self.path), str(job)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:  # no process to spare, a read-only cache: train on stepwise
+            warnings.warn(
+                f"graphnn: cannot compile the fused epoch in the background ({exc}); training "
+                "goes on with the step kernels, which compute the same results more slowly",
+                GraphnnWarning,
+                stacklevel=3,
+            )
+            self.child = False  # tried: not again
+            return
+        _CHILDREN[marker] = self.child
 
     def _marker(self, args, sig=None) -> Path:
         if sig is None:
