@@ -284,6 +284,7 @@ def _summary(wl, trainer, repeats, host, X, Y) -> dict:
         "min": min(rates),
         "max": max(rates),
         "info": trainer.info(),
+        "chunks_trained": trainer._chunks_done,
     }
     try:
         params = trainer.params_numpy()
@@ -466,6 +467,8 @@ def table(results: dict) -> str:
             ev = r.get("eval", {})
             loss = f"{ev['loss']:.4g}" if "loss" in ev else ev.get("error", "")
             acc = f"{ev['accuracy']:.4f}" if "accuracy" in ev else ""
+            if acc and WORKLOADS[wname].holdout:  # a chunk is one epoch of the training rows
+                acc += f" held out, {r['chunks_trained']} epochs"
             rows.append(
                 f"| {wname} | {name} | {r['info'].get('optimizer', '')} "
                 f"| {r['samples_per_s']:,.0f} | {r['quiet_repeats']}/{len(r['repeats'])} "
