@@ -1,6 +1,6 @@
 """Benchmark graphnn against hand-written NumPy, PyTorch eager and JAX jit trainers.
 
-    python benchmarks/run.py [--workloads neuron,digits,mnist_mlp,wide] [--quick]
+    python benchmarks/run.py [--workloads neuron,digits,...,digits_cnn,image28] [--quick]
                              [--repeats 3] [--min-time 0.3] [--json out.json]
 
 Per workload: every trainer is built and warmed up (compile / JIT excluded from timing), then the
