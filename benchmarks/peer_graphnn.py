@@ -32,8 +32,27 @@ def graphnn_optimizer(gn, wl: Workload):
     return gn.SGD(lr=opt.lr), opt.describe() + note
 
 
+def build_conv_graph(gn, wl: Workload):
+    """A convolutional workload as examples/digits_cnn.toml writes it: per conv layer
+    relu(conv2d(x, W, padding) + b) -> max_pool2d, then flatten -> dense -> softmax CE."""
+    h = gn.input("x", wl.image)
+    y = gn.input("y", (wl.sizes[-1],))
+    layers = zip(wl.param_names(), wl.weight_shapes(), wl.init_schemes(), strict=True)
+    for i, ((wn, bn), shape, scheme) in enumerate(layers):
+        W = gn.param(wn, shape, init=scheme)
+        b = gn.param(bn, (shape[-1],), init="zeros")
+        if i < len(wl.convs):
+            h = gn.relu(gn.conv2d(h, W, padding=wl.pad) + b)
+            h = gn.max_pool2d(h, wl.pool)
+        else:
+            h = gn.flatten(h) @ W + b
+    return gn.Graph(gn.softmax_cross_entropy(h, y))
+
+
 def build_graph(gn, wl: Workload):
     """The workload's training loss as a gn.Graph."""
+    if wl.image:
+        return build_conv_graph(gn, wl)
     x = gn.input("x", (wl.sizes[0],))
     y = gn.input("y", (wl.sizes[-1],))
     act = {"relu": gn.relu, "tanh": gn.tanh}.get(wl.activation)
@@ -83,13 +102,17 @@ class GraphnnTrainer(Trainer):
         self.model, self.opt_desc, self.build_times = build_model(gn, wl, flush)
         self.cumulative_epochs = None  # does fit(epochs=n) mean "up to epoch n"? found on 1st call
 
+    def _x(self, rows):
+        """Rows of X as the model's input: flat, or (n, h, w, c) images (a view)."""
+        return rows.reshape(-1, *self.wl.image) if self.wl.image else rows
+
     def _train(self, start, stop):
-        data = {"x": self.X[start:stop], "y": self.Y[start:stop]}
+        data = {"x": self._x(self.X[start:stop]), "y": self.Y[start:stop]}
         seed = int(self.rng.integers(2**31))
         self._fit_one_epoch(data, self.wl.batch_size, shuffle=True, seed=seed)
 
     def train_batch(self, idx):
-        data = {"x": self.X[idx], "y": self.Y[idx]}
+        data = {"x": self._x(self.X[idx]), "y": self.Y[idx]}
         self._fit_one_epoch(data, len(idx), shuffle=False, seed=0)
 
     def _fit_one_epoch(self, data, batch_size, **kw) -> None:

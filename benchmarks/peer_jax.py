@@ -20,7 +20,24 @@ except ImportError:
     optax = None
 
 
+def _conv_logits(wl, params, x):
+    """NHWC images: lax.conv_general_dilated (HWIO kernel) + bias -> relu -> max-pool
+    (lax.reduce_window) per conv layer, then flatten (h, w, c) -> dense."""
+    h = x.reshape(-1, *wl.image)
+    q, p = wl.pool, wl.pad
+    for K, b in params[:-1]:
+        h = jax.lax.conv_general_dilated(
+            h, K, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        h = jax.nn.relu(h + b)
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, q, q, 1), (1, q, q, 1), "VALID")
+    W, b = params[-1]
+    return h.reshape(h.shape[0], -1) @ W + b
+
+
 def _forward_logits(wl, params, x):
+    if wl.image:
+        return _conv_logits(wl, params, x)
     act = jax.nn.relu if wl.activation == "relu" else jnp.tanh
     for i, (W, b) in enumerate(params):
         x = x @ W + b

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit
 from numba.typed import List
-from trainer_base import Trainer, flush_probe
+from trainer_base import SkipWorkload, Trainer, flush_probe
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 SMALL = 64  # a layer with at most this many weights multiplies with loops, not BLAS
@@ -156,6 +156,8 @@ class NumbaHandTrainer(Trainer):
     name = "numba_hand"
 
     def __init__(self, wl, X, Y, init, seed=0):
+        if wl.image:
+            raise SkipWorkload("the hand-written Numba trainer is dense-only")
         super().__init__(wl, X, Y, seed)
         self.X, self.Y = np.ascontiguousarray(X), np.ascontiguousarray(Y)
         f32 = np.float32

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from trainer_base import Trainer, flush_probe
+from trainer_base import SkipWorkload, Trainer, flush_probe
 from workloads import Workload
 
 
@@ -65,9 +65,42 @@ def forward(wl: Workload, params, x: np.ndarray) -> list[np.ndarray]:
     return acts
 
 
+def conv_forward(wl: Workload, params, x: np.ndarray) -> np.ndarray:
+    """Output probabilities of a convolutional workload (``wl.image``) on flat rows ``x``.
+
+    Each conv is an im2col product (windows of the zero-padded NHWC image times the kernel
+    reshaped to (kh*kw*in, out)), then bias, relu and a max-pool; for evaluation only.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    out = []
+    for s in range(0, len(x), 128):  # im2col of a big batch would take gigabytes
+        h = x[s : s + 128].reshape(-1, *wl.image)
+        for K, b in params[:-1]:
+            kh, kw, _, filters = K.shape
+            p = wl.pad
+            h = np.pad(h, ((0, 0), (p, p), (p, p), (0, 0)))
+            win = sliding_window_view(h, (kh, kw), axis=(1, 2))  # (n, oh, ow, c, kh, kw)
+            n, oh, ow = win.shape[:3]
+            cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
+            h = (cols @ K.reshape(-1, filters)).reshape(n, oh, ow, filters) + b
+            np.maximum(h, 0, out=h)
+            q = wl.pool
+            h = h[:, : oh // q * q, : ow // q * q]
+            h = h.reshape(n, oh // q, q, ow // q, q, filters).max(axis=(2, 4))
+        W, b = params[-1]
+        z = h.reshape(len(h), -1) @ W + b
+        _softmax_inplace(z)
+        out.append(z)
+    return np.concatenate(out)
+
+
 def evaluate(wl: Workload, params, X: np.ndarray, Y: np.ndarray) -> dict:
     """Loss (and accuracy for classifiers) of ``params`` on X, Y, in float64 at the end."""
-    p = forward(wl, params, X)[-1].astype(np.float64)
+    if wl.image:
+        p = conv_forward(wl, params, X).astype(np.float64)
+    else:
+        p = forward(wl, params, X)[-1].astype(np.float64)
     if wl.loss == "softmax_ce":
         loss = -np.mean(np.sum(Y * np.log(np.maximum(p, 1e-30)), axis=1))
         acc = float(np.mean(p.argmax(1) == Y.argmax(1)))
@@ -79,6 +112,8 @@ class NumpyTrainer(Trainer):
     name = "numpy"
 
     def __init__(self, wl, X, Y, init, seed=0):
+        if wl.image:
+            raise SkipWorkload("the NumPy trainer is dense-only (no hand-written conv backward)")
         super().__init__(wl, X, Y, seed)
         self.params = [[W.copy(), b.copy()] for W, b in init]
         flat = [p for layer in self.params for p in layer]

@@ -1,6 +1,6 @@
 """Benchmark graphnn against hand-written NumPy, PyTorch eager and JAX jit trainers.
 
-    python benchmarks/run.py [--workloads neuron,digits,mnist_mlp,wide] [--quick]
+    python benchmarks/run.py [--workloads neuron,digits,...,digits_cnn,image28] [--quick]
                              [--repeats 3] [--min-time 0.3] [--json out.json]
 
 Per workload: every trainer is built and warmed up (compile / JIT excluded from timing), then the
@@ -35,7 +35,7 @@ sys.path[:0] = [p for p in (BENCH_DIR, REPO_DIR) if p not in sys.path]
 import numpy as np  # noqa: E402
 from host import HostMonitor, environment, warn_if_busy  # noqa: E402
 from peer_numpy import NumpyTrainer, evaluate  # noqa: E402
-from trainer_base import count_subnormals, flush_probe  # noqa: E402
+from trainer_base import SkipWorkload, count_subnormals, flush_probe  # noqa: E402
 from workloads import (  # noqa: E402
     STARTUP_WORKLOADS,
     WORKLOADS,
@@ -109,8 +109,9 @@ def parse_args(argv=None):
         args.startup_workloads = [w.strip() for w in args.startup_workloads.split(",")]
     elif args.quick:  # --quick measures start-up on the first workload only, to stay short
         args.startup_workloads = args.workloads[:1]
-    else:
-        args.startup_workloads = [*args.workloads, *STARTUP_WORKLOADS]
+    else:  # graphnn_startup.py times dense models only
+        dense = [w for w in args.workloads if not WORKLOADS[w].image]
+        args.startup_workloads = [*dense, *STARTUP_WORKLOADS]
     for w in args.startup_workloads:
         if w not in WORKLOADS and w not in STARTUP_WORKLOADS:
             known = ", ".join([*WORKLOADS, *STARTUP_WORKLOADS])
@@ -207,6 +208,10 @@ def bench_workload(wl, factories: dict, skipped: dict, args, host: HostMonitor) 
     init = init_params(wl, args.seed)
     print(f"\n== {wl.name}: {wl.description}", flush=True)
     print(f"   data {X.shape} generated in {time.perf_counter() - t:.1f}s", flush=True)
+    # the last wl.holdout samples are never trained on: eval reports on them instead
+    X_eval, Y_eval = (X[-wl.holdout :], Y[-wl.holdout :]) if wl.holdout else (X, Y)
+    if wl.holdout:
+        X, Y = X[: -wl.holdout], Y[: -wl.holdout]
     results = {n: {"status": "skipped", "reason": r} for n, r in skipped.items()}
     trainers = {}
     for name, factory in factories.items():
@@ -223,11 +228,14 @@ def bench_workload(wl, factories: dict, skipped: dict, args, host: HostMonitor) 
                 "warmup_s": time.perf_counter() - t - build_s,
                 "repeats": [],
             }
+        except SkipWorkload as e:
+            print(f"[skip] {name} on {wl.name}: {e}", flush=True)
+            results[name] = {"status": "skipped", "reason": str(e)}
         except Exception as e:
             results[name] = _failure(name, e, "build/warm-up")
     _timed_rounds(wl, trainers, results, args, host)
     for name, trainer in trainers.items():
-        results[name].update(_summary(wl, trainer, results[name]["repeats"], host, X, Y))
+        results[name].update(_summary(wl, trainer, results[name]["repeats"], host, X_eval, Y_eval))
         r = results[name]
         print(
             f"   {name:13s} {r['samples_per_s']:>12,.0f} samples/s "
@@ -276,6 +284,7 @@ def _summary(wl, trainer, repeats, host, X, Y) -> dict:
         "min": min(rates),
         "max": max(rates),
         "info": trainer.info(),
+        "chunks_trained": trainer._chunks_done,
     }
     try:
         params = trainer.params_numpy()
@@ -438,8 +447,8 @@ def _ftz(r: dict) -> str:
 def table(results: dict) -> str:
     head = [
         "| workload | trainer | optimizer | samples/s (median) | quiet repeats | min–max "
-        "| graphnn/peer | FTZ | subnormals in state | eval loss |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        "| graphnn/peer | FTZ | subnormals in state | eval loss | eval accuracy |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     rows = []
     for wname, res in results.items():
@@ -449,7 +458,7 @@ def table(results: dict) -> str:
             if r is None:
                 continue
             if r["status"] != "ok":
-                rows.append(f"| {wname} | {name} | | {r['status']}: {r['reason']} |" + " |" * 6)
+                rows.append(f"| {wname} | {name} | | {r['status']}: {r['reason']} |" + " |" * 7)
                 continue
             ratio = "—"  # for graphnn_noftz: graphnn / graphnn_noftz, what flushing buys
             if name != "graphnn":
@@ -457,11 +466,14 @@ def table(results: dict) -> str:
                 ratio = f"{g['samples_per_s'] / r['samples_per_s']:.2f}" if ok else "n/a"
             ev = r.get("eval", {})
             loss = f"{ev['loss']:.4g}" if "loss" in ev else ev.get("error", "")
+            acc = f"{ev['accuracy']:.4f}" if "accuracy" in ev else ""
+            if acc and WORKLOADS[wname].holdout:  # a chunk is one epoch of the training rows
+                acc += f" held out, {r['chunks_trained']} epochs"
             rows.append(
                 f"| {wname} | {name} | {r['info'].get('optimizer', '')} "
                 f"| {r['samples_per_s']:,.0f} | {r['quiet_repeats']}/{len(r['repeats'])} "
                 f"| {r['min']:,.0f}–{r['max']:,.0f} | {ratio} | {_ftz(r)} "
-                f"| {r.get('subnormals_in_state', '')} | {loss} |"
+                f"| {r.get('subnormals_in_state', '')} | {loss} | {acc} |"
             )
     return "\n".join(head + rows)
 

@@ -14,6 +14,11 @@ from workloads import Workload
 TINY = np.finfo(np.float32).tiny  # smallest normal float32
 
 
+class SkipWorkload(Exception):
+    """Raised by a trainer's constructor for a workload it does not implement (a table row
+    that says 'skipped', not 'failed')."""
+
+
 class Trainer:
     """Base class: chunk bookkeeping; subclasses implement ``train_batch`` and ``params_numpy``."""
 

@@ -61,10 +61,37 @@ class Workload:
     warmup_chunks: int = 1
     # graphnn falls back to this optimizer if it lacks the workload's own (recorded in results).
     fallback_optimizer: Optimizer | None = None
+    # Convolutional workloads: each sample's sizes[0] features are an NHWC image (height, width,
+    # channels); each of ``convs`` (filters) is conv kernel x kernel + bias -> relu -> max-pool
+    # ``pool``, then flatten (h, w, c order) -> dense sizes[-1].  Empty for the dense MLPs.
+    image: tuple[int, int, int] | None = None
+    convs: tuple[int, ...] = ()
+    kernel: int = 3
+    padding: str = "same"  # "same" (zeros around, stride 1) or "valid"
+    pool: int = 2
+    # The last ``holdout`` samples are not trained on; the harness reports accuracy on them.
+    holdout: int = 0
 
     @property
     def n_layers(self) -> int:
-        return len(self.sizes) - 1
+        return len(self.convs) + 1 if self.image else len(self.sizes) - 1
+
+    @property
+    def pad(self) -> int:
+        """Zeros on each side of a convolution's input."""
+        return self.kernel // 2 if self.padding == "same" else 0
+
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """Per layer: the weight's shape, conv kernels (kh, kw, in, out), dense (in, out)."""
+        if not self.image:
+            return list(zip(self.sizes[:-1], self.sizes[1:], strict=True))
+        h, w, c = self.image
+        shapes = []
+        for filters in self.convs:
+            shapes.append((self.kernel, self.kernel, c, filters))
+            h, w = h + 2 * self.pad - self.kernel + 1, w + 2 * self.pad - self.kernel + 1
+            h, w, c = h // self.pool, w // self.pool, filters
+        return [*shapes, (h * w * c, self.sizes[-1])]
 
     def param_names(self) -> list[tuple[str, str]]:
         """(weight, bias) names per layer, as graphnn's ``model.params`` uses them."""
@@ -75,6 +102,8 @@ class Workload:
     def init_schemes(self) -> list[str]:
         """Weight init per layer: he_normal before relu, glorot_uniform otherwise."""
         hidden = "he_normal" if self.activation == "relu" else "glorot_uniform"
+        if self.image:
+            return [hidden] * len(self.convs) + ["glorot_uniform"]
         return [hidden] * (self.n_layers - 1) + ["glorot_uniform"]
 
 
@@ -130,6 +159,39 @@ WORKLOADS: dict[str, Workload] = {
             chunk=256 * 4,
             repeat_chunks=4,
         ),
+        Workload(
+            name="digits_cnn",
+            description="sklearn digits/16 as 8x8x1, conv 3x3x32 same relu-pool 2-dense 10, "
+            "softmax CE, Adam 3e-3, batch 32 (examples/digits_cnn.toml)",
+            sizes=(64, 10),
+            activation="relu",
+            loss="softmax_ce",
+            optimizer=Optimizer("adam", lr=3e-3),
+            batch_size=32,
+            n_samples=1797,
+            chunk=1438,  # the 1,438 training rows: one epoch per chunk (45 steps, the last of 30)
+            repeat_chunks=2,
+            image=(8, 8, 1),
+            convs=(32,),
+            kernel=3,
+            holdout=359,  # the spec's validation_split 0.2 (see _digits_spec_split)
+        ),
+        Workload(
+            name="image28",
+            description="synthetic 28x28x1, conv 5x5x32 same relu-pool 2-conv 5x5x64 same relu-"
+            "pool 2-dense 10, softmax CE, Adam 1e-3, batch 64",
+            sizes=(784, 10),
+            activation="relu",
+            loss="softmax_ce",
+            optimizer=Optimizer("adam", lr=1e-3),
+            batch_size=64,
+            n_samples=4096,
+            chunk=64 * 4,
+            repeat_chunks=1,
+            image=(28, 28, 1),
+            convs=(32, 64),
+            kernel=5,
+        ),
     ]
 }
 
@@ -158,6 +220,8 @@ _QUICK = {
     "digits": dict(repeat_chunks=1),
     "mnist_mlp": dict(n_samples=4096, chunk=1024, repeat_chunks=1, warmup_chunks=1),
     "wide": dict(n_samples=1024, chunk=512, repeat_chunks=1),
+    "digits_cnn": dict(repeat_chunks=1),
+    "image28": dict(n_samples=1024),
 }
 
 
@@ -180,6 +244,8 @@ def make_data(wl: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         "digits": _digits_data,
         "mnist_mlp": _mnist_like_data,
         "wide": _teacher_data,
+        "digits_cnn": _digits_spec_split,
+        "image28": _image_data,
     }.get(wl.name, _teacher_data)
     X, Y = maker(wl, rng)
     return np.ascontiguousarray(X, DTYPE), np.ascontiguousarray(Y, DTYPE)
@@ -207,6 +273,15 @@ def _digits_data(wl, rng):
     return X, one_hot(digits.target[: wl.n_samples], 10)
 
 
+def _digits_spec_split(wl, rng):
+    # The rows in the order of graphnn's seeded split (a permutation from default_rng(seed), the
+    # first draw of ``rng``): the last 359 are the 20% that `graphnn train digits_cnn.toml`
+    # holds out, the first 1,438 its training rows.
+    X, Y = _digits_data(wl, rng)
+    order = rng.permutation(len(X))
+    return X[order], Y[order]
+
+
 def _mnist_like_data(wl, rng):
     # MNIST-shaped: ~80% zero pixels, intensities in [0.3, 1]. Each class raises or lowers every
     # pixel's chance of being on by 30%: learnable to ~93% in one epoch but not separable at a
@@ -226,17 +301,43 @@ def _teacher_data(wl, rng):
     return X, one_hot(np.argmax(X @ teacher, axis=1), wl.sizes[-1])
 
 
+def _image_data(wl, rng):
+    # 10 classes, each a smooth random template (a sum of a few Gaussian blobs); a sample is its
+    # class's template shifted by up to 2 pixels, scaled, plus noise, clipped to [0, 1]: a
+    # convolution's translation invariance pays off, and the task is not solved in one step.
+    n, (h, w, _) = wl.n_samples, wl.image
+    yy, xx = np.mgrid[0:h, 0:w].astype(DTYPE)
+    templates = np.zeros((10, h, w), DTYPE)
+    for k in range(10):
+        for _ in range(4):
+            cy, cx = rng.uniform(6, h - 6), rng.uniform(6, w - 6)
+            s = rng.uniform(1.5, 3.5)
+            templates[k] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    templates /= templates.max(axis=(1, 2), keepdims=True)
+    labels = rng.integers(0, 10, n)
+    X = np.empty((n, h, w), DTYPE)
+    shifts = rng.integers(-2, 3, (n, 2))
+    for i in range(n):
+        X[i] = np.roll(templates[labels[i]], tuple(shifts[i]), axis=(0, 1))
+    X *= rng.uniform(0.6, 1.0, (n, 1, 1)).astype(DTYPE)
+    X += DTYPE(0.3) * rng.standard_normal((n, h, w), dtype=DTYPE)
+    np.clip(X, 0, 1, out=X)
+    return X.reshape(n, -1), one_hot(labels, 10)
+
+
 def init_params(wl: Workload, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Initial (W (in, out), b (out,)) per layer, float32, from the workload's init schemes."""
+    """Initial (W (in, out) or conv kernel (kh, kw, in, out), b (out,)) per layer, float32,
+    from the workload's init schemes."""
     rng = np.random.default_rng(seed + 1)
     params = []
-    for (fan_in, fan_out), scheme in zip(
-        zip(wl.sizes[:-1], wl.sizes[1:], strict=True), wl.init_schemes(), strict=True
-    ):
+    for shape, scheme in zip(wl.weight_shapes(), wl.init_schemes(), strict=True):
+        # a conv kernel (kh, kw, in, out): fan_in kh*kw*in, fan_out kh*kw*out (Keras' rule)
+        field = int(np.prod(shape[:-2]))
+        fan_in, fan_out = field * shape[-2], field * shape[-1]
         if scheme == "he_normal":
-            W = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+            W = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
         else:
             limit = np.sqrt(6.0 / (fan_in + fan_out))
-            W = rng.uniform(-limit, limit, (fan_in, fan_out))
-        params.append((W.astype(DTYPE), np.zeros(fan_out, DTYPE)))
+            W = rng.uniform(-limit, limit, shape)
+        params.append((W.astype(DTYPE), np.zeros(shape[-1], DTYPE)))
     return params
