@@ -254,3 +254,31 @@ def test_a_child_that_cannot_start_is_reported_and_training_goes_on(monkeypatch,
     assert model.trainer.fused.child is False and not model.trainer.fused._ready
     reference, _ = _train(g, data, "never", monkeypatch, OPTIMIZERS["adam"], epochs=3)
     assert_same_bits(model, reference)
+
+
+@pytest.mark.parametrize("mode", ["wait", "never"])
+def test_a_nonfinite_gradient_stops_both_paths_at_its_step_with_the_params_before_it(
+    mode, monkeypatch
+):
+    """The fused train_epoch does update_all's guard inline, the stepwise glue calls it: both
+    stop at step 2, whose gradient of the second parameter is NaN (sqrt'(0) * 0), name that
+    parameter, and leave the parameters step 1 made."""
+    x, t = gn.input("x", (2,)), gn.input("t", (1,))
+    b = gn.param("b", (1,), init="ones")
+    w = gn.param("w", (2, 1), init="ones")
+    g = gn.Graph(gn.mse(b + gn.power(x @ w, 0.5), t))
+    assert list(g.param_names).index("w") == 1  # the status is k > 1, not the first parameter
+    data = {"x": np.array([[1, 1], [0, 0], [2, 1]], np.float32), "t": np.ones((3, 1), np.float32)}
+    monkeypatch.setenv("GRAPHNN_FUSED", mode)
+    model = gn.compile(g, gn.SGD(lr=0.1), seed=0)
+    with pytest.raises(gn.NonFiniteError, match="the gradient of parameter 'w'") as exc:
+        model.fit(data, epochs=1, batch_size=1, shuffle=False)
+    assert (exc.value.step, exc.value.param) == (2, "w")
+    assert bool(model.trainer.fused._ready) == (mode == "wait")
+    # the parameters after step 1 alone, computed by a model that trains on the first row only
+    monkeypatch.setenv("GRAPHNN_FUSED", "never")
+    one = gn.compile(g, gn.SGD(lr=0.1), seed=0)
+    one.fit({k: v[:1] for k, v in data.items()}, epochs=1, batch_size=1, shuffle=False)
+    assert_same_bits_params = [np.array_equal(model.params[p], one.params[p]) for p in "bw"]
+    assert all(assert_same_bits_params), (model.params, one.params)
+    assert not np.array_equal(one.params["w"], np.ones((2, 1), np.float32))  # step 1 moved w
