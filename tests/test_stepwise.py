@@ -210,7 +210,7 @@ def test_forward_runs_the_training_steps_forward_kernels():
     activations are the training step's kernels (both write into workspace buffers)."""
     text, _ = stepwise_source(_mlp(3, 32), gn.Adam(lr=0.01))
     training = text[text.index("def loss_and_grads(") : text.index("def forward_workspace(")]
-    forward = text[text.index("def forward(") : text.index("def update_all(")]
+    forward = text[text.index("def forward(") : text.index("def train_epoch(")]
     kernels = lambda part: set(re.findall(r"\bstep_[0-9a-f]{12}\(", part))  # noqa: E731
     assert len(kernels(forward)) >= 4
     assert len(kernels(forward) - kernels(training)) <= 1  # softmax CE without its gradient
@@ -260,8 +260,8 @@ def test_a_child_that_cannot_start_is_reported_and_training_goes_on(monkeypatch,
 def test_a_nonfinite_gradient_stops_both_paths_at_its_step_with_the_params_before_it(
     mode, monkeypatch
 ):
-    """The fused train_epoch does update_all's guard inline, the stepwise glue calls it: both
-    stop at step 2, whose gradient of the second parameter is NaN (sqrt'(0) * 0), name that
+    """The fused and the stepwise train_epoch both do update_all's guard inline: both stop at
+    step 2, whose gradient of the second parameter is NaN (sqrt'(0) * 0), name that
     parameter, and leave the parameters step 1 made."""
     x, t = gn.input("x", (2,)), gn.input("t", (1,))
     b = gn.param("b", (1,), init="ones")

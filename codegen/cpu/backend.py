@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from codegen.cache import load_module, module_path
+from codegen.cache import load_module
 from codegen.cpu.fused_compile import FusedEpoch
 from codegen.cpu.module import module_source, stepwise_source, update_kernels_source
 from codegen.signature import forward_inputs, signature
@@ -94,9 +95,9 @@ class Trainer:
         # The fused module is imported, not compiled: Numba compiles its train_epoch on first
         # use, here or in a background process (codegen.cpu.fused_compile).  Until then every
         # step, and always forward and value_and_grad, run on the stepwise module.
-        text = source(graph, optimizer, dtype, self.outputs)
-        self.module = load_module(text)
-        self.fused = FusedEpoch(self.module, module_path(text))
+        self.module = load_module(source(graph, optimizer, dtype, self.outputs))
+        # the file it was imported from: the cache directory's, or the fallback one's
+        self.fused = FusedEpoch(self.module, Path(self.module.__file__))
         self.stepwise = build_stepwise(graph, optimizer, dtype, self.outputs)
         self.sig = signature(graph, optimizer)
         self._ws = None  # (rows, buffers) of the last workspace

@@ -52,6 +52,7 @@ class FusedEpoch:
         self.module, self.path = module, Path(path)
         self.child: subprocess.Popen | None | bool = None  # False: could not start one
         self._ready = False
+        self._warned = False  # about a failed child, once
 
     def ready(self, args) -> bool:
         """True when calling ``train_epoch(*args)`` compiles nothing here (or the mode waits)."""
@@ -72,7 +73,7 @@ class FusedEpoch:
 
     def _failed(self, report: Path) -> None:
         """Say once that the child failed; training goes on stepwise (the same results)."""
-        if getattr(self, "_warned", False):
+        if self._warned:
             return
         self._warned = True
         warnings.warn(

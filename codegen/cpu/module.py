@@ -249,12 +249,12 @@ def _guard_and_updates(optimizer, dtype: str, hyper: Sequence[str], fail) -> lis
     return body
 
 
-def _update_all_function(sig: Signature, optimizer, dtype: str, jit=True) -> list[str]:
+def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """update_all: after loss_and_grads, the NaN/Inf guard, clipping, then every update.
 
     Status: 0 done, -1 loss not finite, k > 0 gradient of parameter k not finite; on a nonzero
-    status no parameter has been touched.  The fused train_epoch does the same inline (see
-    :func:`_epoch_function`); train_step and the stepwise glue call this.
+    status no parameter has been touched.  train_epoch does the same inline (see
+    :func:`_epoch_function`); train_step calls this.
     """
     body = _guard_and_updates(optimizer, dtype, [*optimizer.hyper, "t"], lambda s: f"return {s}")
     body.append("return 0")
@@ -267,8 +267,6 @@ def _update_all_function(sig: Signature, optimizer, dtype: str, jit=True) -> lis
     ]
     tuples = ["P_", "G_", *(f"{b}_" for b in optimizer.state)]
     args = ["loss", *tuples, *sig.hyper, "t"]
-    if not jit:  # stepwise: plain Python calling the shared update kernels
-        return [f"def update_all({', '.join(args)}):", *indent(doc + body, 1)]
     head = [JIT, f"def update_all({', '.join(args)}):"]
     return _array_helpers(dtype) + ["", ""] + head + indent(doc + body, 1)
 
@@ -297,15 +295,16 @@ def _epoch_function(
 ) -> list[str]:
     """train_epoch: every mini-batch of ``perm`` in one compiled call.
 
-    The loop calls loss_and_grads and update_all itself, not train_step: Numba links a callee's
+    The loop calls loss_and_grads itself, not train_step: Numba links a callee's
     code into its caller and LLVM optimizes it again at every call level, so the extra level
     cost a cold start 16% (digits) to 43% (10 dense layers) more.
 
     ``lrs`` (one learning rate per step) takes the place of ``lr``, which Optimizer keeps first
     among the hyper-parameters; the compiled back ends and export both rely on that order.
 
-    Compiled, it does update_all's work inline (the same statements, :func:`_guard_and_updates`):
-    the call, which passes tuples of array views, cost 45 of a single neuron's 170 ns per step.
+    It does update_all's work inline (the same statements, :func:`_guard_and_updates`), compiled
+    or not: the call, which passes tuples of array views, cost 45 of a single neuron's 170 ns
+    per step.
     """
     batches = [f"{i}_all" for i in sig.inputs]
     hyper = ["lrs" if h == "lr" else h for h in sig.hyper]
@@ -331,20 +330,11 @@ def _epoch_function(
     grads = tuple(f"grad_{p}" for p in sig.params)
     call = ", ".join([*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"])
     loop.append(f"loss, {', '.join(grads)} = loss_and_grads({call})")
-    if jit:
-        hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
-        hyper_t.append(f"np.{dtype}(t0 + steps + 1)")
-        fail = lambda status: f"return total, steps, {status}"  # noqa: E731
-        loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
-        loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
-    else:
-        hyper_now = ["lrs[steps]" if h == "lr" else h for h in sig.hyper]
-        update = ["P_", _flat(sig, grads), *(f"{b}_" for b in state_buffers), *hyper_now]
-        loop += [
-            f"status = update_all(loss, {', '.join(update)}, np.{dtype}(t0 + steps + 1))",
-            "if status != 0:",
-            "    return total, steps, status",
-        ]
+    hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
+    hyper_t.append(f"np.{dtype}(t0 + steps + 1)")
+    fail = lambda status: f"return total, steps, {status}"  # noqa: E731
+    loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
+    loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
     loop += [
         # float64, as Numba multiplies a float32 by an int64 (NumPy would keep float32)
         "total += float(loss) * idx.shape[0]" if not jit else "total += loss * m",
@@ -461,7 +451,6 @@ def stepwise_source(
     outs = outputs or [graph.loss_name]
     lines += ["", ""] + forward_kernel(graph, outs, sig, dtype, stepwise=kernels)
     if optimizer is not None:
-        lines += ["", ""] + _update_all_function(sig, optimizer, dtype, jit=False)
         lines += ["", ""] + _epoch_function(sig, optimizer, dtype, sizes, jit=False)
     unique = list({k.name: k for k in kernels}.values())
     return "\n".join(lines) + "\n", unique
