@@ -16,7 +16,17 @@ from graphnn.spec.runner import run_spec
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.toml"))
-EXPECTED = {"neuron", "xor", "digits", "iris", "breast_cancer", "swish", "layers", "digits_cnn"}
+EXPECTED = {
+    "neuron",
+    "xor",
+    "digits",
+    "iris",
+    "breast_cancer",
+    "swish",
+    "layers",
+    "digits_cnn",
+    "reviews",
+}
 
 
 def test_the_examples_are_all_there():
@@ -55,3 +65,23 @@ def test_layers_example_expands_to_dense_layers():
         "h1",
         "h2",
     ]
+
+
+def test_the_bundled_reviews_are_what_their_script_writes():
+    import importlib.util
+
+    path = EXAMPLES / "data" / "make_reviews.py"
+    spec = importlib.util.spec_from_file_location("make_reviews", path)
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    assert (EXAMPLES / "data" / "reviews.csv").read_text() == make.csv_text()
+    # the labels are the stated rule: more positive than negative words, "not" flipping
+    rows = make.rows(50)
+    assert all(label == (make.score([make.VOCAB[i] for i in ids]) > 0) for *ids, label in rows)
+
+
+def test_reviews_example_learns_word_meanings_through_its_embedding():
+    graph = load_spec(EXAMPLES / "reviews.toml").graph
+    assert graph.forward.node("h1").attr("fn") == "embedding"
+    assert graph.shapes["E1"] == (40, 8)
+    assert str(graph.gradient("E1")).startswith("Σ_{b,s} one_hot1[b, s, v] · ")
