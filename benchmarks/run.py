@@ -35,6 +35,7 @@ sys.path[:0] = [p for p in (BENCH_DIR, REPO_DIR) if p not in sys.path]
 import numpy as np  # noqa: E402
 from host import HostMonitor, environment, warn_if_busy  # noqa: E402
 from peer_numpy import NumpyTrainer, evaluate  # noqa: E402
+from roofline import measure_machine, roofline_table  # noqa: E402
 from trainer_base import SkipWorkload, count_subnormals, flush_probe  # noqa: E402
 from workloads import (  # noqa: E402
     STARTUP_WORKLOADS,
@@ -546,6 +547,11 @@ def main(argv=None) -> int:
 
     print("\n## Throughput (steady state)\n")
     print(table(results))
+    machine = None
+    if results:
+        machine = measure_machine()
+        print("\n## Roofline (products at the GEMM peak + memory passes at the bandwidth)\n")
+        print(roofline_table(results, {w: get_workload(w, args.quick) for w in results}, machine))
     if startup:
         print("\n## graphnn start-up\n")
         print(startup_table(startup))
@@ -560,6 +566,7 @@ def main(argv=None) -> int:
             "environment": environment(),
             "host_load": load,
             "host_gauge_best": host.best,
+            "roofline_machine": asdict(machine) if machine else None,
             "numpy_flush_mode": {"start": numpy_flush_before, "end": numpy_flush_after},
             "workloads": {w: asdict(get_workload(w, args.quick)) for w in args.workloads},
             "results": results,
