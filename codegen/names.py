@@ -92,6 +92,13 @@ def identifiers(graph, taken: set[str]) -> dict[str, str]:
     return out
 
 
+def update_locals(optimizer) -> dict[str, str]:
+    """Symbol -> the variable a written-out update keeps it in (codegen/cpu/small_step.py):
+    ``u_<symbol>``, so that an optimizer's names (Adam's ``m``) meet none of train_epoch's."""
+    names = ["P", "G", "t", *optimizer.state, *optimizer.hyper, *(k for k, _ in optimizer.per_step)]
+    return {name: f"u_{name}" for name in names}
+
+
 def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
     buffer, gradient, workspace buffer."""

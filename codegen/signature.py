@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codegen.names import RESERVED, identifiers, size_variables
+from codegen.names import RESERVED, identifiers, size_variables, update_locals
 from codegen.plan import make_plan
 from graphnn.errors import CodegenError
 from graphnn.ir.dropout import has_dropout
@@ -46,7 +46,9 @@ def signature(graph, optimizer) -> Signature:
     state = tuple(state_key(b, p) for p in graph.param_names for b in buffers)
     flat = {f"{b}_" for b in buffers}  # apply_update's and update_all's views of the buffers
     dims = size_variables(graph)
-    ident = identifiers(graph, RESERVED | {*hyper, *buffers, *flat, *scalars, *state, *dims})
+    written = set(update_locals(optimizer).values()) if optimizer else set()  # small models'
+    taken = {*hyper, *buffers, *flat, *scalars, *state, *dims, *written}
+    ident = identifiers(graph, RESERVED | taken)
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
     }

@@ -9,7 +9,7 @@ import pytest
 import graphnn as gn
 from codegen.cpu.module import module_source
 from codegen.cuda import module as cuda_module
-from codegen.names import EXPORT_TAKEN, RESERVED, derived, size_variables
+from codegen.names import EXPORT_TAKEN, RESERVED, derived, size_variables, update_locals
 from codegen.signature import signature
 from graphnn.errors import GraphError
 
@@ -74,6 +74,7 @@ def from_nodes(graph, optimizer) -> tuple[set[str], set[str]]:
     made = nodes | set(sig.state) | set(sig.hyper) | {h.upper() for h in sig.hyper}
     made |= size_variables(graph)  # the CPU kernels' sizes, numbered per graph
     made |= set(optimizer.state) | {f"{b}_" for b in optimizer.state}
+    made |= set(update_locals(optimizer).values())  # a small model's written-out update
     return nodes, made | {k for k, _ in optimizer.per_step}
 
 

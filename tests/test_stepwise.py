@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from codegen.cpu import fused_compile
+from codegen.cpu import fused_compile, small_step
 from codegen.cpu.module import stepwise_source
 from codegen.cpu.stepwise import names_of, split_block
 from graphnn.errors import GraphnnError, GraphnnWarning
@@ -282,3 +282,39 @@ def test_a_nonfinite_gradient_stops_both_paths_at_its_step_with_the_params_befor
     assert_same_bits_params = [np.array_equal(model.params[p], one.params[p]) for p in "bw"]
     assert all(assert_same_bits_params), (model.params, one.params)
     assert not np.array_equal(one.params["w"], np.ones((2, 1), np.float32))  # step 1 moved w
+
+
+def _epoch_text(model) -> str:
+    text = open(model.trainer.module.__file__, encoding="utf-8").read()
+    return text[text.index("def train_epoch(") :]
+
+
+def _tiny(hidden: int):
+    x, y = gn.input("x", (3,)), gn.input("y", (2,))
+    W1, W2 = gn.param("W1", (3, hidden)), gn.param("W2", (hidden, 2))
+    return gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1) @ W2, y))
+
+
+def test_a_small_models_epoch_writes_its_step_out_and_a_larger_one_calls_it():
+    """codegen/cpu/small_step.py: no call of loss_and_grads, all_finite or apply_update in the
+    epoch of a small model; the calls stay for a model past SMALL_ELEMENTS."""
+    small = gn.compile(_tiny(4), gn.Adam(lr=0.01))
+    text = _epoch_text(small)
+    assert "# loss_and_grads, written out" in text
+    assert not any(f"{f}(" in text for f in ("loss_and_grads", "all_finite", "apply_update"))
+    assert "u_m = m_W1[i0, i1]" in text  # Adam's m, renamed clear of the epoch's row count
+    large = gn.compile(_tiny(small_step.SMALL_ELEMENTS), gn.Adam(lr=0.01))
+    assert "loss_and_grads(" in _epoch_text(large) and "written out" not in _epoch_text(large)
+
+
+@pytest.mark.parametrize("hidden", [4, 6])
+def test_a_written_out_step_serves_every_width_of_its_module(hidden, monkeypatch):
+    """Two widths share one module (its sizes are read from the arrays): the written-out
+    updates loop over each model's own sizes, so fused and stepwise agree for both."""
+    g = _tiny(hidden)
+    rng = np.random.default_rng(hidden)
+    data = {"x": rng.normal(size=(10, 3)), "y": np.eye(2)[rng.integers(0, 2, 10)]}
+    _check_case(g, data, monkeypatch, OPTIMIZERS["adam"])
+    same = gn.compile(_tiny(10 - hidden), gn.Adam(lr=0.01))
+    assert same.trainer.module.__file__ == gn.compile(g, gn.Adam()).trainer.module.__file__
+    assert "written out" in _epoch_text(same)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from codegen.cpu import small_step
 from codegen.cpu.helpers import with_helpers
 from codegen.cpu.steps import CpuSteps
 from codegen.cpu.stepwise import StepKernel, split_blocks
@@ -92,6 +93,7 @@ def kernel(
     sizes: Mapping[int, str] | None = None,
     stepwise: list[StepKernel] | None = None,
     ws_function: str = "workspace",
+    parts: dict | None = None,
 ) -> list[str]:
     """One njit function computing ``outputs`` of ``ir`` from ``args``; ``returns`` says what
     each output is, in a comment above the return.  ``sizes`` (size -> variable, see
@@ -133,10 +135,14 @@ def kernel(
     views = [f"ws_{b}" for b in scope.buffers]
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
+    check = []
     if rows:  # a view past a buffer's end would write out of bounds: refuse instead
         message = f"the workspace has fewer rows than the batch: make it with {ws_function}(n, ...)"
-        head += [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
-    body = head + _bindings(bound, sources, body) + body
+        check = [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
+    if parts is not None:  # for a caller that writes the body out (codegen/cpu/small_step.py)
+        parts.update(unpack=unpack, check=check)
+        parts["body"] = drop_unused_sizes(head + _bindings(bound, sources, body) + body)
+    body = head + check + _bindings(bound, sources, body) + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
     arrays = [a for a in args if a != "step"]  # the buffers' sizes come from arrays only
@@ -292,6 +298,7 @@ def _epoch_function(
     dtype: str,
     sizes: Mapping[int, str],
     jit: bool = True,
+    written: dict | None = None,
 ) -> list[str]:
     """train_epoch: every mini-batch of ``perm`` in one compiled call.
 
@@ -305,12 +312,18 @@ def _epoch_function(
     It does update_all's work inline (the same statements, :func:`_guard_and_updates`), compiled
     or not: the call, which passes tuples of array views, cost 45 of a single neuron's 170 ns
     per step.
+
+    ``written``: the parts of loss_and_grads (:func:`kernel`) of a small model, whose step the
+    loop then writes out with no call (codegen/cpu/small_step.py).
     """
     batches = [f"{i}_all" for i in sig.inputs]
     hyper = ["lrs" if h == "lr" else h for h in sig.hyper]
     state_buffers = optimizer.state
     n_state = len(state_buffers)
-    sources = _size_sources(sizes, {f"{i}_all": sig.forward.node(i).shape for i in sig.inputs})
+    arrays = {f"{i}_all": sig.forward.node(i).shape for i in sig.inputs}
+    if written is not None:  # the written-out updates loop over the parameters' sizes
+        arrays |= {p: sig.forward.node(p).shape for p in sig.params}
+    sources = _size_sources(sizes, arrays)
     scope = Scope(dtype, sizes={d: sizes[d] for d in sources})
     # compiled: the rows are perm[start : start + m], read in place (a view of perm cost 7 ns)
     first = "idx = perm[start : start + batch_size]"
@@ -328,25 +341,38 @@ def _epoch_function(
         loop += [f"{i} = {i}_batch[:m]", "for r in range(m):"]
         loop += indent(loop_header(dims, index, scope) + indent(copy, len(dims)), 1)
     grads = tuple(f"grad_{p}" for p in sig.params)
-    call = ", ".join([*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"])
-    loop.append(f"loss, {', '.join(grads)} = loss_and_grads({call})")
     hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
     hyper_t.append(f"np.{dtype}(t0 + steps + 1)")
     fail = lambda status: f"return total, steps, {status}"  # noqa: E731
-    loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
-    loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
+    # the batch's rows, after the step: a written-out step's kernels may use m (a row maximum)
+    rows = "min(batch_size, perm.shape[0] - start)" if written is not None else "m"
+    if written is not None:
+        loop += ["step = t0 + steps + 1"] if sig.step else []
+        loop += [
+            "# loss_and_grads, written out",
+            *small_step.inlined_call(written, ["loss", *grads]),
+        ]
+        loop += ["# the guard and the updates, written out"]
+        loop += small_step.guard_and_updates(sig, optimizer, dtype, grads, hyper_t, fail, scope.dim)
+    else:
+        call = [*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"]
+        loop.append(f"loss, {', '.join(grads)} = loss_and_grads({', '.join(call)})")
+        loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
+        loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
     loop += [
         # float64, as Numba multiplies a float32 by an int64 (NumPy would keep float32)
-        "total += float(loss) * idx.shape[0]" if not jit else "total += loss * m",
+        "total += float(loss) * idx.shape[0]" if not jit else f"total += loss * {rows}",
         "steps += 1",
     ]
     body = _bindings(scope.size_vars, sources, loop)
     body += ["total = 0.0  # float64: only the reported epoch mean", "steps = 0"]
     body += ["rows = min(batch_size, perm.shape[0])"]
     body += [f"{i}_batch = np.empty_like({i}_all[:rows])" for i in sig.inputs]
-    # flat views of the parameters and optimizer buffers, made once for every step
-    body.append(f"P_ = {_flat(sig, sig.params)}")
-    body += [f"{b}_ = {_flat(sig, sig.state[k::n_state])}" for k, b in enumerate(state_buffers)]
+    if written is not None:  # the workspace's buffers, once; checked against every batch
+        body += written["unpack"] + [ln.replace("< n:", "< rows:") for ln in written["check"]]
+    else:  # flat views of the parameters and optimizer buffers, made once for every step
+        body.append(f"P_ = {_flat(sig, sig.params)}")
+        body += [f"{b}_ = {_flat(sig, sig.state[k::n_state])}" for k, b in enumerate(state_buffers)]
     body += ["for start in range(0, perm.shape[0], batch_size):", *indent(loop, 1)]
     body.append("return total, steps, 0")
     args = [*batches, "perm", "batch_size", *sig.params, *sig.state, *hyper, "t0", "ws"]
@@ -385,7 +411,9 @@ def forward_kernel(
     )
 
 
-def training_kernel(sig: Signature, dtype: str = "float32", stepwise=None) -> list[str]:
+def training_kernel(
+    sig: Signature, dtype: str = "float32", stepwise=None, parts: dict | None = None
+) -> list[str]:
     """``workspace(n, ...)`` and the ``loss_and_grads`` kernel: the loss and every gradient."""
     return kernel(
         "loss_and_grads",
@@ -397,6 +425,7 @@ def training_kernel(sig: Signature, dtype: str = "float32", stepwise=None) -> li
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
         sizes=size_names(sig),
         stepwise=stepwise,
+        parts=parts,
     )
 
 
@@ -408,13 +437,14 @@ def module_source(
     sizes = size_names(sig)
     lines = header(graph, optimizer, dtype, sizes)
     lines += [""]
-    lines += training_kernel(sig, dtype)
+    written = {} if small_step.is_small(sig, optimizer) else None
+    lines += training_kernel(sig, dtype, parts=written)
     lines += ["", ""] + forward_kernel(graph, outputs or [graph.loss_name], sig, dtype)
     if optimizer is not None:
         lines += ["", ""] + _update_function(optimizer, dtype)
         lines += ["", ""] + _update_all_function(sig, optimizer, dtype)
         lines += ["", ""] + _step_function(sig, optimizer, dtype)
-        lines += ["", ""] + _epoch_function(sig, optimizer, dtype, sizes)
+        lines += ["", ""] + _epoch_function(sig, optimizer, dtype, sizes, written=written)
     text = with_helpers("\n".join(lines) + "\n", dtype)  # each defined once, before the kernels
     if "math." in text:  # erf; imported only when used so the module lints clean
         text = text.replace("import numpy as np\n", "import math\n\nimport numpy as np\n", 1)
