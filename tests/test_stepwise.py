@@ -282,3 +282,22 @@ def test_a_nonfinite_gradient_stops_both_paths_at_its_step_with_the_params_befor
     assert_same_bits_params = [np.array_equal(model.params[p], one.params[p]) for p in "bw"]
     assert all(assert_same_bits_params), (model.params, one.params)
     assert not np.array_equal(one.params["w"], np.ones((2, 1), np.float32))  # step 1 moved w
+
+
+def _workspace_function(text: str) -> str:
+    found = re.search(r"\ndef workspace\(.*?(?=\n(?:@|def ))", text, re.S)
+    assert found, text[:400]
+    return found.group(0)
+
+
+@pytest.mark.parametrize("name", [*sorted(cases.STRUCTURAL), *sorted(cases.LOSSES)])
+def test_fused_and_stepwise_modules_make_the_same_workspace(name):
+    """The trainer makes the step buffers with the fused module's ``workspace`` (a warm start
+    imports no stepwise module) and hands them to either ``train_epoch``: the two functions
+    must be the same text."""
+    from codegen.cpu.backend import source
+
+    g = cases.build(name)[0] if name in cases.STRUCTURAL else cases.loss_case(name)[0]
+    opt = gn.Adam(lr=0.01)
+    fused = _workspace_function(source(g, opt))
+    assert fused == _workspace_function(stepwise_source(g, opt)[0])
