@@ -61,6 +61,8 @@ def main() -> None:
         "import_s": import_s,
         **build,
         "first_step_s": first_step_s,
+        # True: the first step ran the fused epoch (from the cache), False: the step kernels
+        "fused": bool(getattr(getattr(model.trainer, "fused", None), "_ready", False)),
         "optimizer": opt_desc,
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -160,3 +160,52 @@ def test_gradient_formulas_of_one_graph_assemble_each_node_once(monkeypatch):
     formulas = [str(g.gradient(p)) for p in g.param_names]
     assert len(built) == len(set(built)) <= len(g.training.nodes)
     assert formulas[0].startswith("x^T")
+
+
+_WARM_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+import graphnn as gn
+from codegen import cache
+from tests.test_startup import _data, _mlp
+
+model = gn.compile(_mlp(1), gn.SGD(lr=0.1, momentum=0.9), backend="cpu")
+model.fit(_data(), epochs=1, batch_size=8, shuffle=False)
+fused = model.trainer.fused
+if {fill}:  # the cold start: let the background child put the fused epoch in the cache
+    assert fused.child.wait(timeout=600) == 0
+stats = model.trainer.module.train_epoch.stats
+print(json.dumps({{
+    "modules": sorted(m for m in sys.modules if m.startswith("graphnn_")),
+    "fused": model.trainer.module.__name__,
+    "ready": fused._ready,
+    "hits": len(stats.cache_hits), "misses": len(stats.cache_misses),
+}}))
+"""
+
+
+def _start(tmp_path, fill: bool) -> dict:
+    import json
+    import os
+
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(tmp_path), GRAPHNN_FUSED="background")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
+    code = _WARM_SCRIPT.format(root=str(ROOT), fill=fill)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_a_warm_start_imports_the_fused_module_and_no_step_kernel(tmp_path):
+    # A start whose fused epoch is in the cache trains on it from the first step: it imports
+    # the fused module and the shared update kernels (the driver's NaN/Inf test) only, not
+    # the stepwise module and its dozen step-kernel modules, and Numba loads train_epoch from
+    # its cache instead of compiling it.
+    cold = _start(tmp_path, fill=True)
+    assert not cold["ready"] and len(cold["modules"]) > 3  # the cold start trained stepwise
+    warm = _start(tmp_path, fill=False)
+    assert warm["ready"] and warm["hits"] == 1 and warm["misses"] == 0
+    assert warm["fused"] in warm["modules"] and len(warm["modules"]) == 2

@@ -318,3 +318,22 @@ def test_a_written_out_step_serves_every_width_of_its_module(hidden, monkeypatch
     same = gn.compile(_tiny(10 - hidden), gn.Adam(lr=0.01))
     assert same.trainer.module.__file__ == gn.compile(g, gn.Adam()).trainer.module.__file__
     assert "written out" in _epoch_text(same)
+
+
+def _workspace_function(text: str) -> str:
+    found = re.search(r"\ndef workspace\(.*?(?=\n(?:@|def ))", text, re.S)
+    assert found, text[:400]
+    return found.group(0)
+
+
+@pytest.mark.parametrize("name", [*sorted(cases.STRUCTURAL), *sorted(cases.LOSSES)])
+def test_fused_and_stepwise_modules_make_the_same_workspace(name):
+    """The trainer makes the step buffers with the fused module's ``workspace`` (a warm start
+    imports no stepwise module) and hands them to either ``train_epoch``: the two functions
+    must be the same text."""
+    from codegen.cpu.backend import source
+
+    g = cases.build(name)[0] if name in cases.STRUCTURAL else cases.loss_case(name)[0]
+    opt = gn.Adam(lr=0.01)
+    fused = _workspace_function(source(g, opt))
+    assert fused == _workspace_function(stepwise_source(g, opt)[0])

@@ -98,12 +98,28 @@ class Trainer:
         self.module = load_module(source(graph, optimizer, dtype, self.outputs))
         # the file it was imported from: the cache directory's, or the fallback one's
         self.fused = FusedEpoch(self.module, Path(self.module.__file__))
-        self.stepwise = build_stepwise(graph, optimizer, dtype, self.outputs)
+        # Built on first use: a warm start whose fused epoch is in the cache never needs the
+        # stepwise module, and importing it is a dozen modules and Numba dispatchers.
+        self._stepwise = self._all_finite = None
         self.sig = signature(graph, optimizer)
         self._ws = None  # (rows, buffers) of the last workspace
-        # The steps' NaN/Inf test, for the driver's check of parameters after an epoch: the
-        # shared update kernels' (compiled for flat arrays of this dtype by the first step).
-        self.all_finite = getattr(self.stepwise, "all_finite", None)
+
+    @property
+    def stepwise(self):
+        """The stepwise module (:func:`build_stepwise`), built the first time it is asked for."""
+        if self._stepwise is None:
+            self._stepwise = build_stepwise(self.graph, self.optimizer, self.dtype, self.outputs)
+        return self._stepwise
+
+    @property
+    def all_finite(self):
+        """The steps' NaN/Inf test, for the driver's check of parameters after an epoch: the
+        shared update kernels' (compiled for flat arrays of this dtype by the first step), which
+        the stepwise module binds too; loaded alone, without the stepwise module."""
+        if self._all_finite is None:
+            shared = load_module(update_kernels_source(self.optimizer, self.dtype.name))
+            self._all_finite = shared.all_finite
+        return self._all_finite
 
     def _hyper(self, hyper: Mapping[str, float]) -> list:
         return [self.dtype.type(hyper[h]) for h in self.sig.hyper if h != "lr"]
@@ -128,7 +144,9 @@ class Trainer:
 
         ``arrays``: the inputs, then the parameters; the buffers' sizes are read from them."""
         if self._ws is None or self._ws[0] < rows:
-            self._ws = (rows, self.stepwise.workspace(rows, *arrays))
+            # the fused module's workspace(): the same text as the stepwise module's
+            # (tests/test_stepwise.py), so the buffers suit either train_epoch
+            self._ws = (rows, self.module.workspace(rows, *arrays))
         return self._ws[1]
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
