@@ -34,7 +34,8 @@ CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's t
 # codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
-CPU |= {"step", "key", "e", "dropout_mix"}  # dropout: the step argument, its hash and counter
+# dropout: the draw's arguments (codegen/cpu/module.py), its hashes and the counter in a row
+CPU |= {"step", "draw", "sample_ids", "key", "rowkey", "e", "dropout_mix"}
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 MATMUL = {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
 
@@ -43,7 +44,7 @@ CUDA = {"cuda", "TILE", "TILE_PAD", "THREADS", "MAX_BLOCKS", "REDUCE_THREADS", "
 CUDA |= {"blocks", "tiles", "Workspace", "gather_rows", "batch_mean", "check_step", "k", "o"}
 CUDA |= {f"matmul_{a}{b}" for a in "nt" for b in "nt"}
 CUDA |= {"tid", "part", "acc", "lr", "losses", "bad", "i"}
-CUDA |= {"step", "key", "h"}  # dropout
+CUDA |= {"step", "draw", "sample_ids", "key", "h"}  # dropout
 
 # The exported module's wrappers (codegen/export/): its API, and the locals of its functions.
 # An input argument named like one of them gets a trailing "_".

@@ -51,11 +51,12 @@ def batch_size(ir: GraphIR, values: Mapping[str, np.ndarray]) -> int:
 
 
 def evaluate(
-    ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None, outputs=None, step: int | None = 0
+    ir: GraphIR, values: Mapping[str, np.ndarray], dtype=None, outputs=None, draw=(0, None)
 ) -> dict[str, np.ndarray]:
     """Every node's value (or only what ``outputs`` need), given inputs' and parameters' arrays.
 
-    ``step``: the training step dropout masks are drawn for; None runs the eval form (dropout
+    ``draw``: which dropout masks the training form draws, (the epoch's first step, each batch
+    row's sample id; None: 0..n-1), see graphnn.ir.dropout; None runs the eval form (dropout
     is the identity), as prediction and evaluation do."""
     env: dict[str, np.ndarray] = {}
     dtype = np.dtype(dtype) if dtype is not None else next(iter(values.values())).dtype
@@ -72,16 +73,16 @@ def evaluate(
             raise CodegenError(f"the numpy back end has no rule for op '{node.op}' ({node.name})")
         args = [env[i] for i in node.inputs]
         if node.op == "dropout":
-            out = rule(node, args, n, dtype, step)
+            out = rule(node, args, n, dtype, draw)
         else:
             out = rule(node, args, n, dtype)
         env[node.name] = np.asarray(out, dtype=dtype)
     return env
 
 
-def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, step: int = 0):
+def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, draw=(0, None)):
     """Back-end entry point: the loss and every parameter's gradient on one batch."""
-    env = evaluate(graph.training, values, dtype, step=step)
+    env = evaluate(graph.training, values, dtype, draw=draw)
     return env[graph.loss_name], {p: env[g].copy() for p, g in graph.grad_names.items()}
 
 
@@ -117,10 +118,10 @@ class Trainer:
         for name in state:
             state[name][...] = env[name]
 
-    def step(self, params, state, batch, hyper, lr, t) -> tuple[float, int]:
+    def step(self, params, state, batch, hyper, lr, t, draw=(0, None)) -> tuple[float, int]:
         values = {**params, **batch}
         with np.errstate(all="ignore"):  # NaN/Inf are reported through the status, as compiled
-            loss, grads = value_and_grad(self.graph, values, self.dtype, step=t)
+            loss, grads = value_and_grad(self.graph, values, self.dtype, draw=draw)
         if not np.isfinite(loss):
             return float(loss), -1
         names = self.graph.param_names
@@ -141,7 +142,8 @@ class Trainer:
         for start in range(0, len(perm), batch_size):
             idx = perm[start : start + batch_size]
             batch = {k: v[idx] for k, v in data.items()}
-            loss, status = self.step(params, state, batch, hyper, lrs[steps], t0 + steps + 1)
+            draw = (t0, idx)  # dropout: the epoch's masks of these samples
+            loss, status = self.step(params, state, batch, hyper, lrs[steps], t0 + steps + 1, draw)
             if status != 0:
                 return total, steps, status
             total += loss * len(idx)

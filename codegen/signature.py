@@ -34,7 +34,7 @@ class Signature:
     loss: str
     grads: tuple[str, ...]  # gradient node identifiers, in parameter order
     ident: dict  # node name -> identifier
-    step: bool = False  # the training kernel takes the step number (dropout masks depend on it)
+    step: bool = False  # the training kernel takes dropout's draw (draw, sample_ids)
 
 
 def signature(graph, optimizer) -> Signature:
@@ -68,11 +68,12 @@ def signature(graph, optimizer) -> Signature:
 
 
 def refuse_dropout(sig: Signature, what: str) -> None:
-    """Dropout's training kernels take the step number, which ``what`` does not pass yet."""
+    """Dropout's training kernels take the draw (the epoch and the rows' sample ids), which
+    ``what`` does not pass yet."""
     if sig.step:
         raise CodegenError(
-            f"{what} does not support dropout yet (its kernels take the training step); "
-            "train with gn.compile(...).fit, which does"
+            f"{what} does not support dropout yet (its kernels take the epoch and the rows' "
+            "sample ids); train with gn.compile(...).fit, which does"
         )
 
 

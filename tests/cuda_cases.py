@@ -110,7 +110,7 @@ def _train(act, loss, optimizer, names=None):
 
 
 def _dropout_train():
-    """An MLP with dropout: every step draws new masks, from the step number."""
+    """An MLP with dropout: every step draws new masks, from the epoch and each sample."""
     x, y = gn.input("x", (4,)), gn.input("y", (3,))
     W1, W2 = gn.param("W1", (4, 6)), gn.param("W2", (6, 3))
     h = gn.dropout(gn.tanh(x @ W1), 0.3, seed=1)

@@ -58,6 +58,20 @@ def adam_steps(out: Path, what: str = "adam") -> None:
     save(out, f"{what}-arrays", same=np.array(same))
 
 
+def dropout_steps(out: Path, what: str) -> None:
+    """20 Adam steps in float64 of the iris network with dropout after its hidden layer:
+    ``what`` is "dropout" (all-reduce) or "dropout-fused" (no MPI).  A sample's mask depends on
+    the epoch and its row only (graphnn.ir.dropout), so the ranks draw what one process draws."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    h = gn.dropout(gn.tanh(x @ gn.param("W1", (4, 16)) + gn.param("b1", (16,))), 0.3, seed=5)
+    loss = gn.softmax_cross_entropy(h @ gn.param("W2", (16, 3)) + gn.param("b2", (3,)), y)
+    m = gn.compile(gn.Graph(loss), gn.Adam(lr=0.01), dtype="float64", seed=0)
+    data = {k: v[:ROWS] for k, v in TRAIN.items()}
+    mode = None if what == "dropout-fused" else "mpi"
+    m.fit(data, epochs=2, batch_size=7, distributed=mode, seed=3)
+    save(out, what, **params(m))
+
+
 def gradients(out: Path) -> None:
     """float32 gradients of one global batch of 13 rows, reduced over the ranks."""
     m = model("float32")
@@ -163,6 +177,7 @@ def main(job: str, out: Path) -> None:
     if job == "train":
         for what in ("adam", "zero", "zero-mpi"):
             adam_steps(out, what)
+        dropout_steps(out, "dropout")
         gradients(out)
         resume(out)
         files(out)
@@ -183,6 +198,7 @@ def main(job: str, out: Path) -> None:
         batch_smaller_than_ranks(out)
     elif job == "reference":  # one rank: the fused fit, the data-parallel engine, its gradients
         adam_steps(out, "fused")
+        dropout_steps(out, "dropout-fused")
         adam_steps(out, "adam")
         gradients(out)
     elif job == "raise":

@@ -102,6 +102,14 @@ def test_float64_adam_steps_agree_on_1_2_and_4_ranks(one, two, four):
     assert_close(reference, load(four, "adam", 4), 1e-10)
 
 
+def test_dropout_draws_the_same_masks_on_two_ranks_as_in_one_process(one, two):
+    """Each rank takes every other row of a batch, yet draws the masks one process draws for
+    those rows: 20 Adam steps with dropout agree with the fused single-process fit."""
+    reference = load(one, "dropout-fused", 1)
+    assert_close(reference, load(two, "dropout", 2), 1e-10)
+    assert_close(reference, load(two, "dropout", 2, 1), 1e-10)
+
+
 def test_sharded_optimizer_takes_the_same_steps(two, four):
     """In shared memory (one node) and over MPI messages (as across nodes)."""
     for rank in (0, 1):

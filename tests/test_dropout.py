@@ -1,5 +1,6 @@
-"""Dropout: counter-based masks (seed, step, element index) identical on the NumPy reference and
-the CPU, new masks every step, the eval form in prediction and evaluation, and its spec forms.
+"""Dropout: counter-based masks (seed, epoch, sample, element) identical on the NumPy reference and
+the CPU and at any batch split, new masks every step, the eval form in prediction and
+evaluation, and its spec forms.
 (The CUDA simulator: the ``dropout`` row of tests/cases.py and the ``adam_dropout`` training
 case of tests/cuda_cases.py.)"""
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
+from codegen import numpy_ref
 from graphnn.errors import CodegenError, GraphError, SpecError
 from graphnn.ir.dropout import keep_mask
 from graphnn.spec.build import loads_spec
@@ -25,12 +27,50 @@ def _data(rows=12):
     return {"x": x, "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, rows)]}
 
 
-def test_masks_keep_about_one_minus_rate_and_change_with_the_step_and_seed():
-    a = keep_mask(seed=1, step=1, shape=(64, 100), rate=0.3)
+def test_masks_keep_about_one_minus_rate_and_change_with_the_draw_sample_and_seed():
+    ids = np.arange(64)
+    a = keep_mask(seed=1, draw=1, ids=ids, shape=(64, 100), rate=0.3)
     assert abs(a.mean() - 0.7) < 0.02
-    assert (a != keep_mask(seed=1, step=2, shape=(64, 100), rate=0.3)).mean() > 0.3
-    assert (a != keep_mask(seed=2, step=1, shape=(64, 100), rate=0.3)).mean() > 0.3
-    np.testing.assert_array_equal(a, keep_mask(seed=1, step=1, shape=(64, 100), rate=0.3))
+    assert (a != keep_mask(seed=1, draw=2, ids=ids, shape=(64, 100), rate=0.3)).mean() > 0.3
+    assert (a != keep_mask(seed=2, draw=1, ids=ids, shape=(64, 100), rate=0.3)).mean() > 0.3
+    assert (a != keep_mask(1, 1, ids + 64, (64, 100), 0.3)).mean() > 0.3  # other samples
+    np.testing.assert_array_equal(a, keep_mask(seed=1, draw=1, ids=ids, shape=(64, 100), rate=0.3))
+    # a sample's mask is its own, wherever its row is in the batch
+    np.testing.assert_array_equal(a[::-1], keep_mask(1, 1, ids[::-1], (64, 100), 0.3))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_any_batch_split_draws_the_same_masks(backend):
+    """The gradient of a sum over rows is the sum of its parts' gradients when each part's
+    rows carry their sample ids: the parts drew the whole batch's masks."""
+    g, _ = _mlp()
+    model = gn.compile(g, gn.SGD(lr=0.1), backend=backend, seed=0)
+    data, params = _data(), model.params
+    ids = np.arange(12)
+
+    def grads(rows, draw):
+        batch = {k: v[rows] for k, v in data.items()}
+        if backend == "numpy":
+            values = {**params, **batch}
+            return numpy_ref.value_and_grad(g, values, np.float32, (draw, ids[rows]))
+        module = model.trainer.stepwise
+        args = [batch["x"], batch["y"], params["W1"], params["W2"]]
+        ws = module.workspace(len(ids[rows]), *args)
+        loss, *grads = module.loss_and_grads(*args, draw, ids[rows], ws)
+        return loss, dict(zip(g.param_names, grads, strict=True))
+
+    whole = grads(slice(0, 12), 4)[1]
+    halves = [grads(slice(0, 5), 4)[1], grads(slice(5, 12), 4)[1]]
+    for p in g.param_names:  # softmax cross-entropy is a mean: weigh the halves by rows
+        split = (halves[0][p] * 5 + halves[1][p] * 7) / 12
+        np.testing.assert_allclose(split, whole[p], rtol=1e-5, atol=1e-6, err_msg=p)
+    other = grads(slice(0, 12), 5)[1]  # another epoch draws other masks
+    assert not np.allclose(other["W1"], whole["W1"], atol=1e-6)
+
+
+def test_dropout_needs_the_batch_as_its_first_axis():
+    with pytest.raises(GraphError, match="batch as its first axis"):
+        gn.dropout(gn.param("W", (3, 4)), 0.5)
 
 
 def test_training_on_the_cpu_draws_the_reference_masks_at_every_step():

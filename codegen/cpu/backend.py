@@ -81,7 +81,8 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     shapes = graph.shapes
     args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
     batch = args[0].shape[0] if graph.forward.inputs else 1
-    step = [0] if signature(graph, None).step else []  # dropout's masks of step 0
+    # dropout's draw: epoch key 0, the rows as samples 0..batch-1
+    step = [0, np.arange(batch)] if signature(graph, None).step else []
     loss, *grads = module.loss_and_grads(*args, *step, module.workspace(batch, *args))
     return loss, dict(zip(graph.param_names, grads, strict=True))
 

@@ -115,7 +115,7 @@ def kernel(
     scope = CpuSteps(
         dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
     )
-    scope.step_arg = "step" if "step" in args else None  # None: dropout's eval form
+    scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -145,7 +145,8 @@ def kernel(
     body = head + check + _bindings(bound, sources, body) + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
-    arrays = [a for a in args if a != "step"]  # the buffers' sizes come from arrays only
+    # the buffers' sizes come from the data and parameter arrays only
+    arrays = [a for a in args if a not in ("draw", "sample_ids")]
     workspace_lines = _workspace_function(scope, arrays, sources, ws_function)
     return workspace_lines + ["", ""] + signature + indent(body, 1)
 
@@ -280,7 +281,8 @@ def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
     grads = tuple(f"grad_{p}" for p in sig.params)
-    step = ["int(t)"] if sig.step else []  # dropout masks are drawn for the step
+    # dropout's draw: the step, the batch's rows as samples 0..n-1
+    step = ["int(t)", f"np.arange({sig.inputs[0]}.shape[0])"] if sig.step else []
     call = ", ".join([*sig.inputs, *sig.params, *step, "ws"])
     body = [f"loss, {', '.join(grads)} = loss_and_grads({call})"]
     n_state = len(optimizer.state)
@@ -347,7 +349,7 @@ def _epoch_function(
     # the batch's rows, after the step: a written-out step's kernels may use m (a row maximum)
     rows = "min(batch_size, perm.shape[0] - start)" if written is not None else "m"
     if written is not None:
-        loop += ["step = t0 + steps + 1"] if sig.step else []
+        loop += ["draw = t0", "sample_ids = perm[start : start + m]"] if sig.step else []
         loop += [
             "# loss_and_grads, written out",
             *small_step.inlined_call(written, ["loss", *grads]),
@@ -355,7 +357,9 @@ def _epoch_function(
         loop += ["# the guard and the updates, written out"]
         loop += small_step.guard_and_updates(sig, optimizer, dtype, grads, hyper_t, fail, scope.dim)
     else:
-        call = [*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else []), "ws"]
+        # dropout's draw: the epoch (its first step) and the batch's rows in the training data
+        draw = ["t0", "perm[start : start + m]" if jit else "idx"] if sig.step else []
+        call = [*sig.inputs, *sig.params, *draw, "ws"]
         loop.append(f"loss, {', '.join(grads)} = loss_and_grads({', '.join(call)})")
         loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
         loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
@@ -419,7 +423,7 @@ def training_kernel(
         "loss_and_grads",
         sig.training,
         [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params, *(["step"] if sig.step else [])],
+        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])],
         dtype,
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],

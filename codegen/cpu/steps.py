@@ -135,8 +135,9 @@ class CpuSteps(StepEmitter):
         return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
 
     def emit_dropout(self, step: Step) -> list[str]:
-        """Training: keep element e (row-major) when dropout_mix(key ^ e) clears the rate's
-        threshold, key a hash of (seed, step); the forward kernel's eval form is the identity."""
+        """Training: keep element e of a row (row-major within it) when dropout_mix(rowkey ^ e)
+        clears the rate's threshold, rowkey a hash of (seed, draw, the row's sample id); the
+        forward kernel's eval form is the identity (graphnn.ir.dropout)."""
         node = step.node
         (x,) = node.inputs
         if self.step_arg is None:
@@ -145,15 +146,17 @@ class CpuSteps(StepEmitter):
         index = [f"i{k}" for k in range(len(node.shape))]
         at = f"[{', '.join(index)}]"
         body = [
-            f"if dropout_mix(key ^ e) >= {threshold(rate)}:",
+            f"if dropout_mix(rowkey ^ e) >= {threshold(rate)}:",
             f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
             "else:",
             f"    {node.name}{at} = {self.literal(0)}",
             "e += 1",
         ]
         lines = [comment(node), *self.empty(node.name, node.shape)]
-        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.step_arg})", "e = 0"]
-        return lines + loop_header(node.shape, index, self) + indent(body, len(node.shape))
+        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.step_arg})"]
+        row = ["rowkey = dropout_mix(key ^ (sample_ids[i0] & 0xFFFFFFFF))", "e = 0"]
+        inner = loop_header(node.shape[1:], index[1:], self) + indent(body, len(index) - 1)
+        return lines + [f"for i0 in range({self.dim(node.shape[0])}):", *indent(row + inner, 1)]
 
     def emit_one_hot(self, step: Step) -> list[str]:
         """Each id's row: 1 at the id, 0 elsewhere; all NaN for an id that is not a whole

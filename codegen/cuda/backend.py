@@ -108,10 +108,11 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, launch=None):
     dtype = np.dtype(dtype)
     module = build(graph, None, dtype, (), launch)
     names = [n.name for n in graph.forward.inputs] + list(graph.param_names)
-    step = [0] if cuda_signature(graph, None).step else []  # dropout's masks of step 0
-    loss, *grads = module.loss_and_grads(
-        module.Workspace(), *(_upload(cuda, values[a], dtype) for a in names), *step
-    )
+    arrays = [_upload(cuda, values[a], dtype) for a in names]
+    rows = arrays[0].shape[0] if graph.forward.inputs else 1
+    # dropout's draw: epoch key 0, the rows as samples 0..rows-1
+    draw = [0, cuda.to_device(np.arange(rows))] if cuda_signature(graph, None).step else []
+    loss, *grads = module.loss_and_grads(module.Workspace(), *arrays, *draw)
     shapes = {n.name: n.shape for n in graph.forward.params}
     grads = {p: _download(g, shapes[p]) for p, g in zip(graph.param_names, grads, strict=True)}
     return _download(loss, ())[()], grads

@@ -38,8 +38,9 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()
     """(kernels, source lines of the host function, matmul variants used)."""
     plan = make_plan(ir, outputs)
     scope = CudaSteps(dtype, ir, plan, taken, prefix)
-    scope.step_arg = "step" if "step" in args else None  # None: dropout's eval form
-    batch = next((a for a in args if a != "step" and ir.node(a).op == "input"), None)
+    scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
+    draw = ("draw", "sample_ids")
+    batch = next((a for a in args if a not in draw and ir.node(a).op == "input"), None)
     body = [f'"""{doc}"""', f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
     kernels: list[Kernel] = []
     for step in plan.steps:
@@ -124,7 +125,8 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
         loop += [f'{x} = ws.array("{x}", {dims})']
         loop += [f"gather_rows[blocks({count(node.shape)}), THREADS]({src}, perm, start, {dst})"]
     grads = [f"grad_{p}" for p in sig.params]
-    call = [*sig.inputs, *sig.params, *(["t0 + steps + 1"] if sig.step else [])]
+    # dropout's draw: the epoch (its first step) and the batch's rows (perm is on the device)
+    call = [*sig.inputs, *sig.params, *(["t0", "perm[start : start + n]"] if sig.step else [])]
     loop += [f"{', '.join(['loss', *grads])} = loss_and_grads(ws, {', '.join(call)})"]
     check = ["loss", *(f"ws.flat({g})" for g in grads), "losses", "status", "gscale", "steps"]
     check += ["clip_norm"] if optimizer.clip_norm is not None else []
@@ -185,7 +187,8 @@ def module_source(
     train_doc = "Loss and gradients on one batch: device arrays in, workspace buffers out."
     train = host_function(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params, *(["step"] if sig.step else [])], dtype, taken, "k", train_doc,
+        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])], dtype, taken,
+        "k", train_doc,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
     )  # fmt: skip
     names = list(outputs) or [graph.loss_name]

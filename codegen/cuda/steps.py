@@ -269,8 +269,9 @@ class CudaSteps(CudaScope):
         return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
 
     def emit_dropout(self, step: Step) -> Piece:
-        """One thread per element; element k (row-major, as the CPU counts) is kept when its hash
-        clears the rate's threshold (graphnn.ir.dropout); the eval form is the identity."""
+        """One thread per element; element j of row i0 (row-major within the row, as the CPU
+        counts) is kept when its hash, from (seed, draw, the row's sample id, j), clears the
+        rate's threshold (graphnn.ir.dropout); the eval form is the identity."""
         node = step.node
         (x,) = node.inputs
         if self.step_arg is None:
@@ -280,9 +281,12 @@ class CudaSteps(CudaScope):
         mix = [line.replace("return ", "h = ") for line in MIX_LINES]
         index = [f"i{k}" for k in range(len(node.shape))]
         at = f"[{', '.join(index)}]"
+        row = count(node.shape[1:]) if len(node.shape) > 1 else "1"
         body = [f"h = {seed}", *mix, f"h = h ^ {self.step_arg}", *mix, "key = h"]
         loop = [
-            "h = key ^ k  # the element's row-major index is its counter",
+            "h = key ^ (sample_ids[i0] & 0xFFFFFFFF)  # the row's sample",
+            *mix,
+            f"h = h ^ (k - i0 * {row})  # the element's row-major index within its row",
             *mix,
             f"if h >= {threshold(rate)}:",
             f"    {node.name}{at} = {x}{at} * {self.literal(1 / (1 - rate))}",
@@ -291,7 +295,7 @@ class CudaSteps(CudaScope):
         ]
         body += grid_stride(node.shape, loop)
         args = [self.array_arg(x), self.array_arg(node.name), (self.step_arg, "int64")]
-        args += self.sizes(body)
+        args += [("sample_ids", "int64[::1]")] + self.sizes(body)
         name = self.kernel_name(node)
         host = [comment(node), self.alloc(node.name, node.shape)]
         host += launch_lines(name, [a for a, _ in args], count(node.shape))

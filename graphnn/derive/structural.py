@@ -136,16 +136,19 @@ def _one_hot_numpy(node: Node, a, n, dtype):
     return np.where(valid[..., None], out, np.nan)
 
 
-# --- dropout: its mask depends only on (seed, step, element index): its adjoint is itself -------
+# --- dropout: its mask depends only on (seed, epoch, sample, element): its adjoint is itself ---
 
 
-def _dropout_numpy(node: Node, a, n, dtype, step: int | None = 0):
-    """The training form at ``step``; ``step=None`` is the eval form (the identity)."""
+def _dropout_numpy(node: Node, a, n, dtype, draw=(0, None)):
+    """The training form for ``draw`` = (epoch key, the batch rows' sample ids, None for
+    0..n-1); ``draw=None`` is the eval form (the identity)."""
     (x,) = a
-    if step is None:
+    if draw is None:
         return x
+    key, ids = draw
+    ids = np.arange(x.shape[0]) if ids is None else ids
     rate = node.attr("rate")
-    keep = keep_mask(node.attr("seed"), step, x.shape, rate)
+    keep = keep_mask(node.attr("seed"), key, ids, x.shape, rate)
     return np.where(keep, x * x.dtype.type(1 / (1 - rate)), x.dtype.type(0))
 
 

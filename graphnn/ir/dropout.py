@@ -1,17 +1,22 @@
-"""Dropout with a counter-based RNG: the mask is a hash of (seed, training step, element index).
+"""Dropout with a counter-based RNG: a mask is a hash of (seed, epoch, sample, element).
 
-No random state lives anywhere: element ``e`` (its row-major index in the batch's array) of a
-dropout node is kept at training step ``t`` exactly when ``mix(mix(mix(seed) ^ t) ^ e) >=
-rate · 2**32``, on every back end (each prints :data:`MIX_LINES`), so a seed gives the same masks
-on the NumPy reference, the CPU and CUDA.  A kept element is scaled by ``1 / (1 - rate)``
-(inverted dropout).  The op is linear and its mask depends on nothing but the step and the
-position, so its adjoint is the same dropout applied to the cotangent.  Prediction and
-evaluation run the eval form: the identity.
+No random state lives anywhere.  While training, element ``j`` (its row-major index within the
+sample) of sample ``i`` (its row in the training data) is kept in the epoch whose first step is
+``t`` exactly when ``mix(mix(mix(mix(seed) ^ t) ^ i) ^ j) >= rate · 2**32``, on every back end
+(each prints :data:`MIX_LINES`).  So a seed gives the same masks on the NumPy reference, the CPU
+and CUDA, and at any batch split: the batch size, and which MPI rank takes a row, do not change
+a sample's mask.  A kept element is scaled by ``1 / (1 - rate)`` (inverted dropout).  The op is
+linear and its mask depends on nothing but the draw, so its adjoint is the same dropout applied
+to the cotangent.  Prediction and evaluation run the eval form: the identity.  The kernels take
+the draw as two arguments: ``draw`` (the epoch's first step) and ``sample_ids`` (each batch
+row's row in the training data; ``value_and_grad`` uses 0 and ``0..n-1``).
 
 >>> import numpy as np
->>> keep = keep_mask(seed=0, step=1, shape=(4, 1000), rate=0.25)
+>>> keep = keep_mask(seed=0, draw=1, ids=np.arange(4), shape=(4, 1000), rate=0.25)
 >>> keep.shape, 0.7 < keep.mean() < 0.8
 ((4, 1000), True)
+>>> bool((keep[2:] == keep_mask(0, 1, np.arange(2, 4), (2, 1000), 0.25)).all())  # a split
+True
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ def threshold(rate: float) -> int:
     return int(round(rate * 2**32))
 
 
-def keep_mask(seed: int, step: int, shape, rate: float) -> np.ndarray:
-    """True where dropout keeps the element at ``step``; the row-major index is the counter."""
-    key = mix(mix(int(seed) & 0xFFFFFFFF) ^ (int(step) & 0xFFFFFFFF))
-    counter = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    return mix(key ^ counter) >= threshold(rate)
+def keep_mask(seed: int, draw: int, ids, shape, rate: float) -> np.ndarray:
+    """True where dropout keeps an element of the batch whose rows are the samples ``ids``, in
+    the draw (epoch) ``draw``; an element's counter is its row-major index within its row."""
+    key = mix(mix(int(seed) & 0xFFFFFFFF) ^ (int(draw) & 0xFFFFFFFF))
+    rows = mix(key ^ (np.asarray(ids, dtype=np.int64) & 0xFFFFFFFF))
+    within = np.arange(int(np.prod(shape[1:])), dtype=np.int64)
+    return (mix(rows[:, None] ^ within[None, :]) >= threshold(rate)).reshape(shape)
 
 
 def dropout(x, rate: float, seed: int = 0) -> Tensor:
@@ -61,6 +68,11 @@ def dropout(x, rate: float, seed: int = 0) -> Tensor:
         raise GraphError(f"dropout of '{x.label}': rate must be in [0, 1), got {rate!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise GraphError(f"dropout of '{x.label}': seed must be an int >= 0, got {seed!r}")
+    if not x.shape or x.shape[0] is not None:
+        raise GraphError(
+            f"dropout of '{x.label}': its input must have the batch as its first axis (a mask "
+            f"is drawn per sample), got shape {x.shape}"
+        )
     if rate == 0:
         return x
     attrs = {"rate": float(rate), "seed": int(seed)}
@@ -68,5 +80,5 @@ def dropout(x, rate: float, seed: int = 0) -> Tensor:
 
 
 def has_dropout(ir) -> bool:
-    """Whether a graph IR has a dropout node: its training kernels then take the step."""
+    """Whether a graph IR has a dropout node: its training kernels then take the draw."""
     return any(n.op == "dropout" for n in ir.nodes)

@@ -78,8 +78,10 @@ class DataParallel:
         # compiling the fused module, and computes the same bits; per step it adds a Numba call
         # per block, microseconds against a distributed step's collectives.
         module = model.trainer.stepwise
-        if getattr(model.trainer, "sig", None) is not None and model.trainer.sig.step:
-            raise DistributedError("data-parallel training does not support dropout yet")
+        # dropout's masks depend on the epoch and each row's sample id only (graphnn.ir.dropout):
+        # a rank draws for its rows the masks one process draws for them
+        self.dropout = bool(getattr(model.trainer, "sig", None) and model.trainer.sig.step)
+        self.draw = 0  # the epoch's first step, set by epoch()
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
@@ -256,11 +258,12 @@ class DataParallel:
 
     def _kernel_args(self, n: int) -> list:
         data = [self.batch[i][:n] for i in self.inputs]
-        return [*data, *(self.model.params[p] for p in self.names), self.ws]
+        draw = [self.draw, self.local_rows[:n]] if self.dropout else []
+        return [*data, *(self.model.params[p] for p in self.names), *draw, self.ws]
 
     def _gradients(self, rows) -> None:
         """This rank's rows ``rows``: their loss and gradients into G, unweighted."""
-        self.local_rows = rows
+        self.local_rows = rows = np.ascontiguousarray(rows, dtype=np.int64)  # dropout's ids too
         n = len(rows)
         if n == 0:  # the last batch of an epoch may have fewer rows than there are ranks
             self.G[:] = 0
@@ -322,6 +325,7 @@ class DataParallel:
         """Collective: the epoch's steps; (loss sum, steps done, status) as the fused epoch."""
         bs, total, done, status = self.batch_size, 0.0, 0, 0
         lrs = np.asarray(lrs, dtype=self.dtype)
+        self.draw = t0  # dropout: this epoch's masks
         for start in range(0, len(perm), bs):
             rows = perm[start : start + bs]
             status, loss = self._step(rows, lrs[done], t0 + done + 1)
