@@ -35,6 +35,9 @@ class Signature:
     grads: tuple[str, ...]  # gradient node identifiers, in parameter order
     ident: dict  # node name -> identifier
     step: bool = False  # the training kernel takes the step number (dropout masks depend on it)
+    # params[:trainable] are optimized; the rest are state parameters, each assigned the value
+    # its entry of grads holds (batch norm's running statistics: graphnn.ir.batch_norm)
+    trainable: int = 0
 
 
 def signature(graph, optimizer) -> Signature:
@@ -50,7 +53,9 @@ def signature(graph, optimizer) -> Signature:
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
     }
-    params = tuple(ident[p] for p in graph.param_names)
+    params = tuple(ident[p] for p in graph.kernel_params)
+    news = [graph.grad_names[p] for p in graph.param_names]
+    news += [graph.update_names[s] for s in graph.state_names]
     return Signature(
         inputs=tuple(ident[n.name] for n in graph.forward.inputs),
         params=params,
@@ -59,9 +64,10 @@ def signature(graph, optimizer) -> Signature:
         training=GraphIR(graph.training.outputs, rename),
         forward=GraphIR(graph.forward.outputs, rename),
         loss=ident[graph.loss_name],
-        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
+        grads=tuple(ident[g] for g in news),
         ident=ident,
         step=has_dropout(graph.training),
+        trainable=len(graph.param_names),
     )
 
 
@@ -71,6 +77,17 @@ def refuse_dropout(sig: Signature, what: str) -> None:
         raise CodegenError(
             f"{what} does not support dropout yet (its kernels take the training step); "
             "train with gn.compile(...).fit, which does"
+        )
+
+
+def refuse_state(graph, what: str) -> None:
+    """State parameters (batch norm's running statistics) are assigned by the training step,
+    which ``what`` does not do yet."""
+    if graph.state_names:
+        raise CodegenError(
+            f"{what} does not support batch_norm yet (its running statistics "
+            f"{', '.join(graph.state_names)} are updated by the training step); train with "
+            "gn.compile(...).fit, which does"
         )
 
 

@@ -21,7 +21,7 @@ from codegen.export.common import (
     wrapped,
     wrapper_fill,
 )
-from codegen.signature import refuse_dropout, signature
+from codegen.signature import refuse_dropout, refuse_state, signature
 from graphnn.ir.prediction import prediction_node
 
 
@@ -34,6 +34,7 @@ def standalone_source(
     """
     sig = signature(graph, optimizer)
     refuse_dropout(sig, "the CPU export")
+    refuse_state(graph, "the CPU export")
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     with matmul.only_loops(not blas):
         # The outputs gn.compile's Model uses, so the kernels are the text graphnn itself runs.

@@ -26,7 +26,7 @@ from codegen.export.common import (
     wrapper_fill,
 )
 from codegen.names import EXPORT_CUDA
-from codegen.signature import refuse_dropout
+from codegen.signature import refuse_dropout, refuse_state
 from graphnn.errors import CodegenError
 from graphnn.ir.prediction import prediction_node
 
@@ -51,6 +51,7 @@ def cuda_standalone_source(
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     sig = cuda.cuda_signature(graph, optimizer)
     refuse_dropout(sig, "the CUDA export")
+    refuse_state(graph, "the CUDA export")
     text = cuda.source(graph, optimizer, dtype, (prediction,))
     text = add_imports(retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]

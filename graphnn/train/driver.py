@@ -34,6 +34,7 @@ from graphnn.errors import (
     RunExistsError,
     shown,
 )
+from graphnn.ir.batch_norm import over_rows_only
 from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
@@ -124,6 +125,17 @@ def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, keep, c
     for callback in callbacks:
         if not callable(callback):
             raise DataError(f"callbacks must be callables f(model, epoch, logs), got {callback!r}")
+
+
+def _refuse_one_row_batches(graph) -> None:
+    """Batch norm over the rows alone learns nothing from batches of one row (each row is its
+    own mean: the output is beta); PyTorch refuses them too."""
+    states = over_rows_only(graph.forward)
+    if states:
+        raise DataError(
+            f"batch_norm (running statistics {', '.join(states)}) normalizes over the batch: "
+            "a batch of one row has no variance; train with batch_size >= 2 (and >= 2 rows)"
+        )
 
 
 def _rows(arrays) -> int:
@@ -310,6 +322,8 @@ class Model(ModelFiles):
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
                 bs = n if batch_size is None else min(int(batch_size), n)
+                if bs == 1:
+                    _refuse_one_row_batches(self.graph)
                 monitor = self._monitor(monitor, val)
                 if comm is not None and self.backend != "cpu":
                     raise DataError(
@@ -425,6 +439,7 @@ class Model(ModelFiles):
             (self.state, state_key(s, p.name), p.shape)
             for p in params
             for s in self.optimizer.state
+            if not p.attr("state")  # running statistics are assigned, never optimized
         ]
         for arrays, name, shape in expected:
             value = arrays.get(name)

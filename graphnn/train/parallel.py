@@ -80,6 +80,11 @@ class DataParallel:
         module = model.trainer.stepwise
         if getattr(model.trainer, "sig", None) is not None and model.trainer.sig.step:
             raise DistributedError("data-parallel training does not support dropout yet")
+        if model.graph.state_names:  # each rank's batch statistics differ: no agreed update
+            raise DistributedError(
+                "data-parallel training does not support batch_norm yet (running statistics "
+                f"{', '.join(model.graph.state_names)})"
+            )
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
