@@ -307,3 +307,19 @@ def test_matches_pytorch_batch_norm_2d_on_nhwc_images():
     news = {s: env[u] for s, u in g.update_names.items()}
     np.testing.assert_allclose(news["bn_mean"], bn.running_mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(news["bn_var"], bn.running_var.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_a_non_finite_running_statistic_stops_training_before_any_update(backend):
+    """Rows of +-3e19: the batch variance overflows float32 while the loss and gradients stay
+    finite (the normalized values are 0); the step's guard catches the new running variance."""
+    g = _input_net((2,))
+    rng = np.random.default_rng(0)
+    x = (np.sign(rng.normal(size=(8, 2))) * 3e19).astype(np.float32)
+    model = gn.compile(g, gn.SGD(lr=0.1), backend=backend)
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(gn.NonFiniteError, match="new running value of state parameter 'bn_var'"):
+        model.fit({"x": x, "t": _classes(rng, 8).astype(np.float32)}, epochs=1, batch_size=4)
+    assert model.step == 0
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.params[name], value, err_msg=name)
