@@ -245,6 +245,10 @@ def test_bad_arguments_and_unsupported_uses_are_clear_errors():
 
     with pytest.raises(CodegenError, match="CPU export does not support batch_norm"):
         standalone_source(g, gn.SGD(lr=0.1))
+    from codegen.export.cuda import cuda_standalone_source
+
+    with pytest.raises(CodegenError, match="CUDA export does not support batch_norm"):
+        cuda_standalone_source(g, gn.SGD(lr=0.1))
 
 
 def test_matches_pytorch_batch_norm_in_training_and_eval():
@@ -323,3 +327,21 @@ def test_a_non_finite_running_statistic_stops_training_before_any_update(backend
     assert model.step == 0
     for name, value in before.items():
         np.testing.assert_array_equal(model.params[name], value, err_msg=name)
+
+
+def test_data_parallel_training_refuses_batch_norm_clearly(monkeypatch):
+    """Checked before any collective: a stand-in communicator of two ranks suffices."""
+    from graphnn.errors import DistributedError
+    from graphnn.train import parallel
+
+    class TwoRanks:
+        def Get_size(self):
+            return 2
+
+        def Get_rank(self):
+            return 0
+
+    monkeypatch.setattr(parallel.mpi, "_mpi", lambda: None)
+    model = gn.compile(_dense_net(), gn.SGD(lr=0.1), backend="numpy")
+    with pytest.raises(DistributedError, match="does not support batch_norm.*bn_mean, bn_var"):
+        parallel.DataParallel(model, TwoRanks(), {}, 4)

@@ -74,17 +74,17 @@ class DataParallel:
         self.MPI = mpi._mpi()
         self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
         self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
+        if model.graph.state_names:  # each rank's batch statistics differ: no agreed update
+            raise DistributedError(
+                "data-parallel training does not support batch_norm yet (running statistics "
+                f"{', '.join(model.graph.state_names)})"
+            )
         # The stepwise module (shared step kernels, codegen.cpu.stepwise): a rank starts without
         # compiling the fused module, and computes the same bits; per step it adds a Numba call
         # per block, microseconds against a distributed step's collectives.
         module = model.trainer.stepwise
         if getattr(model.trainer, "sig", None) is not None and model.trainer.sig.step:
             raise DistributedError("data-parallel training does not support dropout yet")
-        if model.graph.state_names:  # each rank's batch statistics differ: no agreed update
-            raise DistributedError(
-                "data-parallel training does not support batch_norm yet (running statistics "
-                f"{', '.join(model.graph.state_names)})"
-            )
         self.module = module
         graph = model.graph
         self.inputs = [n.name for n in graph.forward.inputs]
