@@ -254,6 +254,7 @@ def _guard_and_updates(
     body += ["for i in range(len(P_)):" if every else f"for i in range({trainable}):"]
     body += [f"    apply_update({call}, {', '.join([*hyper, 'gscale'])})"]
     if not every:  # running statistics: assigned the values the forward pass computed
+        body += ["# state parameters (running statistics): the values this step computed"]
         body += [f"for i in range({trainable}, len(P_)):", "    P_[i][:] = G_[i]"]
     return body
 
