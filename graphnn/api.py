@@ -44,11 +44,7 @@ class Graph:
             raise GraphError(f"the loss '{loss.label}' depends on no parameter")
         wrt = [self.forward.tensor_by_name[p] for p in self.param_names]
         grads, cotangents = autodiff.backward(loss, wrt)
-        updates = {
-            self.forward.name_of(t.inputs[1]): batch_norm.update(t)
-            for t in self.forward.tensors
-            if t.op == "running"
-        }
+        updates = batch_norm.state_updates(self.forward, self.state_names)
         outputs = [loss, *grads.values(), *(updates[s] for s in self.state_names)]
         self.training = GraphIR(outputs, names=self.forward.names)
         # state parameter -> the training node holding its value after the step

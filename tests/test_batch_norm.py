@@ -345,3 +345,27 @@ def test_data_parallel_training_refuses_batch_norm_clearly(monkeypatch):
     model = gn.compile(_dense_net(), gn.SGD(lr=0.1), backend="numpy")
     with pytest.raises(DistributedError, match="does not support batch_norm.*bn_mean, bn_var"):
         parallel.DataParallel(model, TwoRanks(), {}, 4)
+
+
+def test_a_graph_whose_running_statistics_and_states_do_not_pair_up_is_a_graph_error():
+    """As a hand-edited model file could describe; the builders never make one."""
+    from graphnn.ir.batch_norm import running, state
+    from graphnn.ir.ops import Tensor
+
+    x = gn.input("x", (2,))
+    W = gn.param("W", (2, 2))
+    stray = state("stray", (2,), "zeros")
+    with pytest.raises(GraphError, match="'stray' is read by no running statistic"):
+        gn.Graph(gn.sum(x @ W + stray))
+    fake = Tensor(
+        "running",
+        (gn.mean(x @ W, axis=0), gn.input("q", (2,))),
+        (2,),
+        {"momentum": 0.1, "correction": 1, "count": 1},
+    )
+    with pytest.raises(GraphError, match="must read a state parameter of its own, not 'q'"):
+        gn.Graph(gn.sum(x @ W + fake))
+    twice = state("twice", (2,), "zeros")
+    a, b = running(gn.mean(x @ W, axis=0), twice, 0.1), running(gn.mean(x, axis=0), twice, 0.1)
+    with pytest.raises(GraphError, match="of its own, not 'twice'"):
+        gn.Graph(gn.sum(x @ W + a + b))

@@ -61,6 +61,27 @@ def update(t: Tensor) -> Tensor:
     return ewise("running_update", expr, list(t.inputs), label=f"new {t.inputs[1].label}")
 
 
+def state_updates(ir, state_names) -> dict[str, Tensor]:
+    """State parameter name -> its new value after a training step, one per running node of
+    the graph IR ``ir``; GraphError for a graph (a model file, say) whose running statistics
+    and state parameters do not pair up."""
+    updates: dict[str, Tensor] = {}
+    for t in ir.tensors:
+        if t.op != "running":
+            continue
+        state_name = ir.name_of(t.inputs[1])
+        if state_name not in state_names or state_name in updates:
+            raise GraphError(
+                f"running statistic '{ir.name_of(t)}' must read a state parameter of its own, "
+                f"not '{state_name}'"
+            )
+        updates[state_name] = update(t)
+    unread = [s for s in state_names if s not in updates]
+    if unread:
+        raise GraphError(f"state parameter '{unread[0]}' is read by no running statistic")
+    return updates
+
+
 def _check(x: Tensor, momentum, eps, name) -> None:
     if x.ndim < 2 or x.shape[0] is not None or x.shape[-1] is None:
         raise ShapeError(
