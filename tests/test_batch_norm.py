@@ -369,3 +369,32 @@ def test_a_graph_whose_running_statistics_and_states_do_not_pair_up_is_a_graph_e
     a, b = running(gn.mean(x @ W, axis=0), twice, 0.1), running(gn.mean(x, axis=0), twice, 0.1)
     with pytest.raises(GraphError, match="of its own, not 'twice'"):
         gn.Graph(gn.sum(x @ W + a + b))
+
+
+def test_spec_batch_norm_layer_after_a_convolution_normalizes_per_channel():
+    spec = """
+[inputs]
+x = [6, 6, 1]
+y = [2]
+[model]
+input = "x"
+target = "y"
+loss = "softmax_cross_entropy"
+[[layers]]
+conv2d = { filters = 3, kernel = 3 }
+[[layers]]
+batch_norm = true
+[[layers]]
+flatten = true
+[[layers]]
+units = 2
+"""
+    g = loads_spec(spec, "c.toml").graph
+    assert g.shapes["h2_mean"] == (3,) and g.shapes["gamma2"] == (3,)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(4, 6, 6, 1)) + 2, _classes(rng, 4, 2)
+    params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
+    env = evaluate(g.training, {**params, "x": x, "y": y}, np.float64)
+    z = env["h2"]  # the training form: each channel has mean beta and variance gamma**2
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), params["beta2"], atol=1e-9)
+    np.testing.assert_allclose(z.var(axis=(0, 1, 2)), params["gamma2"] ** 2, rtol=1e-3)
