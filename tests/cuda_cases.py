@@ -174,10 +174,24 @@ def _update_overflow_case():
     return g, data, gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
 
 
+def _running_var_case():
+    """Batch norm of the input: the second batch's rows of +-3e19 overflow its float32 variance
+    (the loss and gradients stay finite: the normalized values are 0), so the step's guard
+    stops on the new running variance, the state parameter after the 2 trainable ones."""
+    x, t = gn.input("x", (2,)), gn.input("t", (2,))
+    gam, W = gn.param("gam", (2,), init="ones"), gn.param("W", (2, 2))
+    g = gn.Graph(gn.mse(gn.batch_norm(x, gam, name="bn") @ W, t))
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(8, 2))
+    x[4:] = np.sign(x[4:]) * 3e19
+    return g, {"x": x, "t": rng.normal(size=(8, 2))}, gn.SGD(lr=0.1)
+
+
 NONFINITE_CASES = {
     "inf_loss": _overflow_case,
     "inf_gradient": _sqrt_case,
     "update_overflow": _update_overflow_case,
+    "running_var_overflow": _running_var_case,
 }
 
 
