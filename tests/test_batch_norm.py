@@ -238,7 +238,12 @@ def test_bad_arguments_and_unsupported_uses_are_clear_errors():
         gn.batch_norm(x, momentum=0)
     with pytest.raises(GraphError, match="eps must be a number > 0"):
         gn.batch_norm(x, eps=-1)
+    with pytest.raises(GraphError, match="named 'bn_mean'; give each batch_norm its own name="):
+        gn.Graph(gn.sum(gn.batch_norm(x) + gn.batch_norm(x * 2.0)))
     g = _dense_net()
+    summary = gn.compile(g, gn.SGD(lr=0.1), backend="numpy").summary()
+    assert "bn_mean *" in summary and "* a running statistic" in summary
+    assert "gam *" not in summary
     with pytest.raises(NameNotFoundError, match="'bn_mean' is a state parameter"):
         g.gradient("bn_mean")
     from codegen.export.cpu import standalone_source

@@ -220,13 +220,17 @@ class Model(ModelFiles):
         """A table of the parameters (shape, values) with the inputs, prediction, loss, optimizer
         and back end: ``print(model.summary())``."""
         fwd = self.graph.forward
+        states = set(self.graph.state_names)  # marked: assigned by training, not optimized
         rows = [
-            (p, "x".join(map(str, v.shape)), int(np.prod(v.shape))) for p, v in self.params.items()
+            (p + (" *" if p in states else ""), "x".join(map(str, v.shape)), int(np.prod(v.shape)))
+            for p, v in self.params.items()
         ]
         width = max(len("parameter"), *(len(r[0]) for r in rows))
         lines = [f"{'parameter':<{width}}  {'shape':>12}  {'values':>10}"]
         lines += [f"{p:<{width}}  {s:>12}  {c:>10,}" for p, s, c in rows]
         lines.append(f"{'total':<{width}}  {'':>12}  {sum(r[2] for r in rows):>10,}")
+        if states:
+            lines.append("* a running statistic (batch norm): assigned by each step, not optimized")
         inputs = ", ".join(f"{n.name} {show(n.shape)}" for n in fwd.inputs)
         lines += [
             "",
