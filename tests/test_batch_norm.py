@@ -246,10 +246,6 @@ def test_bad_arguments_and_unsupported_uses_are_clear_errors():
     assert "gam *" not in summary
     with pytest.raises(NameNotFoundError, match="'bn_mean' is a state parameter"):
         g.gradient("bn_mean")
-    from codegen.export.cpu import standalone_source
-
-    with pytest.raises(CodegenError, match="CPU export does not support batch_norm"):
-        standalone_source(g, gn.SGD(lr=0.1))
     from codegen.export.cuda import cuda_standalone_source
 
     with pytest.raises(CodegenError, match="CUDA export does not support batch_norm"):
@@ -403,3 +399,35 @@ units = 2
     z = env["h2"]  # the training form: each channel has mean beta and variance gamma**2
     np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), params["beta2"], atol=1e-9)
     np.testing.assert_allclose(z.var(axis=(0, 1, 2)), params["gamma2"] ** 2, rtol=1e-3)
+
+
+def test_the_cpu_export_trains_batch_norm_as_graphnn_does(tmp_path):
+    """fit_epoch of the exported module: the same parameters and running statistics, bit for
+    bit, as gn.compile(...).fit; predict runs the eval form; grads has no running statistic."""
+    import importlib.util
+    import sys
+
+    g = _dense_net()
+    path = g.export(tmp_path / "bn_export.py", gn.Adam(lr=0.05, clip_norm=1.0), batch_size=4)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # Numba's cache locator finds functions through the module
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(6)
+    data = {"x": (rng.normal(size=(10, 4)) + 1).astype(np.float32)}
+    data["t"] = _classes(rng, 10).astype(np.float32)
+    params = module.init_params(0)
+    state = module.init_state(params)
+    assert set(state) == {f"{b}_{p}" for b in ("m", "v") for p in g.param_names}
+    t = 0
+    for _ in range(2):
+        _, t = module.fit_epoch(data, params, state, t0=t)
+    model = gn.compile(g, gn.Adam(lr=0.05, clip_norm=1.0), backend="cpu", seed=0)
+    model.fit(data, epochs=2, batch_size=4, shuffle=False)
+    for name, value in model.params.items():
+        assert np.array_equal(params[name], value), name
+    assert not np.allclose(params["bn_var"], 1.0)
+    np.testing.assert_array_equal(module.predict(data["x"], params), model.predict(data))
+    assert sorted(module.grads(data["x"], data["t"], params)) == sorted(g.param_names)
+    with pytest.raises(FloatingPointError, match="gradient or new value of bn_var"):
+        module._check(len(g.param_names) + 2, 1)

@@ -21,7 +21,7 @@ from codegen.export.common import (
     wrapped,
     wrapper_fill,
 )
-from codegen.signature import refuse_dropout, refuse_state, signature
+from codegen.signature import refuse_dropout, signature
 from graphnn.ir.prediction import prediction_node
 
 
@@ -34,7 +34,6 @@ def standalone_source(
     """
     sig = signature(graph, optimizer)
     refuse_dropout(sig, "the CPU export")
-    refuse_state(graph, "the CPU export")
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     with matmul.only_loops(not blas):
         # The outputs gn.compile's Model uses, so the kernels are the text graphnn itself runs.
@@ -73,7 +72,16 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "def_step": "\n".join(wrapped("def step", [*xs, "params", "state", "t=1", *kw], ":")),
         "call_epoch": "\n".join(wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
-    return WRAPPERS.format(**fill).splitlines()
+    text = WRAPPERS.format(**fill)
+    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
+        text = text.replace(GRADS, GRADS_TRAINABLE)
+    return text.splitlines()
+
+
+GRADS = "    return dict(zip(PARAMS, out[1:], strict=True))"
+GRADS_TRAINABLE = """\
+    names = [p for p in PARAMS if p not in RUNNING]
+    return dict(zip(names, out[1 : 1 + len(names)], strict=True))"""
 
 
 WRAPPERS = '''\
