@@ -80,17 +80,6 @@ def refuse_dropout(sig: Signature, what: str) -> None:
         )
 
 
-def refuse_state(graph, what: str) -> None:
-    """State parameters (batch norm's running statistics) are assigned by the training step,
-    which ``what`` does not do yet."""
-    if graph.state_names:
-        raise CodegenError(
-            f"{what} does not support batch_norm yet (its running statistics "
-            f"{', '.join(graph.state_names)} are updated by the training step); train with "
-            "gn.compile(...).fit, which does"
-        )
-
-
 def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:
     """The data inputs that ``outputs`` depend on (a prediction needs no targets)."""
     needed = make_plan(graph.forward, outputs).needed

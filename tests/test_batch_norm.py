@@ -11,7 +11,6 @@ import pytest
 import graphnn as gn
 from codegen.numpy_ref import evaluate
 from graphnn.errors import (
-    CodegenError,
     DataError,
     GraphError,
     NameNotFoundError,
@@ -246,10 +245,6 @@ def test_bad_arguments_and_unsupported_uses_are_clear_errors():
     assert "gam *" not in summary
     with pytest.raises(NameNotFoundError, match="'bn_mean' is a state parameter"):
         g.gradient("bn_mean")
-    from codegen.export.cuda import cuda_standalone_source
-
-    with pytest.raises(CodegenError, match="CUDA export does not support batch_norm"):
-        cuda_standalone_source(g, gn.SGD(lr=0.1))
 
 
 def test_matches_pytorch_batch_norm_in_training_and_eval():

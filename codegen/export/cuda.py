@@ -26,7 +26,7 @@ from codegen.export.common import (
     wrapper_fill,
 )
 from codegen.names import EXPORT_CUDA
-from codegen.signature import refuse_dropout, refuse_state
+from codegen.signature import refuse_dropout
 from graphnn.errors import CodegenError
 from graphnn.ir.prediction import prediction_node
 
@@ -51,7 +51,6 @@ def cuda_standalone_source(
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     sig = cuda.cuda_signature(graph, optimizer)
     refuse_dropout(sig, "the CUDA export")
-    refuse_state(graph, "the CUDA export")
     text = cuda.source(graph, optimizer, dtype, (prediction,))
     text = add_imports(retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]
@@ -70,7 +69,16 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
     epoch += ["t0", "losses", "status", "gscale"]
     fill["call_epoch"] = "\n".join(wrapped("launched = train_epoch", epoch, "", "    "))
-    return WRAPPERS.format(**fill).splitlines()
+    text = WRAPPERS.format(**fill)
+    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
+        text = text.replace(GRADS, GRADS_TRAINABLE)
+    return text.splitlines()
+
+
+GRADS = "    pairs = zip(PARAMS, out[1:], strict=True)"
+GRADS_TRAINABLE = """\
+    names = [p for p in PARAMS if p not in RUNNING]
+    pairs = zip(names, out[1 : 1 + len(names)], strict=True)"""
 
 
 WRAPPERS = '''\
