@@ -57,7 +57,7 @@ def evaluate(
 
     ``draw``: which dropout masks the training form draws, (the epoch's first step, each batch
     row's sample id; None: 0..n-1), see graphnn.ir.dropout; None runs the eval form (dropout
-    is the identity), as prediction and evaluation do."""
+    is the identity, a running statistic its state), as prediction and evaluation do."""
     env: dict[str, np.ndarray] = {}
     dtype = np.dtype(dtype) if dtype is not None else next(iter(values.values())).dtype
     n = batch_size(ir, values)
@@ -72,7 +72,7 @@ def evaluate(
         if rule is None:
             raise CodegenError(f"the numpy back end has no rule for op '{node.op}' ({node.name})")
         args = [env[i] for i in node.inputs]
-        if node.op == "dropout":
+        if node.op in ("dropout", "running"):
             out = rule(node, args, n, dtype, draw)
         else:
             out = rule(node, args, n, dtype)
@@ -120,13 +120,20 @@ class Trainer:
 
     def step(self, params, state, batch, hyper, lr, t, draw=(0, None)) -> tuple[float, int]:
         values = {**params, **batch}
+        graph = self.graph
         with np.errstate(all="ignore"):  # NaN/Inf are reported through the status, as compiled
-            loss, grads = value_and_grad(self.graph, values, self.dtype, draw=draw)
+            env = evaluate(graph.training, values, self.dtype, draw=draw)
+        loss = env[graph.loss_name]
+        grads = {p: env[g] for p, g in graph.grad_names.items()}
+        new = {s: env[u] for s, u in graph.update_names.items()}  # running statistics
         if not np.isfinite(loss):
             return float(loss), -1
-        names = self.graph.param_names
-        for k, p in enumerate(names):
-            if not np.all(np.isfinite(grads[p])):
+        names = graph.param_names
+        # status k: the k-th gradient, then the state parameters' new values, is not finite
+        for k, value in enumerate(
+            [*(grads[p] for p in names), *(new[s] for s in graph.state_names)]
+        ):
+            if not np.all(np.isfinite(value)):
                 return float(loss), k + 1
         gscale = 1.0
         if self.optimizer.clip_norm is not None:  # the norm in float64, as the kernels do
@@ -135,6 +142,8 @@ class Trainer:
         for p in names:
             buffers = {s: state[state_key(s, p)] for s in self.optimizer.state}
             self.apply_update(params[p], grads[p], buffers, {**hyper, "lr": lr}, t, gscale)
+        for s, value in new.items():  # assigned, not optimized
+            params[s][...] = value
         return float(loss), 0
 
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):

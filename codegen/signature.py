@@ -35,6 +35,9 @@ class Signature:
     grads: tuple[str, ...]  # gradient node identifiers, in parameter order
     ident: dict  # node name -> identifier
     step: bool = False  # the training kernel takes dropout's draw (draw, sample_ids)
+    # params[:trainable] are optimized; the rest are state parameters, each assigned the value
+    # its entry of grads holds (batch norm's running statistics: graphnn.ir.batch_norm)
+    trainable: int = 0
 
 
 def signature(graph, optimizer) -> Signature:
@@ -52,7 +55,9 @@ def signature(graph, optimizer) -> Signature:
     rename = {
         tid: ident[name] for ir in (graph.training, graph.forward) for tid, name in ir.names.items()
     }
-    params = tuple(ident[p] for p in graph.param_names)
+    params = tuple(ident[p] for p in graph.kernel_params)
+    news = [graph.grad_names[p] for p in graph.param_names]
+    news += [graph.update_names[s] for s in graph.state_names]
     return Signature(
         inputs=tuple(ident[n.name] for n in graph.forward.inputs),
         params=params,
@@ -61,9 +66,10 @@ def signature(graph, optimizer) -> Signature:
         training=GraphIR(graph.training.outputs, rename),
         forward=GraphIR(graph.forward.outputs, rename),
         loss=ident[graph.loss_name],
-        grads=tuple(ident[graph.grad_names[p]] for p in graph.param_names),
+        grads=tuple(ident[g] for g in news),
         ident=ident,
         step=has_dropout(graph.training),
+        trainable=len(graph.param_names),
     )
 
 

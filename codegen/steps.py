@@ -42,6 +42,7 @@ class Scope:
         self.size_vars: dict[int, str] = dict(sizes or {})
         self.fast_tanh = fast_tanh  # print tanh as codegen.cpu.approx.tanh_r
         self.step_arg: str | None = None  # the training step's variable; None: eval form
+        self.eval_form = False  # prediction/evaluation: running statistics read their state
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
         # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
         # instead of new allocations: a step then allocates nothing.

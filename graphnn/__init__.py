@@ -25,6 +25,7 @@ from graphnn.errors import (
     ShapeError,
     SpecError,
 )
+from graphnn.ir.batch_norm import batch_norm
 from graphnn.ir.conv import avg_pool2d, concat, conv2d, flatten, max_pool2d
 from graphnn.ir.dropout import dropout
 from graphnn.ir.elementwise import ACTIVATIONS
@@ -80,6 +81,7 @@ __all__ = [
     "distributed",
     "ACTIVATIONS",
     "avg_pool2d",
+    "batch_norm",
     "contract",
     "dropout",
     "embedding",

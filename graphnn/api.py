@@ -21,6 +21,7 @@ import sympy
 from graphnn import budgets
 from graphnn.derive import autodiff
 from graphnn.errors import GraphError, NameNotFoundError, StabilityWarning, shown
+from graphnn.ir import batch_norm
 from graphnn.ir.graph import LEAF_OPS, GraphIR
 from graphnn.ir.init import init_array
 from graphnn.ir.ops import Tensor
@@ -35,12 +36,19 @@ class Graph:
             raise GraphError(f"Graph needs the loss tensor, got {type(loss).__name__}")
         self.loss = loss
         self.forward = GraphIR([loss, *outputs])
-        self.param_names = [n.name for n in self.forward.params]
+        # trainable parameters; state parameters (batch norm's running statistics) are assigned
+        # by each training step instead (graphnn.ir.batch_norm), after the trainable ones
+        self.param_names = [n.name for n in self.forward.params if not n.attr("state")]
+        self.state_names = [n.name for n in self.forward.params if n.attr("state")]
         if not self.param_names:
             raise GraphError(f"the loss '{loss.label}' depends on no parameter")
         wrt = [self.forward.tensor_by_name[p] for p in self.param_names]
         grads, cotangents = autodiff.backward(loss, wrt)
-        self.training = GraphIR([loss, *grads.values()], names=self.forward.names)
+        updates = batch_norm.state_updates(self.forward, self.state_names)
+        outputs = [loss, *grads.values(), *(updates[s] for s in self.state_names)]
+        self.training = GraphIR(outputs, names=self.forward.names)
+        # state parameter -> the training node holding its value after the step
+        self.update_names = {s: self.training.name_of(u) for s, u in updates.items()}
         # δ of every forward node between a parameter and the loss: the training node holding
         # it, or its value where it is a constant folded into its users (1, 1/n under a mean)
         self.cotangents: dict[str, str | sympy.Expr] = {
@@ -65,7 +73,18 @@ class Graph:
 
     # --- inspection -----------------------------------------------------------------------------
 
+    @property
+    def kernel_params(self) -> list[str]:
+        """The arrays the kernels take after the inputs: the trainable parameters, then the
+        state parameters."""
+        return [*self.param_names, *self.state_names]
+
     def _param(self, name: str) -> str:
+        if name in self.state_names:
+            raise NameNotFoundError(
+                f"{shown(name)} is a state parameter (a running statistic): it has no gradient; "
+                f"parameters: {', '.join(self.param_names)}"
+            )
         if name not in self.param_names:
             raise NameNotFoundError(
                 f"no parameter named {shown(name)}; parameters: {', '.join(self.param_names)}"

@@ -24,7 +24,7 @@ BATCH = 5
 
 def leaves() -> SimpleNamespace:
     """Inputs x (4,), x3 (4, 3), u (2, 2); parameters W (4, 4), V (4, 2), Vt (3, 4), c (4, 1),
-    s (1,)."""
+    s (1,), and the others below."""
     return SimpleNamespace(
         x=gn.input("x", (4,)),
         x3=gn.input("x3", (4, 3)),
@@ -42,6 +42,7 @@ def leaves() -> SimpleNamespace:
         E=gn.param("E", (6, 4), init="normal"),
         gam=gn.param("gam", (4,), init="ones"),
         bet=gn.param("bet", (4,), init="zeros"),
+        gam3=gn.param("gam3", (3,), init="normal"),
     )
 
 
@@ -124,6 +125,18 @@ STRUCTURAL |= {
     "embedding": lambda L: gn.sum(gn.tanh(gn.flatten(gn.embedding(L.ids, L.E)) @ L.F)),
     "layer_norm": lambda L: gn.sum(
         gn.sigmoid(gn.layer_norm(L.x @ L.W, L.gam, L.bet)) * (L.x @ L.W)
+    ),
+}
+
+# Batch norm (graphnn.ir.batch_norm): its training form, over the batch (2-D) and over batch,
+# height and width per channel (NHWC); the running statistics are state, not differentiated.
+STRUCTURAL |= {
+    "batch_norm": lambda L: gn.sum(
+        gn.sigmoid(gn.batch_norm(L.x @ L.W, L.gam, L.bet, name="bn")) * (L.x @ L.W)
+    ),
+    "batch_norm_nhwc": lambda L: gn.sum(
+        gn.tanh(gn.batch_norm(gn.conv2d(L.img, L.K), 1.0 + L.gam3, L.gam3, name="bn"))
+        * gn.conv2d(L.img, L.K)
     ),
 }
 

@@ -119,6 +119,19 @@ def _dropout_train():
     return gn.Graph(gn.softmax_cross_entropy(h @ W2, y)), data, gn.Adam(lr=0.05)
 
 
+def _batch_norm_train():
+    """An MLP with batch norm, clipped: each step assigns the running statistics (unclipped),
+    and evaluate and predict read them."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, W2 = gn.param("W1", (4, 6)), gn.param("W2", (6, 3))
+    g1, b1 = gn.param("g1", (6,), init="ones"), gn.param("b1", (6,), init="zeros")
+    h = gn.tanh(gn.batch_norm(x @ W1, g1, b1, momentum=0.3, name="bn1"))
+    rng = _rng("batch_norm_train")
+    data = {"x": rng.normal(size=(10, 4)) * 2 + 1, "y": np.eye(3)[rng.integers(0, 3, 10)]}
+    optimizer = gn.Adam(lr=0.05, clip_norm=0.5)
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2, y)), data, optimizer
+
+
 # name -> (graph, data, optimizer) builder; batch 4 over 10 rows: steps of 4, 4, 2 rows.
 TRAIN_CASES = {
     "adam_tanh_softmax_ce": _train("tanh", "softmax_ce", gn.Adam(lr=0.05)),
@@ -127,6 +140,7 @@ TRAIN_CASES = {
     ),
     "rmsprop_3d_input": lambda: (*_op_case("tanh")[::2], gn.RMSProp(lr=0.05)),
     "adam_dropout": _dropout_train,
+    "adam_batch_norm_clip": _batch_norm_train,
 }
 TRAIN_EPOCHS, TRAIN_BATCH = 2, 4
 
@@ -160,10 +174,24 @@ def _update_overflow_case():
     return g, data, gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
 
 
+def _running_var_case():
+    """Batch norm of the input: the second batch's rows of +-3e19 overflow its float32 variance
+    (the loss and gradients stay finite: the normalized values are 0), so the step's guard
+    stops on the new running variance, the state parameter after the 2 trainable ones."""
+    x, t = gn.input("x", (2,)), gn.input("t", (2,))
+    gam, W = gn.param("gam", (2,), init="ones"), gn.param("W", (2, 2))
+    g = gn.Graph(gn.mse(gn.batch_norm(x, gam, name="bn") @ W, t))
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(8, 2))
+    x[4:] = np.sign(x[4:]) * 3e19
+    return g, {"x": x, "t": rng.normal(size=(8, 2))}, gn.SGD(lr=0.1)
+
+
 NONFINITE_CASES = {
     "inf_loss": _overflow_case,
     "inf_gradient": _sqrt_case,
     "update_overflow": _update_overflow_case,
+    "running_var_overflow": _running_var_case,
 }
 
 

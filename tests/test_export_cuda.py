@@ -81,6 +81,15 @@ def mlp_graph():
     return gn.Graph(gn.softmax_cross_entropy(gn.tanh(x @ W1 + b1) @ W2 + b2, y))
 
 
+def batch_norm_graph():
+    """4 -> 8 batch norm, tanh -> 3: the running statistics are assigned by each step."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
+    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
+    h = gn.tanh(gn.batch_norm(x @ W1, beta=b1, name="bn1"))
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2 + b2, y))
+
+
 def lint(path: Path) -> None:
     """The exported file passes the project's own ruff rules."""
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -175,10 +184,11 @@ print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 )
 
 
-def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
+@pytest.mark.parametrize("build", [mlp_graph, batch_norm_graph], ids=["mlp", "batch_norm"])
+def test_cuda_export_api_matches_the_cpu_back_end(tmp_path, build):
     """init_params, init_state, grads, fit_epoch and predict of the exported CUDA module, on the
     simulator with graphnn blocked, against gn.compile(..., backend="cpu") from the same seed."""
-    graph = mlp_graph()
+    graph = build()
     optimizer = gn.Adam(lr=0.05)
     rng = np.random.default_rng(8)
     data = {
@@ -203,6 +213,7 @@ def test_cuda_export_api_matches_the_cpu_back_end(tmp_path):
 
     model = gn.compile(graph, optimizer, backend="cpu", seed=0)
     _, grads0 = graph.value_and_grad(model.params, data, backend="cpu")
+    assert sorted(k[5:] for k in out if k.startswith("grad_")) == sorted(graph.param_names)
     for name, g in grads0.items():
         np.testing.assert_allclose(out["grad_" + name], g, rtol=1e-4, atol=1e-6, err_msg=name)
     history = model.fit(data, epochs=1, batch_size=4, shuffle=False)

@@ -63,6 +63,13 @@ def test_structural_case_fused_and_stepwise_give_the_same_bits(name, monkeypatch
     _check_case(g, data, monkeypatch, OPTIMIZERS["sgd_momentum"])
 
 
+@pytest.mark.parametrize("opt", ["adam", "clipped"])
+def test_batch_norm_with_adam_and_clipping_fused_and_stepwise_give_the_same_bits(opt, monkeypatch):
+    """The running statistics, assigned after the guard and outside clipping, bit for bit."""
+    g, data = cases.build("batch_norm_nhwc", rows=7)
+    _check_case(g, data, monkeypatch, OPTIMIZERS[opt])
+
+
 @pytest.mark.parametrize("loss", sorted(cases.LOSSES))
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_loss_and_optimizer_fused_and_stepwise_give_the_same_bits(loss, opt, monkeypatch):

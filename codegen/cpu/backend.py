@@ -79,12 +79,13 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     # A parameter the loss does not depend on (it feeds only an extra output) has a zero
     # gradient and no value among the training graph's; the kernel takes it but never reads it.
     shapes = graph.shapes
-    args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.param_names]
+    args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.kernel_params]
     batch = args[0].shape[0] if graph.forward.inputs else 1
     # dropout's draw: epoch key 0, the rows as samples 0..batch-1
     step = [0, np.arange(batch)] if signature(graph, None).step else []
     loss, *grads = module.loss_and_grads(*args, *step, module.workspace(batch, *args))
-    return loss, dict(zip(graph.param_names, grads, strict=True))
+    # after the gradients come the state parameters' new values (batch norm's running stats)
+    return loss, dict(zip(graph.param_names, grads[: len(graph.param_names)], strict=True))
 
 
 class Trainer:
@@ -128,7 +129,7 @@ class Trainer:
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
         """One epoch inside one compiled function; returns (loss sum, steps done, status)."""
         arrays = [data[n.name] for n in self.graph.forward.inputs]
-        arrays += [params[p] for p in self.graph.param_names]
+        arrays += [params[p] for p in self.graph.kernel_params]
         args = arrays[: len(self.graph.forward.inputs)] + [perm, batch_size]
         args += arrays[len(self.graph.forward.inputs) :] + [state[s] for s in self.sig.state]
         args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
@@ -152,7 +153,7 @@ class Trainer:
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         names = forward_inputs(self.graph, self.outputs)
-        arrays = [*(data[i] for i in names), *(params[p] for p in self.graph.param_names)]
+        arrays = [*(data[i] for i in names), *(params[p] for p in self.graph.kernel_params)]
         rows = len(arrays[0]) if names else 1
         # a new workspace per call: the outputs are views of it, and the caller keeps them
         out = self.stepwise.forward(*arrays, self.stepwise.forward_workspace(rows, *arrays))

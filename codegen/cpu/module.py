@@ -116,6 +116,7 @@ def kernel(
         dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
     )
     scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
+    scope.eval_form = name == "forward"  # running statistics: the state, not the batch's
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
@@ -223,27 +224,33 @@ def _flat(sig: Signature, names: Sequence[str]) -> str:
     inlined update loops of a 30-layer MLP were most of its cold compile).  A ravel costs 13 ns,
     a twentieth of a step of a single neuron, so 1-D arrays are passed as they are.
     """
-    ranks = [len(sig.forward.node(p).shape) for p in sig.params]
+    # the first len(names) parameters: optimizer buffers exist for the trainable ones only
+    ranks = [len(sig.forward.node(p).shape) for p in sig.params[: len(names)]]
     views = [a if rank == 1 else f"{a}.ravel()" for a, rank in zip(names, ranks, strict=True)]
     return f"({', '.join(views)}{',' if len(views) == 1 else ''})"
 
 
-def _guard_and_updates(optimizer, dtype: str, hyper: Sequence[str], fail) -> list[str]:
+def _guard_and_updates(
+    optimizer, dtype: str, hyper: Sequence[str], fail, sig: Signature
+) -> list[str]:
     """update_all's statements: the NaN/Inf guard, clipping, then every update, over the flat
     view tuples ``P_``, ``G_`` and the state's; ``hyper``: how the update reads each
     hyper-parameter and the step number t; ``fail(status)``: the line leaving on a bad step.
 
     Loops over the tuples, not one copy per parameter: 60 inlined update loops of a 30-layer
-    MLP were most of its cold compile.
+    MLP were most of its cold compile.  The state parameters (after the trainable ones in ``P_``)
+    are assigned their new values from ``G_``, guarded but neither clipped nor optimized.
     """
     lit = f"np.{dtype}"
+    trainable = sig.trainable
+    every = trainable == len(sig.params)
     body = ["if not np.isfinite(loss):", f"    {fail('-1')}"]
     body += ["for i in range(len(G_)):", "    if not all_finite(G_[i]):"]
     body.append(f"        {fail('i + 1')}")
     if optimizer.clip_norm is not None:
         body += [
             "norm = 0.0",
-            "for i in range(len(G_)):",
+            "for i in range(len(G_)):" if every else f"for i in range({trainable}):",
             "    norm += sum_squares(G_[i])",
             "norm = np.sqrt(norm)",
             f"gscale = {lit}(min(1.0, clip_norm / (norm + 1e-6)))",
@@ -251,8 +258,11 @@ def _guard_and_updates(optimizer, dtype: str, hyper: Sequence[str], fail) -> lis
     else:
         body.append(f"gscale = {lit}(1.0)")
     call = ", ".join(["P_[i]", "G_[i]", *(f"{b}_[i]" for b in optimizer.state)])
-    body += ["for i in range(len(P_)):"]
+    body += ["for i in range(len(P_)):" if every else f"for i in range({trainable}):"]
     body += [f"    apply_update({call}, {', '.join([*hyper, 'gscale'])})"]
+    if not every:  # running statistics: assigned the values the forward pass computed
+        body += ["# state parameters (running statistics): the values this step computed"]
+        body += [f"for i in range({trainable}, len(P_)):", "    P_[i][:] = G_[i]"]
     return body
 
 
@@ -263,7 +273,9 @@ def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     status no parameter has been touched.  train_epoch does the same inline (see
     :func:`_epoch_function`); train_step calls this.
     """
-    body = _guard_and_updates(optimizer, dtype, [*optimizer.hyper, "t"], lambda s: f"return {s}")
+    body = _guard_and_updates(
+        optimizer, dtype, [*optimizer.hyper, "t"], lambda s: f"return {s}", sig
+    )
     body.append("return 0")
     doc = [
         '"""The guard and every update of one step; P_, G_ and the state tuples hold flat views',
@@ -278,9 +290,16 @@ def _update_all_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     return _array_helpers(dtype) + ["", ""] + head + indent(doc + body, 1)
 
 
+def _grad_names(sig: Signature) -> tuple[str, ...]:
+    """What train_step and train_epoch call loss_and_grads' results: each trainable
+    parameter's gradient, then each state parameter's new value."""
+    grads = [f"grad_{p}" for p in sig.params[: sig.trainable]]
+    return tuple(grads + [f"new_{p}" for p in sig.params[sig.trainable :]])
+
+
 def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
-    grads = tuple(f"grad_{p}" for p in sig.params)
+    grads = _grad_names(sig)
     # dropout's draw: the step, the batch's rows as samples 0..n-1
     step = ["int(t)", f"np.arange({sig.inputs[0]}.shape[0])"] if sig.step else []
     call = ", ".join([*sig.inputs, *sig.params, *step, "ws"])
@@ -342,7 +361,7 @@ def _epoch_function(
         ]
         loop += [f"{i} = {i}_batch[:m]", "for r in range(m):"]
         loop += indent(loop_header(dims, index, scope) + indent(copy, len(dims)), 1)
-    grads = tuple(f"grad_{p}" for p in sig.params)
+    grads = _grad_names(sig)
     hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
     hyper_t.append(f"np.{dtype}(t0 + steps + 1)")
     fail = lambda status: f"return total, steps, {status}"  # noqa: E731
@@ -362,7 +381,7 @@ def _epoch_function(
         call = [*sig.inputs, *sig.params, *draw, "ws"]
         loop.append(f"loss, {', '.join(grads)} = loss_and_grads({', '.join(call)})")
         loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
-        loop += _guard_and_updates(optimizer, dtype, hyper_t, fail)
+        loop += _guard_and_updates(optimizer, dtype, hyper_t, fail, sig)
     loop += [
         # float64, as Numba multiplies a float32 by an int64 (NumPy would keep float32)
         "total += float(loss) * idx.shape[0]" if not jit else f"total += loss * {rows}",
@@ -426,7 +445,8 @@ def training_kernel(
         [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])],
         dtype,
         workspace=True,
-        returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
+        returns=["loss", *(f"dloss/d{p}" for p in sig.params[: sig.trainable])]
+        + [f"new {p}" for p in sig.params[sig.trainable :]],
         sizes=size_names(sig),
         stepwise=stepwise,
         parts=parts,

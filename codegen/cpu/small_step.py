@@ -43,6 +43,7 @@ def is_small(sig: Signature, optimizer) -> bool:
     return (
         optimizer is not None
         and optimizer.clip_norm is None  # clipping needs every gradient's norm first: calls
+        and sig.trainable == len(shapes)  # running statistics (batch norm) take the calls' path
         and 0 < len(shapes) <= SMALL_PARAMS
         and all(len(s) >= 1 for s in shapes)
         and sum(math.prod(s) for s in shapes) <= SMALL_ELEMENTS

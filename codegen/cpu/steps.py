@@ -158,6 +158,18 @@ class CpuSteps(StepEmitter):
         inner = loop_header(node.shape[1:], index[1:], self) + indent(body, len(index) - 1)
         return lines + [f"for i0 in range({self.dim(node.shape[0])}):", *indent(row + inner, 1)]
 
+    def emit_running(self, step: Step) -> list[str]:
+        """A running statistic: the batch's value while training, the state in the eval form
+        (graphnn.ir.batch_norm); the training step assigns the state afterwards."""
+        node = step.node
+        batch, state = node.inputs
+        if self.eval_form:
+            return [
+                comment(node) + "  (eval form: the running statistic)",
+                f"{node.name} = {state}",
+            ]
+        return [comment(node) + "  (training form: the batch statistic)", f"{node.name} = {batch}"]
+
     def emit_one_hot(self, step: Step) -> list[str]:
         """Each id's row: 1 at the id, 0 elsewhere; all NaN for an id that is not a whole
         number in [0, depth), so the step's finite check stops on it."""

@@ -107,13 +107,14 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, launch=None):
     cuda = require_device()
     dtype = np.dtype(dtype)
     module = build(graph, None, dtype, (), launch)
-    names = [n.name for n in graph.forward.inputs] + list(graph.param_names)
+    names = [n.name for n in graph.forward.inputs] + list(graph.kernel_params)
     arrays = [_upload(cuda, values[a], dtype) for a in names]
     rows = arrays[0].shape[0] if graph.forward.inputs else 1
     # dropout's draw: epoch key 0, the rows as samples 0..rows-1
     draw = [0, cuda.to_device(np.arange(rows))] if cuda_signature(graph, None).step else []
     loss, *grads = module.loss_and_grads(module.Workspace(), *arrays, *draw)
     shapes = {n.name: n.shape for n in graph.forward.params}
+    grads = grads[: len(graph.param_names)]  # then come the state parameters' new values
     grads = {p: _download(g, shapes[p]) for p, g in zip(graph.param_names, grads, strict=True)}
     return _download(loss, ())[()], grads
 
@@ -145,7 +146,7 @@ class Trainer:
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
         """One epoch launched without a sync; returns (loss sum, steps done, status)."""
         cuda, dtype = self.cuda, self.dtype
-        names = self.graph.param_names
+        names = self.graph.kernel_params
         p_dev = self._sync_in("param", params, names)
         s_dev = self._sync_in("state", state, self.sig.state)
         x_dev = self._sync_in("data", data, [n.name for n in self.graph.forward.inputs])
@@ -169,7 +170,7 @@ class Trainer:
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
         args = self._sync_in("eval", data, forward_inputs(self.graph, self.outputs))
-        args += self._sync_in("param", params, self.graph.param_names)
+        args += self._sync_in("param", params, self.graph.kernel_params)
         out = self.module.forward(self.ws, *args)
         shapes = [self.graph.forward.node(o).shape for o in self.outputs]
         return {

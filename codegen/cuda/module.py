@@ -39,6 +39,7 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()
     plan = make_plan(ir, outputs)
     scope = CudaSteps(dtype, ir, plan, taken, prefix)
     scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
+    scope.eval_form = name == "forward"  # running statistics: the state, not the batch's
     draw = ("draw", "sample_ids")
     batch = next((a for a in args if a not in draw and ir.node(a).op == "input"), None)
     body = [f'"""{doc}"""', f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
@@ -70,6 +71,22 @@ def update_kernel(optimizer, dtype: str) -> Kernel:
     return Kernel("apply_update", args, body, [f"# {optimizer.name}: {formulas}"])
 
 
+def assign_kernel(dtype: str) -> Kernel:
+    """assign_state: a state parameter (a running statistic) takes the value the step computed,
+    unless the step was NaN/Inf; no optimizer touches it."""
+    vector = array_type(dtype, 1)
+    args = [("P_", vector), ("G_", vector), ("status", "int64[::1]")]
+    body = ["if status[0] != 0:", "    return  # a NaN/Inf step: parameters keep their values"]
+    body += ["for i in range(cuda.grid(1), P_.size, cuda.gridsize(1)):", "    P_[i] = G_[i]"]
+    return Kernel("assign_state", args, body, ["# a running statistic <- its new value"])
+
+
+def grad_names(sig: Signature) -> list[str]:
+    """loss_and_grads' results after the loss: gradients, then the states' new values."""
+    grads = [f"grad_{p}" for p in sig.params[: sig.trainable]]
+    return grads + [f"new_{p}" for p in sig.params[sig.trainable :]]
+
+
 def _print(expr, dtype: str) -> str:
     return print_expr(expr, dtype=dtype, fn_module="math", backend="cuda")
 
@@ -81,7 +98,7 @@ def check_kernel(sig: Signature, optimizer, dtype: str) -> Kernel:
     first step with NaN/Inf writes status = (code, step), code -1 for the loss or k for the
     gradient of parameter k (1-based) - the CPU's status codes - and every later update skips.
     """
-    grads = [f"grad_{p}" for p in sig.params]
+    grads = grad_names(sig)
     clip = optimizer.clip_norm is not None
     vector = array_type(dtype, 1)
     body = [f"bad = cuda.shared.array({len(grads)}, np.int32)  # bad[k]: gradient k has NaN/Inf"]
@@ -95,7 +112,7 @@ def check_kernel(sig: Signature, optimizer, dtype: str) -> Kernel:
     body += [f"acc = np.{dtype}(0.0)  # the squared gradient norm, for clipping"] if clip else []
     for k, g in enumerate(grads):
         body += [f"for i in range(tid, {g}.size, REDUCE_THREADS):"]
-        body += [f"    acc += {g}[i] * {g}[i]"] if clip else []
+        body += [f"    acc += {g}[i] * {g}[i]"] if clip and k < sig.trainable else []
         body += [f"    if not math.isfinite({g}[i]):", f"        bad[{k}] = 1"]
     body += block_sum("acc", "total") if clip else ["cuda.syncthreads()"]
     verdict = ["if not math.isfinite(loss[0]):", "    status[0] = -1"]
@@ -124,7 +141,7 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
         )
         loop += [f'{x} = ws.array("{x}", {dims})']
         loop += [f"gather_rows[blocks({count(node.shape)}), THREADS]({src}, perm, start, {dst})"]
-    grads = [f"grad_{p}" for p in sig.params]
+    grads = grad_names(sig)
     # dropout's draw: the epoch (its first step) and the batch's rows (perm is on the device)
     call = [*sig.inputs, *sig.params, *(["t0", "perm[start : start + n]"] if sig.step else [])]
     loop += [f"{', '.join(['loss', *grads])} = loss_and_grads(ws, {', '.join(call)})"]
@@ -135,6 +152,11 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
     loop += [f"t = np.{dtype}(t0 + steps + 1)", f"lr = np.{dtype}(lrs[steps])"]
     n_state = len(optimizer.state)
     for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
+        if k >= sig.trainable:  # a running statistic: assigned, not optimized
+            loop += [f"# {p} <- {g}"]
+            flat = f"ws.flat({p}), ws.flat({g}), status"
+            loop += [f"assign_state[blocks({p}.size), THREADS]({flat})"]
+            continue
         state = sig.state[k * n_state : (k + 1) * n_state]
         flat = ", ".join(f"ws.flat({a})" for a in [p, g, *state])
         hyper = ", ".join(optimizer.hyper)
@@ -189,7 +211,8 @@ def module_source(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],
         [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])], dtype, taken,
         "k", train_doc,
-        returns=["loss", *(f"dloss/d{p}" for p in sig.params)],
+        returns=["loss", *(f"dloss/d{p}" for p in sig.params[: sig.trainable])]
+        + [f"new {p}" for p in sig.params[sig.trainable :]],
     )  # fmt: skip
     names = list(outputs) or [graph.loss_name]
     outs = [sig.ident[o] for o in names]
@@ -201,14 +224,17 @@ def module_source(
     text, signatures = library(dtype, train[2] | fwd[2], launch)
     lines = _header(graph, optimizer, dtype) + [text, ""]
     kernels = train[0] + fwd[0]
+    step_kernels = []
     if optimizer is not None:
-        kernels += [update_kernel(optimizer, dtype), check_kernel(sig, optimizer, dtype)]
+        step_kernels = [update_kernel(optimizer, dtype), check_kernel(sig, optimizer, dtype)]
+        step_kernels += [assign_kernel(dtype)] if sig.trainable < len(sig.params) else []
+        kernels += step_kernels
     for kernels_, host in ((train[0], train[1]), (fwd[0], fwd[1])):
         for kernel in kernels_:
             lines += ["", *kernel.lines(), ""]
         lines += ["", *host, ""]
     if optimizer is not None:
-        for kernel in kernels[-2:]:
+        for kernel in step_kernels:
             lines += ["", *kernel.lines(), ""]
         lines += ["", *epoch_function(graph, sig, optimizer, dtype), ""]
     signatures |= {k.name: k.signature for k in kernels}

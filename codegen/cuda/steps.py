@@ -268,6 +268,17 @@ class CudaSteps(CudaScope):
         b, oh, ow, _, _, c = node.shape
         return self._per_element(step, ["_b", "_i", "_j", "_c"], (b, oh, ow, c), body)
 
+    def emit_running(self, step: Step) -> Piece:
+        """A running statistic: the batch's value while training, the state in the eval form
+        (graphnn.ir.batch_norm); the training step assigns the state afterwards."""
+        node = step.node
+        batch, state = node.inputs
+        if self.eval_form:
+            note = comment(node) + "  (eval form: the running statistic)"
+            return Piece([], [note, f"{node.name} = {state}"])
+        note = comment(node) + "  (training form: the batch statistic)"
+        return Piece([], [note, f"{node.name} = {batch}"])
+
     def emit_dropout(self, step: Step) -> Piece:
         """One thread per element; element j of row i0 (row-major within the row, as the CPU
         counts) is kept when its hash, from (seed, draw, the row's sample id, j), clears the

@@ -83,12 +83,14 @@ def constants(
     lines = ["# --- standalone API: numpy arrays in; parameters and optimizer state as dicts ---"]
     lines += ["", f"DTYPE = np.{dtype}", f"INPUTS = {{{shapes}}}  # per-sample shapes; batch first"]
     lines.append("PARAMS = {  # name: (shape, initializer)")
-    lines += [
-        f"    {_q(n.name)}: ({n.shape!r}, {_q(n.attr('init'))})," for n in graph.forward.params
-    ]
+    params = [graph.forward.node(p) for p in graph.kernel_params]  # the kernels' order
+    lines += [f"    {_q(n.name)}: ({n.shape!r}, {_q(n.attr('init'))})," for n in params]
     lines.append("}")
+    if graph.state_names:
+        lines.append("# batch norm's running statistics: each step assigns them, no optimizer")
+        lines.append(f"RUNNING = {tuple(graph.state_names)!r}")
     lines.append(f"# {optimizer.name} buffers, zero at the start: state name -> its parameter")
-    pairs = [(state_key(b, n.name), n.name) for n in graph.forward.params for b in optimizer.state]
+    pairs = [(state_key(b, p), p) for p in graph.param_names for b in optimizer.state]
     lines.append("STATE = {" + ", ".join(f"{_q(k)}: {_q(p)}" for k, p in pairs) + "}")
     lines.append(f"PREDICTION = {_q(prediction)}  # the graph node predict() returns")
     if optimizer.schedule is not None:
@@ -178,7 +180,7 @@ def wrapper_fill(graph, sig, prediction, taken=frozenset()) -> tuple[dict, list,
         "def_predict": "def predict(" + ", ".join([*px, "params"]) + "):",
         "def_fit": def_fit_epoch(kw),
         "epoch_order": EPOCH_ORDER,
-        "helpers": HELPERS,
+        "helpers": HELPERS if not graph.state_names else HELPERS.replace(_WHAT, _WHAT_RUNNING),
     }
     return fill, xs, kw
 
@@ -224,6 +226,10 @@ def _check(status, t):
     if status != 0:
         what = "the loss" if status < 0 else f"the gradient of {list(PARAMS)[status - 1]}"
         raise FloatingPointError(f"step {t}: {what} is not finite (NaN or Inf)")"""
+
+_WHAT = 'f"the gradient of {list(PARAMS)[status - 1]}"'
+# the statuses after the trainable parameters' gradients: the running statistics' new values
+_WHAT_RUNNING = 'f"the gradient or new value of {list(PARAMS)[status - 1]}"'
 
 MAIN = '''\
 def main(argv=None):

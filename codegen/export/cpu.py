@@ -72,7 +72,16 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "def_step": "\n".join(wrapped("def step", [*xs, "params", "state", "t=1", *kw], ":")),
         "call_epoch": "\n".join(wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
-    return WRAPPERS.format(**fill).splitlines()
+    text = WRAPPERS.format(**fill)
+    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
+        text = text.replace(GRADS, GRADS_TRAINABLE)
+    return text.splitlines()
+
+
+GRADS = "    return dict(zip(PARAMS, out[1:], strict=True))"
+GRADS_TRAINABLE = """\
+    names = [p for p in PARAMS if p not in RUNNING]
+    return dict(zip(names, out[1 : 1 + len(names)], strict=True))"""
 
 
 WRAPPERS = '''\

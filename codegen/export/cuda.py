@@ -69,7 +69,16 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     epoch += ["*buffers"] + ["lrs" if h == "lr" else f"DTYPE({h})" for h in hyper]
     epoch += ["t0", "losses", "status", "gscale"]
     fill["call_epoch"] = "\n".join(wrapped("launched = train_epoch", epoch, "", "    "))
-    return WRAPPERS.format(**fill).splitlines()
+    text = WRAPPERS.format(**fill)
+    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
+        text = text.replace(GRADS, GRADS_TRAINABLE)
+    return text.splitlines()
+
+
+GRADS = "    pairs = zip(PARAMS, out[1:], strict=True)"
+GRADS_TRAINABLE = """\
+    names = [p for p in PARAMS if p not in RUNNING]
+    pairs = zip(names, out[1 : 1 + len(names)], strict=True)"""
 
 
 WRAPPERS = '''\

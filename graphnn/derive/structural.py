@@ -152,6 +152,14 @@ def _dropout_numpy(node: Node, a, n, dtype, draw=(0, None)):
     return np.where(keep, x * x.dtype.type(1 / (1 - rate)), x.dtype.type(0))
 
 
+# --- running: the batch statistic while training, the state in evaluation ----------------------
+
+
+def _running_numpy(node: Node, a, n, dtype, step: int | None = 0):
+    """The training form (the batch value); ``step=None`` is the eval form (the state)."""
+    return a[1] if step is None else a[0]
+
+
 # --- reduce_sum: a sum over axes; its adjoint repeats the cotangent back -------------------------
 
 
@@ -280,6 +288,8 @@ STRUCTURAL: dict[str, Structural] = {
         _dropout_numpy,
         _shown_as_call("dropout"),
     ),
+    # the state is no trainable parameter: no cotangent reaches it
+    "running": Structural(lambda t, g: [g, None], _running_numpy, lambda node, ins: ins[0]),
     "one_hot": Structural(lambda t, g: [None], _one_hot_numpy, _shown_as_call("one_hot")),
     "reduce_sum": Structural(
         _reduce_vjp,

@@ -89,7 +89,9 @@ class GraphIR:
             other = taken.get(key)
             if other is not None and other is not t:
                 if other.name == t.name:
-                    raise GraphError(f"two different nodes are both named '{t.name}'")
+                    # batch norm names its running statistics for its name= argument
+                    hint = "; give each batch_norm its own name=" if t.attrs.get("state") else ""
+                    raise GraphError(f"two different nodes are both named '{t.name}'{hint}")
                 raise GraphError(
                     f"nodes {other.name!r} and {t.name!r} have the same name as Python reads "
                     f"it ({key!r}, NFKC-normalized); rename one"

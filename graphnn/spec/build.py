@@ -33,6 +33,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import sympy
@@ -41,7 +42,7 @@ from graphnn.api import Graph
 from graphnn.budgets import LimitError, limit
 from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.exprparse import _suggest, check_identifier, parse_expression
-from graphnn.ir import conv, dropout, embedding, ops, rewrites
+from graphnn.ir import batch_norm, conv, dropout, embedding, ops, rewrites
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 from graphnn.ir.graph import topological_tensors
 from graphnn.ir.ops import Tensor
@@ -63,7 +64,7 @@ GRAPH_FUNCTIONS |= {"sum": ops.sum, "mean": ops.mean}
 GRAPH_FUNCTIONS |= {"conv2d": conv.conv2d, "max_pool2d": conv.max_pool2d, "flatten": conv.flatten}
 GRAPH_FUNCTIONS |= {"avg_pool2d": conv.avg_pool2d, "embedding": embedding.embedding}
 GRAPH_FUNCTIONS |= {"layer_norm": embedding.layer_norm, "one_hot": embedding.one_hot}
-GRAPH_FUNCTIONS |= {"dropout": dropout.dropout}
+GRAPH_FUNCTIONS |= {"dropout": dropout.dropout, "batch_norm": batch_norm.batch_norm}
 GRAPH_FUNCTIONS["sparse_softmax_cross_entropy"] = embedding.sparse_softmax_cross_entropy
 GRAPH_FUNCTIONS["concat"] = lambda *parts, axis=-1: conv.concat(parts, axis)  # concat(a, b, ...)
 Z = sympy.Symbol("z")
@@ -377,8 +378,10 @@ class _Builder:
         for key, text in src.items():
             where = self.at("graph", key)
             names = {**leaves, **nodes}
+            # a formula holds no strings: batch norm's running statistics are named for the node
+            known = {**functions, "batch_norm": partial(batch_norm.batch_norm, name=key)}
             try:
-                value = parse_expression(text, names=names, functions=functions, where=where)
+                value = parse_expression(text, names=names, functions=known, where=where)
             except SpecError:
                 raise
             except GraphnnError as exc:

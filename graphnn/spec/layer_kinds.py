@@ -1,7 +1,8 @@
 """``[[layers]]`` kinds besides dense: images (NHWC) ``conv2d``, ``max_pool``, ``avg_pool``,
 ``flatten``, ``embedding = {vocab, dim}`` (integer ids to rows of a table ``E{k}``) and
 ``dropout = 0.5`` (or ``{rate, seed}``; the seed defaults to the layer's number, so each
-layer drops its own elements).
+layer drops its own elements) and ``batch_norm = true`` (or ``{momentum, eps}``: parameters
+``gamma{k}``, ``beta{k}`` and the running statistics ``<node>_mean``, ``<node>_var``).
 
 Each expands, as a dense layer does, to ``[params]`` and a ``[graph]`` expression an explicit
 spec would hold: layer k's ``conv2d = {filters = 16, kernel = 3, stride = 1, padding = 1}`` is
@@ -19,7 +20,7 @@ from graphnn.errors import GraphnnError, SpecError, shown
 from graphnn.ir import conv, embedding, ops
 from graphnn.ir.elementwise import ACTIVATIONS, ELEMENTWISE
 
-KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "embedding", "dropout")
+KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "embedding", "dropout", "batch_norm")
 _CONV_KEYS = ("filters", "kernel", "stride", "padding", "dilation")
 _POOL_KEYS = ("size", "stride", "padding")
 
@@ -80,6 +81,8 @@ def expand_image_layer(layer: dict, k: int, prev: str, shape: tuple[int, ...], w
             raise SpecError(f"{where} dropout rate: must be a number in [0, 1), got {shown(rate)}")
         seed = _int(s.get("seed", k), f"{where} dropout seed", 0)
         return {}, f"dropout({prev}, rate={rate}, seed={seed})", shape
+    if kind == "batch_norm":
+        return _batch_norm(layer["batch_norm"], k, prev, shape, where)
     if kind == "embedding":
         s = _settings(layer[kind], ("vocab", "dim"), f"{where} embedding", ("vocab", "dim"))
         vocab = _int(s["vocab"], f"{where} embedding vocab", 1)
@@ -128,3 +131,18 @@ def _conv(layer, k, prev, shape, where, stand_in):
         f"b{k}": {"shape": [filters], "init": "zeros"},
     }
     return params, (f"{act}({z})" if act != "none" else z), out
+
+
+def _batch_norm(value, k: int, prev: str, shape: tuple[int, ...], where: str):
+    """Layer k's ``batch_norm = true`` or ``{momentum, eps}``: per channel (the last axis)."""
+    value = {} if value is True else value
+    s = _settings(value, ("momentum", "eps"), f"{where} batch_norm", ())
+    settings = {"momentum": s.get("momentum", 0.1), "eps": s.get("eps", 1e-5)}
+    for key, v in settings.items():
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 < v <= 1:
+            raise SpecError(f"{where} batch_norm {key}: must be a number in (0, 1], got {shown(v)}")
+    channels = [shape[-1]]
+    params = {f"gamma{k}": {"shape": channels, "init": "ones"}}
+    params[f"beta{k}"] = {"shape": channels, "init": "zeros"}
+    args = f"momentum={settings['momentum']}, eps={settings['eps']}"
+    return params, f"batch_norm({prev}, gamma{k}, beta{k}, {args})", shape

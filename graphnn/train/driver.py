@@ -34,6 +34,7 @@ from graphnn.errors import (
     RunExistsError,
     shown,
 )
+from graphnn.ir.batch_norm import over_rows_only
 from graphnn.ir.prediction import accuracy_kind, prediction_node
 from graphnn.ir.shapes import show
 from graphnn.optim.optimizers import SGD, Optimizer, state_key
@@ -126,6 +127,17 @@ def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, keep, c
             raise DataError(f"callbacks must be callables f(model, epoch, logs), got {callback!r}")
 
 
+def _refuse_one_row_batches(graph) -> None:
+    """Batch norm over the rows alone learns nothing from batches of one row (each row is its
+    own mean: the output is beta); PyTorch refuses them too."""
+    states = over_rows_only(graph.forward)
+    if states:
+        raise DataError(
+            f"batch_norm (running statistics {', '.join(states)}) normalizes over the batch: "
+            "a batch of one row has no variance; train with batch_size >= 2 (and >= 2 rows)"
+        )
+
+
 def _rows(arrays) -> int:
     """Rows of the data; 1 when nothing is read from data (parameters and constants only)."""
     return len(next(iter(arrays.values()))) if arrays else 1
@@ -208,13 +220,17 @@ class Model(ModelFiles):
         """A table of the parameters (shape, values) with the inputs, prediction, loss, optimizer
         and back end: ``print(model.summary())``."""
         fwd = self.graph.forward
+        states = set(self.graph.state_names)  # marked: assigned by training, not optimized
         rows = [
-            (p, "x".join(map(str, v.shape)), int(np.prod(v.shape))) for p, v in self.params.items()
+            (p + (" *" if p in states else ""), "x".join(map(str, v.shape)), int(np.prod(v.shape)))
+            for p, v in self.params.items()
         ]
         width = max(len("parameter"), *(len(r[0]) for r in rows))
         lines = [f"{'parameter':<{width}}  {'shape':>12}  {'values':>10}"]
         lines += [f"{p:<{width}}  {s:>12}  {c:>10,}" for p, s, c in rows]
         lines.append(f"{'total':<{width}}  {'':>12}  {sum(r[2] for r in rows):>10,}")
+        if states:
+            lines.append("* a running statistic (batch norm): assigned by each step, not optimized")
         inputs = ", ".join(f"{n.name} {show(n.shape)}" for n in fwd.inputs)
         lines += [
             "",
@@ -310,6 +326,8 @@ class Model(ModelFiles):
                 train, val = self._split(arrays, validation_data, validation_split, seed)
                 n = _rows(train)
                 bs = n if batch_size is None else min(int(batch_size), n)
+                if bs == 1:
+                    _refuse_one_row_batches(self.graph)
                 monitor = self._monitor(monitor, val)
                 if comm is not None and self.backend != "cpu":
                     raise DataError(
@@ -425,6 +443,7 @@ class Model(ModelFiles):
             (self.state, state_key(s, p.name), p.shape)
             for p in params
             for s in self.optimizer.state
+            if not p.attr("state")  # running statistics are assigned, never optimized
         ]
         for arrays, name, shape in expected:
             value = arrays.get(name)

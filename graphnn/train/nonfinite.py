@@ -83,7 +83,9 @@ def diagnose(model, batch, status, step, epoch, checkpoint_dir, lr=None) -> NonF
         values = evaluate(graph.training, {**model.params, **batch}, model.dtype)
     node = first_nonfinite(values, [n.name for n in graph.training.nodes])
     bad_grads = [p for p in names if not finite(values[graph.grad_names[p]])]
-    if status > 0:
+    if status > len(names):  # then come the state parameters' new values (batch norm)
+        param = graph.state_names[status - 1 - len(names)]
+    elif status > 0:
         param = names[status - 1]
     elif bad_grads:
         param = bad_grads[0]
@@ -91,6 +93,8 @@ def diagnose(model, batch, status, step, epoch, checkpoint_dir, lr=None) -> NonF
         feeding = [p for p in names if node is None or p in _ancestors(graph.training, node)]
         param = _largest(model.params, feeding or names)
     what = f"the gradient of parameter '{param}'" if status > 0 else "the loss"
+    if status > len(names):
+        what = f"the new running value of state parameter '{param}'"
     if node is not None:
         where = f" It first appears at node '{node}' = {describe(graph.training.node(node))}."
     else:

@@ -74,6 +74,11 @@ class DataParallel:
         self.MPI = mpi._mpi()
         self.ranks, self.rank = comm.Get_size(), comm.Get_rank()
         self.dtype, self.train, self.batch_size = model.dtype, train, batch_size
+        if model.graph.state_names:  # each rank's batch statistics differ: no agreed update
+            raise DistributedError(
+                "data-parallel training does not support batch_norm yet (running statistics "
+                f"{', '.join(model.graph.state_names)})"
+            )
         # The stepwise module (shared step kernels, codegen.cpu.stepwise): a rank starts without
         # compiling the fused module, and computes the same bits; per step it adds a Numba call
         # per block, microseconds against a distributed step's collectives.
