@@ -34,6 +34,7 @@ CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's t
 # codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
+CPU |= {"_r", "_s"}  # codegen/cpu/im2col.py: the image position of a window element
 CPU |= {"step", "key", "e", "dropout_mix"}  # dropout: the step argument, its hash and counter
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
 MATMUL = {"r", "c", "p", "s"}  # codegen/cpu/matmul.py
@@ -94,8 +95,9 @@ def identifiers(graph, taken: set[str]) -> dict[str, str]:
 
 def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
-    buffer, gradient, workspace buffer."""
-    return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+    buffer, gradient, workspace buffer, a convolution's im2col patches (and their cotangent)."""
+    made = {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+    return made | {f"{name}_cols", f"ws_{name}_cols", f"{name}_dcols", f"ws_{name}_dcols"}
 
 
 def size_variables(graph) -> set[str]:

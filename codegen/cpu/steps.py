@@ -10,7 +10,8 @@ from __future__ import annotations
 import sympy
 
 from codegen.contraction import Nest, window_mask, window_max
-from codegen.cpu import matmul
+from codegen.conv_pattern import recognise
+from codegen.cpu import im2col, matmul
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
 from graphnn.ir.dropout import threshold
@@ -97,16 +98,47 @@ class CpuSteps(StepEmitter):
 
     def emit_contract(self, step: Step) -> list[str]:
         """A loop over the output's elements, each summing its products over the other indices
-        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps)."""
+        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps); a
+        convolution large enough for it is im2col + BLAS instead (:mod:`codegen.cpu.im2col`)."""
         node = step.node
+        form = recognise({k: node.attr(k) for k in ("sizes", "maps", "out")}, node.inputs)
+        how, why = im2col.choose(form) if form is not None else ("loops", None)
+        if how == "im2col":
+            return self._im2col(node, form, why)
         nest = self._nest(node)
-        lines = [comment(node), *self.empty(node.name, node.shape)]
+        lines = [comment(node), *([f"# {why}"] if why else [])]
+        lines += self.empty(node.name, node.shape)
         if nest.row_index is None:
             lines += loop_header(node.shape, nest.out_vars, self)
             return lines + indent(nest.body(node.name), len(node.shape))
         rows = node.shape[:-1]
         lines += loop_header(rows, nest.out_vars[:-1], self)
         return lines + indent(nest.row_body(node.name), len(rows))
+
+    def _im2col(self, node: Node, form, why: str) -> list[str]:
+        """A convolution form as im2col (or col2im) and one BLAS product (codegen.cpu.im2col).
+
+        The kernel's gradient reuses the patches the forward convolution gathered into the same
+        workspace buffer earlier in this kernel; a buffer is only ever written by the gather of
+        one image and window, so what it holds is still those patches."""
+        image = node.shape if form.role == "input_grad" else self.ir.node(form.image).shape
+        dim, lines = self.dim, [comment(node), f"# {why}"]
+        if form.role == "input_grad":
+            dcols = f"{node.name}_dcols"
+            lines += self.empty(dcols, im2col.cols_shape(form))
+            lines += im2col.product_lines(form, node.name, dcols, dim)
+            lines += self.empty(node.name, node.shape, "zeros")
+            return lines + im2col.scatter(form, image, dcols, node.name, dim)
+        key = im2col.geometry(form, image)
+        cols = self.gathered.get(key)
+        if cols is None:
+            cols = self.gathered[key] = f"{node.name}_cols"
+            lines += self.empty(cols, im2col.cols_shape(form))
+            lines += im2col.gather(form, image, cols, dim, self.literal(0))
+        else:
+            lines += [f"# the patches of {form.image} are in {cols} (gathered above)"]
+        lines += self.empty(node.name, node.shape)
+        return lines + im2col.product_lines(form, node.name, cols, dim)
 
     def _nest(self, node: Node) -> Nest:
         attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}

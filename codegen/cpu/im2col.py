@@ -1,0 +1,135 @@
+"""The CPU's direct lowering of a convolution and its two adjoints: im2col, one BLAS product,
+and col2im for the input's adjoint (the derivation and the display stay the indexed ones).
+
+The loop lowering (:class:`codegen.contraction.Nest`) multiplies one output row at a time; on
+the convolutions of an image network that is ~5 GFLOP/s where OpenBLAS reaches ~150.  Here the
+patches of the image are gathered once into ``cols[b, i, j, k, l, c]`` (zero where the window
+hangs over the border), which read as a matrix (b·i·j, k·l·c) turn each form into one product:
+
+- forward:      out(b·i·j, o)   = cols @ K(k·l·c, o)
+- kernel_grad:  dK(k·l·c, o)    = cols^T @ g(b·i·j, o)
+- input_grad:   dcols(b·i·j, k·l·c) = g @ K^T, then dx += dcols scattered back (col2im)
+
+The kernel's gradient reads the same patches as the forward convolution: the gather is done
+once per kernel and its buffer reused (the Scope remembers which image and window it holds).
+
+:func:`choose` keeps the loop nest only where no BLAS may be called (an export with
+``--no-blas``); measured here (2-core AVX2, fused loss_and_grads of two stacked 'same' convs,
+loops / im2col): 6x6x1->4 batch 1 15.9/7.8 us, 5x5x2->3 batch 4 36/17 us, 8x8x4->8 batch 32
+2033/950 us, 12x12x3->16 batch 16 4936/951 us; the digits_cnn step 0.35-0.39/0.21-0.23 ms and
+image28's ~465/~114 ms.  No convolution we tried was faster as loops, so there is no size
+rule.  ``GRAPHNN_CONV_LOWERING`` (``im2col`` / ``loops``) or :func:`forced` overrides the
+choice.  The generated code says which it chose and why.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from codegen.conv_pattern import ConvForm
+from codegen.cpu import matmul
+
+_FORCED: ContextVar[str | None] = ContextVar("conv_lowering", default=None)
+
+
+@contextmanager
+def forced(how: str | None):
+    """Lower every recognised convolution as ``how`` ("im2col" or "loops") meanwhile."""
+    token = _FORCED.set(how)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def choose(form: ConvForm) -> tuple[str, str]:
+    """("im2col" | "loops", why) for one recognised convolution form (see the module doc)."""
+    if not matmul.blas_allowed():
+        return "loops", "loops: this module may not call BLAS (no SciPy)"
+    how = _FORCED.get() or os.environ.get("GRAPHNN_CONV_LOWERING", "")
+    if how in ("im2col", "loops"):
+        return how, f"{how}, forced (GRAPHNN_CONV_LOWERING or codegen.cpu.im2col.forced)"
+    size = f"({form.patch_size} x {form.o} per output position)"
+    return "im2col", f"im2col + BLAS {size}: faster than loops on every convolution measured"
+
+
+def cols_shape(form: ConvForm) -> tuple:
+    return (form.batch, form.oh, form.ow, form.kh, form.kw, form.c)
+
+
+def geometry(form: ConvForm, image_shape) -> tuple:
+    """What decides a gather's content besides the image: two forms with the same key read the
+    same patches."""
+    return (form.image, tuple(image_shape), cols_shape(form), form.stride, form.dilation,
+            form.offset)  # fmt: skip
+
+
+def _at(name: str) -> str:
+    return f"{name}[_b, _i, _j, _k, _l, _c]"
+
+
+def _window_loops(form: ConvForm, image_shape, dim, body_in, body_out=None) -> list[str]:
+    """Loops over (b, i, j, k, l) with ``_r, _s`` the image position; ``body_in`` runs when it
+    is inside the image, ``body_out`` (if any) when it is padding.  Bodies loop over c."""
+    _, h, w, _ = image_shape
+    row, col = form.window(0, "_i", "_k"), form.window(1, "_j", "_l")
+    inside = f"0 <= _r < {dim(h)} and 0 <= _s < {dim(w)}"
+    lines = [
+        f"for _b in range({dim(form.batch)}):",
+        f"    for _i in range({dim(form.oh)}):",
+        f"        for _j in range({dim(form.ow)}):",
+        f"            for _k in range({dim(form.kh)}):",
+        f"                _r = {row}",
+        f"                for _l in range({dim(form.kw)}):",
+        f"                    _s = {col}",
+        f"                    if {inside}:",
+        f"                        for _c in range({dim(form.c)}):",
+        f"                            {body_in}",
+    ]
+    if body_out is not None:
+        lines += [
+            "                    else:",
+            f"                        for _c in range({dim(form.c)}):",
+            f"                            {body_out}",
+        ]
+    return lines
+
+
+def gather(form: ConvForm, image_shape, cols: str, dim, zero: str) -> list[str]:
+    """im2col: ``cols[b, i, j, k, l, c]`` = the image at the window position, zero outside."""
+    x = form.image
+    copy = f"{_at(cols)} = {x}[_b, _r, _s, _c]"
+    return [
+        f"# im2col: {cols}[b, i, j, k, l, c] = {x}[b, {form.window(0, 'i', 'k')}, "
+        f"{form.window(1, 'j', 'l')}, c], 0 outside {x}",
+        *_window_loops(form, image_shape, dim, copy, f"{_at(cols)} = {zero}"),
+    ]
+
+
+def scatter(form: ConvForm, image_shape, dcols: str, out: str, dim) -> list[str]:
+    """col2im: ``out`` (zeroed before) += each patch column at its image position; positions
+    in the padding are dropped."""
+    add = f"{out}[_b, _r, _s, _c] += {_at(dcols)}"
+    return [f"# col2im: {out}[b, r, s, c] += {dcols}[b, i, j, k, l, c] at each window position",
+            *_window_loops(form, image_shape, dim, add)]  # fmt: skip
+
+
+def matrix(name: str, rows: str, cols: str) -> str:
+    return f"{name}.reshape(({rows}, {cols}))"
+
+
+def product_lines(form: ConvForm, out: str, cols: str, dim) -> list[str]:
+    """The one BLAS product of the form (``cols``: the patches, or for input_grad their
+    cotangent ``dcols``, which it writes)."""
+    rows = " * ".join(dim(d) for d in (form.batch, form.oh, form.ow))
+    patch = " * ".join(dim(d) for d in (form.kh, form.kw, form.c))
+    o = dim(form.o)
+    K = matrix(f"np.ascontiguousarray({form.kernel})", patch, o) if form.kernel else None
+    g = matrix(f"np.ascontiguousarray({form.grad})", rows, o) if form.grad else None
+    if form.role == "forward":
+        return [f"np.dot({matrix(cols, rows, patch)}, {K}, {matrix(out, rows, o)})"]
+    if form.role == "kernel_grad":
+        return [f"np.dot({matrix(cols, rows, patch)}.T, {g}, {matrix(out, patch, o)})"]
+    return [f"np.dot({g}, {K}.T, {matrix(cols, rows, patch)})"]
