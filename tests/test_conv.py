@@ -327,3 +327,20 @@ def test_a_contraction_that_is_no_convolution_keeps_the_loops():
     y = gn.contract([X, w], [(A("b"), A("i", "k")), (A("k"),)], (A("b"), A("i")), sizes, (2, 3))
     with im2col.forced("im2col"):
         assert "im2col" not in cpu_backend.source(gn.Graph(gn.sum(gn.tanh(y))))
+
+
+@pytest.mark.parametrize("size, stride, padding", POOLS)
+def test_max_pool_routes_to_the_first_maximum_on_ties_and_nan(size, stride, padding):
+    """The CPU's argmax mask (codegen/cpu/pool_mask.py, channels innermost) marks the same
+    window position as the reference's np.argmax: the first of tied maxima, the first NaN;
+    the gradient of sum(1.5 · max_pool(X)) is 1.5 times the mask's sum at each position."""
+    X = gn.param("X", (2, 7, 8, 5), "normal")
+    g = gn.Graph(gn.sum(gn.max_pool2d(X, size, stride, padding) * 1.5))
+    rng = np.random.default_rng(7)
+    x = rng.integers(-1, 2, size=X.shape).astype(np.float32)  # many ties
+    x[0, 1, 2, :3] = np.nan
+    x[1, 4, 4, 1] = np.nan
+    _, want = g.value_and_grad({"X": x}, {}, backend="numpy")
+    _, got = g.value_and_grad({"X": x}, {}, backend="cpu")
+    assert np.all(np.isfinite(want["X"])) and np.any(want["X"] == 0) and np.any(want["X"] > 0)
+    np.testing.assert_array_equal(got["X"], want["X"])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sympy
 
-from codegen.contraction import Nest, window_mask, window_max
+from codegen.contraction import Nest, window_max
 from codegen.conv_pattern import recognise
-from codegen.cpu import im2col, matmul
+from codegen.cpu import im2col, matmul, pool_mask
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
 from graphnn.ir.dropout import threshold
@@ -156,15 +156,15 @@ class CpuSteps(StepEmitter):
         return lines + loop_header(node.shape, out, self) + indent(body, 4)
 
     def emit_max_pool_mask(self, step: Step) -> list[str]:
-        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it)."""
+        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it),
+        channels innermost (:mod:`codegen.cpu.pool_mask`)."""
         node = step.node
         (x,) = node.inputs
-        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
-        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
-        out = ["_b", "_i", "_j", "_c"]
-        b, oh, ow, _, _, c = node.shape
-        lines = [comment(node), *self.empty(node.name, node.shape)]
-        return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
+        shape = self.ir.node(x).shape
+        body = pool_mask.mask_lines(
+            dict(node.attrs), x, shape, node.name, node.shape, self.dim, self.literal
+        )
+        return [comment(node), *self.empty(node.name, node.shape), *body]
 
     def emit_dropout(self, step: Step) -> list[str]:
         """Training: keep element e (row-major) when dropout_mix(key ^ e) clears the rate's
