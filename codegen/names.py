@@ -35,6 +35,7 @@ CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's t
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
 CPU |= {"_r", "_s"}  # codegen/cpu/im2col.py, pool_mask.py: the input position of a window element
+CPU |= {"_p", "_u", "_w"}  # codegen/cpu/im2col.py: a row chunk, an entry of its product
 CPU |= {"_acc", "_found", "_first"}  # codegen/cpu/pool_mask.py: each channel's maximum, argmax
 CPU |= {"step", "key", "e", "dropout_mix"}  # dropout: the step argument, its hash and counter
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
@@ -98,7 +99,8 @@ def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
     buffer, gradient, workspace buffer, a convolution's im2col patches (and their cotangent)."""
     made = {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
-    return made | {f"{name}_cols", f"ws_{name}_cols", f"{name}_dcols", f"ws_{name}_dcols"}
+    made |= {f"{name}_cols", f"ws_{name}_cols", f"{name}_dcols", f"ws_{name}_dcols"}
+    return made | {f"{name}_part", f"ws_{name}_part", f"{name}_m", f"{name}_part_m"}
 
 
 def size_variables(graph) -> set[str]:

@@ -235,6 +235,9 @@ IM2COL_CONVS = [
     (9, 7, 3, (3, 3), 4, 1, 0, 2, 3),
     (8, 5, 1, (2, 3), 4, (1, 2), (2, 1), (2, 1), 1),
     (6, 9, 3, (5, 5), 2, 2, "same", 1, 2),
+    # 3 x 26 x 26 = 2,028 rows: the kernels' gradients are summed over row chunks (2, the last
+    # one partial)
+    (26, 26, 1, (3, 3), 4, 1, "same", 1, 3),
 ]
 
 
@@ -294,6 +297,16 @@ def test_the_kernels_gradient_reuses_the_forward_patches():
     train = source[source.index("def loss_and_grads") : source.index("def forward")]
     assert train.count("# im2col: ") == 2
     assert train.count("(gathered above)") == 2
+
+
+def test_a_small_kernels_gradient_sums_row_chunks():
+    """Over more than CHUNK_ROWS rows a small kernel's gradient is one product per chunk of
+    rows, summed (the values: test_im2col_lowering_matches_the_loops_and_the_reference)."""
+    assert 3 * 26 * 26 > im2col.CHUNK_ROWS
+    with im2col.forced("im2col"):
+        source = cpu_backend.source(_stacked_conv_graph(IM2COL_CONVS[-1]))
+    train = source[source.index("def loss_and_grads") : source.index("def forward")]
+    assert train.count(f"# in chunks of {im2col.CHUNK_ROWS} rows") == 2
 
 
 def test_convolutions_are_im2col_unless_the_module_may_not_call_blas():

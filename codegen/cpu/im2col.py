@@ -116,6 +116,40 @@ def scatter(form: ConvForm, image_shape, dcols: str, out: str, dim) -> list[str]
             *_window_loops(form, image_shape, dim, add)]  # fmt: skip
 
 
+# The kernel's gradient of a convolution with a small kernel sums over many rows (image28's first
+# conv: a 25 x 32 result over 64 x 28 x 28 = 50,176 rows); one BLAS call of that shape took
+# 1.5-11 ms here, the same product in chunks of CHUNK_ROWS rows, each added to the result,
+# 0.8-1.0 ms.  A large result (800 x 64 over 12,544 rows) was not faster in chunks.
+CHUNK_ROWS = 1024
+CHUNK_MAX_RESULT = 4096  # chunk while the result (k·l·c x o) has at most this many entries
+
+
+def chunked(form: ConvForm) -> bool:
+    """Whether the kernel's gradient of ``form`` runs its product in row chunks."""
+    return form.role == "kernel_grad" and form.patch_size * form.o <= CHUNK_MAX_RESULT
+
+
+def chunked_lines(form: ConvForm, out: str, cols: str, part: str, dim) -> list[str]:
+    """The kernel's gradient as one product per CHUNK_ROWS rows, summed into ``out``
+    (``part``: a (k·l·c, o) buffer for each chunk's product)."""
+    rows = " * ".join(dim(d) for d in (form.batch, form.oh, form.ow))
+    patch = " * ".join(dim(d) for d in (form.kh, form.kw, form.c))
+    o = dim(form.o)
+    a, g = matrix(cols, rows, patch), matrix(f"np.ascontiguousarray({form.grad})", rows, o)
+    step = CHUNK_ROWS
+    return [
+        f"# in chunks of {step} rows: one product over all rows is slow for so small a result",
+        f"{out}_m = {matrix(out, patch, o)}",
+        f"{part}_m = {matrix(part, patch, o)}",
+        f"np.dot({a}[:{step}].T, {g}[:{step}], {out}_m)",
+        f"for _p in range({step}, {rows}, {step}):",
+        f"    np.dot({a}[_p : _p + {step}].T, {g}[_p : _p + {step}], {part}_m)",
+        f"    for _u in range({patch}):",
+        f"        for _w in range({o}):",
+        f"            {out}_m[_u, _w] += {part}_m[_u, _w]",
+    ]
+
+
 def matrix(name: str, rows: str, cols: str) -> str:
     return f"{name}.reshape(({rows}, {cols}))"
 

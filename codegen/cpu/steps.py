@@ -138,6 +138,10 @@ class CpuSteps(StepEmitter):
         else:
             lines += [f"# the patches of {form.image} are in {cols} (gathered above)"]
         lines += self.empty(node.name, node.shape)
+        if im2col.chunked(form):
+            part = f"{node.name}_part"
+            lines += self.empty(part, (form.kh, form.kw, form.c, form.o))
+            return lines + im2col.chunked_lines(form, node.name, cols, part, dim)
         return lines + im2col.product_lines(form, node.name, cols, dim)
 
     def _nest(self, node: Node) -> Nest:
