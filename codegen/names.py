@@ -35,7 +35,7 @@ CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's t
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
 CPU |= {"_r", "_s"}  # codegen/cpu/im2col.py, pool_mask.py: the input position of a window element
-CPU |= {"_p", "_u", "_w"}  # codegen/cpu/im2col.py: a row chunk, an entry of its product
+CPU |= {"_p", "_u", "_w", "_b0", "_nb"}  # codegen/cpu/im2col.py: row chunks, image groups
 CPU |= {"_acc", "_found", "_first"}  # codegen/cpu/pool_mask.py: each channel's maximum, argmax
 CPU |= {"step", "key", "e", "dropout_mix"}  # dropout: the step argument, its hash and counter
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py

@@ -357,3 +357,31 @@ def test_max_pool_routes_to_the_first_maximum_on_ties_and_nan(size, stride, padd
     _, got = g.value_and_grad({"X": x}, {}, backend="cpu")
     assert np.all(np.isfinite(want["X"])) and np.any(want["X"] == 0) and np.any(want["X"] > 0)
     np.testing.assert_array_equal(got["X"], want["X"])
+
+
+def test_a_forward_only_convolution_gathers_a_group_of_images_at_a_time(monkeypatch):
+    """Where no kernel's gradient reads the patches (the forward kernel of evaluate/predict),
+    they are gathered a group of images at a time into a bounded buffer: groups of 2 over 5
+    images (the last one partial) match the reference, also on arrays that refuse
+    out-of-range indices."""
+    x = gn.input("x", (7, 6, 3))
+    K = gn.param("K", (3, 2, 3, 4), "normal")
+    y = gn.conv2d(x, K, stride=(2, 1), padding=1, dilation=(1, 2))
+    g = gn.Graph(gn.sum(gn.tanh(y)), outputs=[y])
+    name = g.training.name_of(y)
+    _, oh, ow, _ = y.shape
+    monkeypatch.setattr(im2col, "GROUP_ENTRIES", 2 * oh * ow * 3 * 2 * 3)
+    with im2col.forced("im2col"):
+        module = cpu_backend.build(g, None, "float32", outputs=[name])
+        source = cpu_backend.source(g, None, "float32", outputs=[name])
+    assert "# im2col by groups of" in source[source.index("def forward") :]
+    assert "# im2col by groups of" not in source[: source.index("def forward")]
+    rng = np.random.default_rng(4)
+    xv = rng.normal(size=(5, 7, 6, 3)).astype(np.float32)
+    Kv = rng.normal(size=K.shape).astype(np.float32)
+    want = g.evaluate_nodes({"K": Kv}, {"x": xv}, dtype=np.float32)[name]
+    for run in (module.forward, module.forward.py_func):
+        args = (xv, Kv) if run is module.forward else (xv.view(Strict), Kv.view(Strict))
+        got = run(*args)
+        got = got[0] if isinstance(got, tuple) else got
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -131,6 +131,13 @@ class CpuSteps(StepEmitter):
             return lines + im2col.scatter(form, image, dcols, node.name, dim)
         key = im2col.geometry(form, image)
         cols = self.gathered.get(key)
+        if cols is None and form.role == "forward" and key not in self._reread():
+            cols = f"{node.name}_cols"
+            lines += self.empty(cols, (im2col.group_size(form), *im2col.cols_shape(form)[1:]))
+            lines += self.empty(node.name, node.shape)
+            return lines + im2col.grouped_forward(
+                form, image, cols, node.name, dim, self.literal(0)
+            )
         if cols is None:
             cols = self.gathered[key] = f"{node.name}_cols"
             lines += self.empty(cols, im2col.cols_shape(form))
@@ -143,6 +150,20 @@ class CpuSteps(StepEmitter):
             lines += self.empty(part, (form.kh, form.kw, form.c, form.o))
             return lines + im2col.chunked_lines(form, node.name, cols, part, dim)
         return lines + im2col.product_lines(form, node.name, cols, dim)
+
+    def _reread(self) -> set:
+        """The gathers (:func:`codegen.cpu.im2col.geometry`) a kernel's gradient of this
+        kernel reads: their forward convolution keeps the whole batch's patches for it."""
+        keys = set()
+        for step in self.plan.steps:
+            node = step.node
+            if node.op != "contract":
+                continue
+            attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+            form = recognise(attrs, node.inputs)
+            if form is not None and form.role == "kernel_grad":
+                keys.add(im2col.geometry(form, self.ir.node(form.image).shape))
+        return keys
 
     def _nest(self, node: Node) -> Nest:
         attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
