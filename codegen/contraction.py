@@ -8,6 +8,10 @@ value of the other indices of that position, the one index left is solved for, a
 skipped when it is not a whole number in range.  Every read outside an operand is skipped the
 same way (zero padding), so no generated loop reads or writes outside an array.
 
+The CPU uses these loops for every contraction except the convolution forms it recognises
+(:mod:`codegen.conv_pattern`), which it lowers to im2col and BLAS (:mod:`codegen.cpu.im2col`)
+unless the module may not call BLAS; the CUDA back end uses them for all.
+
 >>> from graphnn.ir.indexed import A
 >>> attrs = {"sizes": (("i", 3), ("k", 2)), "maps": ((A("i", "k", const=-1),), (A("k"),)),
 ...          "out": (A("i"),)}

@@ -34,6 +34,9 @@ CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's t
 # codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
+CPU |= {"_r", "_s"}  # codegen/cpu/im2col.py, pool_mask.py: the input position of a window element
+CPU |= {"_p", "_u", "_w", "_b0", "_nb"}  # codegen/cpu/im2col.py: row chunks, image groups
+CPU |= {"_acc", "_found", "_first"}  # codegen/cpu/pool_mask.py: each channel's maximum, argmax
 # dropout: the draw's arguments (codegen/cpu/module.py), its hashes and the counter in a row
 CPU |= {"step", "draw", "sample_ids", "key", "rowkey", "e", "dropout_mix"}
 APPROX = {"tanh_r", "x2", "xc", "p", "q", "ax", "tail"}  # codegen/cpu/approx.py
@@ -102,8 +105,10 @@ def update_locals(optimizer) -> dict[str, str]:
 
 def derived(name: str) -> set[str]:
     """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
-    buffer, gradient, workspace buffer."""
-    return {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+    buffer, gradient, workspace buffer, a convolution's im2col patches (and their cotangent)."""
+    made = {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+    made |= {f"{name}_cols", f"ws_{name}_cols", f"{name}_dcols", f"ws_{name}_dcols"}
+    return made | {f"{name}_part", f"ws_{name}_part", f"{name}_m", f"{name}_part_m"}
 
 
 def size_variables(graph) -> set[str]:

@@ -44,6 +44,8 @@ class Scope:
         self.step_arg: str | None = None  # the training step's variable; None: eval form
         self.eval_form = False  # prediction/evaluation: running statistics read their state
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
+        # im2col patches gathered so far in this kernel: (image, window) -> the array holding them
+        self.gathered: dict[tuple, str] = {}
         # With a workspace, arrays are views of buffers the caller allocated once (name -> shape)
         # instead of new allocations: a step then allocates nothing.
         self.buffers: dict[str, tuple] | None = {} if workspace else None

@@ -7,6 +7,7 @@ import pytest
 
 import graphnn as gn
 from codegen.cpu import backend as cpu_backend
+from codegen.cpu import im2col
 from graphnn.errors import GraphError, ShapeError
 from tests.finite_diff import numeric_gradients, relative_error
 
@@ -136,15 +137,19 @@ class Strict(np.ndarray):
         super().__setitem__(idx, value)
 
 
-def test_kernels_never_index_outside_their_arrays():
+@pytest.mark.parametrize("how", ["im2col", "loops"])
+def test_kernels_never_index_outside_their_arrays(how):
     """The generated CPU step, run as plain Python on arrays that refuse out-of-range indices
-    (inputs, parameters and every workspace buffer): padding, strides, dilation, pooling."""
+    (inputs, parameters and every workspace buffer): padding, strides, dilation, pooling; with
+    each lowering of the convolution."""
     X = gn.param("X", (1, 5, 4, 2), "normal")
     K = gn.param("K", (3, 2, 2, 3), "normal")
     h = gn.conv2d(X, K, stride=(2, 1), padding=(2, 1), dilation=(1, 2))
     h = gn.max_pool2d(gn.tanh(h), 2, stride=1, padding=1)
     g = gn.Graph(gn.sum(gn.avg_pool2d(h, (2, 1), padding=(1, 0)) ** 2))
-    assert_strict_run_agrees(g, {k: v.astype(np.float32) for k, v in g.init_params(2).items()})
+    with im2col.forced(how):
+        assert ("# im2col: " in cpu_backend.source(g)) == (how == "im2col")
+        assert_strict_run_agrees(g, {k: v.astype(np.float32) for k, v in g.init_params(2).items()})
 
 
 def assert_strict_run_agrees(g, params):
@@ -218,3 +223,165 @@ def test_batch_input_of_one_row_and_more_on_cpu(rows):
     assert relative_error(loss, want_loss) < 1e-5
     for p in g.param_names:
         assert relative_error(got[p], want[p]) < 1e-5, p
+
+
+# --- the CPU's im2col lowering (codegen/cpu/im2col.py) against the loops and the reference -------
+
+# (H, W, C, kernel, filters, stride, padding, dilation, batch): strides 1/2, padding 0/1/'same',
+# dilation 1/2, odd sizes, a batch of 1, 1 and 3 channels
+IM2COL_CONVS = [
+    (5, 7, 1, (3, 3), 3, 1, "same", 1, 2),
+    (7, 6, 3, (3, 2), 2, 2, 1, 1, 1),
+    (9, 7, 3, (3, 3), 4, 1, 0, 2, 3),
+    (8, 5, 1, (2, 3), 4, (1, 2), (2, 1), (2, 1), 1),
+    (6, 9, 3, (5, 5), 2, 2, "same", 1, 2),
+    # 3 x 26 x 26 = 2,028 rows: the kernels' gradients are summed over row chunks (2, the last
+    # one partial)
+    (26, 26, 1, (3, 3), 4, 1, "same", 1, 3),
+]
+
+
+def _stacked_conv_graph(case):
+    """conv(case) -> tanh -> conv 3x3 'same': the first conv's input is a parameter and the
+    second's an intermediate, so all three forms (forward, kernel's and input's adjoints) run."""
+    H, W, C, kernel, filters, stride, padding, dilation, batch = case
+    if padding == "same" and stride != 1:
+        stride = 1
+    X = gn.param("X", (batch, H, W, C), "normal")
+    K = gn.param("K", (*kernel, C, filters), "normal")
+    K2 = gn.param("K2", (3, 3, filters, 2), "normal")
+    h = gn.tanh(gn.conv2d(X, K, stride, padding, dilation))
+    return gn.Graph(gn.sum(gn.tanh(gn.conv2d(h, K2, padding="same")) * h.shape[1]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", IM2COL_CONVS)
+def test_im2col_lowering_matches_the_loops_and_the_reference(case, dtype):
+    """The same graph lowered as im2col + BLAS and as loops: both agree with the NumPy
+    reference (float64: to rounding), and the im2col source really is the direct lowering."""
+    g = _stacked_conv_graph(case)
+    params = {k: v.astype(dtype) for k, v in g.init_params(2).items()}
+    want_loss, want = g.value_and_grad(params, {}, backend="numpy", dtype=dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for how in ("im2col", "loops"):
+        with im2col.forced(how):
+            source = cpu_backend.source(g, None, np.dtype(dtype).name)
+            g_fresh = _stacked_conv_graph(case)  # value_and_grad keeps one module per graph
+            loss, got = g_fresh.value_and_grad(params, {}, backend="cpu", dtype=dtype)
+        train = source[source.index("def loss_and_grads") : source.index("def forward")]
+        assert ("np.dot(" in train) == (how == "im2col"), how
+        assert train.count("# im2col: ") == (2 if how == "im2col" else 0)  # one per conv
+        assert train.count("# col2im: ") == (2 if how == "im2col" else 0)  # X's and h's
+        assert relative_error(loss, want_loss) < tol, how
+        for p in g.param_names:
+            assert got[p].dtype == dtype, (how, p)
+            assert relative_error(got[p], want[p]) < tol, (how, p)
+
+
+@pytest.mark.parametrize("case", IM2COL_CONVS[:4])
+def test_im2col_kernels_never_index_outside_their_arrays(case):
+    """The gather, the products and the col2im scatter as plain Python on arrays that refuse
+    out-of-range indices (:class:`Strict`)."""
+    g = _stacked_conv_graph(case)
+    with im2col.forced("im2col"):
+        assert "# col2im: " in cpu_backend.source(g)
+        assert_strict_run_agrees(g, {k: v.astype(np.float32) for k, v in g.init_params(2).items()})
+
+
+def test_the_kernels_gradient_reuses_the_forward_patches():
+    """One gather per image and window in a training kernel: the kernel's adjoint multiplies
+    the patches the forward convolution gathered."""
+    g = _stacked_conv_graph(IM2COL_CONVS[0])
+    with im2col.forced("im2col"):
+        source = cpu_backend.source(g)
+    train = source[source.index("def loss_and_grads") : source.index("def forward")]
+    assert train.count("# im2col: ") == 2
+    assert train.count("(gathered above)") == 2
+
+
+def test_a_small_kernels_gradient_sums_row_chunks():
+    """Over more than CHUNK_ROWS rows a small kernel's gradient is one product per chunk of
+    rows, summed (the values: test_im2col_lowering_matches_the_loops_and_the_reference)."""
+    assert 3 * 26 * 26 > im2col.CHUNK_ROWS
+    with im2col.forced("im2col"):
+        source = cpu_backend.source(_stacked_conv_graph(IM2COL_CONVS[-1]))
+    train = source[source.index("def loss_and_grads") : source.index("def forward")]
+    assert train.count(f"# in chunks of {im2col.CHUNK_ROWS} rows") == 2
+
+
+def test_convolutions_are_im2col_unless_the_module_may_not_call_blas():
+    """The default lowering of a convolution is im2col + BLAS, at digits' size and at image28's
+    (codegen/cpu/im2col.py's measurements), and the generated code says so; a module that may
+    not call BLAS (an export with --no-blas) keeps the loops, even when im2col is forced."""
+    from codegen.cpu import matmul
+
+    for hw, k in [(8, 3), (28, 5)]:
+        x = gn.input("x", (hw, hw, 1))
+        K = gn.param("K", (k, k, 1, 32))
+        g = gn.Graph(gn.sum(gn.conv2d(x, K, padding="same")))
+        source = cpu_backend.source(g)
+        assert "# im2col + BLAS (" in source and "# im2col: " in source, hw
+        with matmul.only_loops(), im2col.forced("im2col"):
+            source = cpu_backend.source(g)
+        assert "np.dot(" not in source and "# loops: this module may not call BLAS" in source
+
+
+def test_a_contraction_that_is_no_convolution_keeps_the_loops():
+    """A hand-written contraction of another shape is not recognised: no im2col, even forced."""
+    from codegen.conv_pattern import recognise
+    from graphnn.ir.indexed import A
+
+    attrs = {"sizes": (("b", None), ("i", 3), ("k", 2)), "out": (A("b"), A("i")),
+             "maps": ((A("b"), A("i", "k")), (A("k"),))}  # fmt: skip
+    assert recognise(attrs, ["x", "w"]) is None
+    X = gn.param("X", (2, 4), "normal")
+    w = gn.param("w", (2,), "normal")
+    sizes = {"b": 2, "i": 3, "k": 2}
+    y = gn.contract([X, w], [(A("b"), A("i", "k")), (A("k"),)], (A("b"), A("i")), sizes, (2, 3))
+    with im2col.forced("im2col"):
+        assert "im2col" not in cpu_backend.source(gn.Graph(gn.sum(gn.tanh(y))))
+
+
+@pytest.mark.parametrize("size, stride, padding", POOLS)
+def test_max_pool_routes_to_the_first_maximum_on_ties_and_nan(size, stride, padding):
+    """The CPU's argmax mask (codegen/cpu/pool_mask.py, channels innermost) marks the same
+    window position as the reference's np.argmax: the first of tied maxima, the first NaN;
+    the gradient of sum(1.5 · max_pool(X)) is 1.5 times the mask's sum at each position."""
+    X = gn.param("X", (2, 7, 8, 5), "normal")
+    g = gn.Graph(gn.sum(gn.max_pool2d(X, size, stride, padding) * 1.5))
+    rng = np.random.default_rng(7)
+    x = rng.integers(-1, 2, size=X.shape).astype(np.float32)  # many ties
+    x[0, 1, 2, :3] = np.nan
+    x[1, 4, 4, 1] = np.nan
+    _, want = g.value_and_grad({"X": x}, {}, backend="numpy")
+    _, got = g.value_and_grad({"X": x}, {}, backend="cpu")
+    assert np.all(np.isfinite(want["X"])) and np.any(want["X"] == 0) and np.any(want["X"] > 0)
+    np.testing.assert_array_equal(got["X"], want["X"])
+
+
+def test_a_forward_only_convolution_gathers_a_group_of_images_at_a_time(monkeypatch):
+    """Where no kernel's gradient reads the patches (the forward kernel of evaluate/predict),
+    they are gathered a group of images at a time into a bounded buffer: groups of 2 over 5
+    images (the last one partial) match the reference, also on arrays that refuse
+    out-of-range indices."""
+    x = gn.input("x", (7, 6, 3))
+    K = gn.param("K", (3, 2, 3, 4), "normal")
+    y = gn.conv2d(x, K, stride=(2, 1), padding=1, dilation=(1, 2))
+    g = gn.Graph(gn.sum(gn.tanh(y)), outputs=[y])
+    name = g.training.name_of(y)
+    _, oh, ow, _ = y.shape
+    monkeypatch.setattr(im2col, "GROUP_ENTRIES", 2 * oh * ow * 3 * 2 * 3)
+    with im2col.forced("im2col"):
+        module = cpu_backend.build(g, None, "float32", outputs=[name])
+        source = cpu_backend.source(g, None, "float32", outputs=[name])
+    assert "# im2col by groups of" in source[source.index("def forward") :]
+    assert "# im2col by groups of" not in source[: source.index("def forward")]
+    rng = np.random.default_rng(4)
+    xv = rng.normal(size=(5, 7, 6, 3)).astype(np.float32)
+    Kv = rng.normal(size=K.shape).astype(np.float32)
+    want = g.evaluate_nodes({"K": Kv}, {"x": xv}, dtype=np.float32)[name]
+    for run in (module.forward, module.forward.py_func):
+        args = (xv, Kv) if run is module.forward else (xv.view(Strict), Kv.view(Strict))
+        got = run(*args)
+        got = got[0] if isinstance(got, tuple) else got
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

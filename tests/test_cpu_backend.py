@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 import graphnn as gn
 from codegen import cache
 from codegen.cpu import backend as cpu_backend
+from codegen.cpu import im2col
 from codegen.cpu.module import stepwise_source
 from codegen.plan import make_plan
 from codegen.signature import signature
@@ -93,6 +94,19 @@ def test_softplus_far_in_its_tail_on_the_reference_and_the_cpu():
 def test_structural(name):
     g, data = cases.build(name, rows=6)
     assert_backends_agree(g, g.init_params(0), data)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(cases.STRUCTURAL) if "conv" in n or "pool" in n]
+)
+@pytest.mark.parametrize("how", ["im2col", "loops"])
+def test_structural_convolution_rows_with_each_lowering(name, how):
+    """The image rows with every convolution lowered as im2col + BLAS (+ col2im), the default,
+    and as the loop nests (codegen/cpu/im2col.py)."""
+    g, data = cases.build(name, rows=6)
+    with im2col.forced(how):
+        assert ("# im2col: " in cpu_backend.source(g)) == (how == "im2col")
+        assert_backends_agree(g, g.init_params(0), data)
 
 
 @pytest.mark.parametrize("name", sorted(cases.LOSSES))

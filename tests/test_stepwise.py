@@ -70,6 +70,21 @@ def test_batch_norm_with_adam_and_clipping_fused_and_stepwise_give_the_same_bits
     _check_case(g, data, monkeypatch, OPTIMIZERS[opt])
 
 
+CONV_ROWS = ["conv2d_same", "conv2d_stride_dilation", "conv2d_stacked", "max_pool"]
+
+
+@pytest.mark.parametrize("name", CONV_ROWS)
+@pytest.mark.parametrize("how", ["im2col", "loops"])
+def test_each_convolution_lowering_fused_and_stepwise_give_the_same_bits(name, how, monkeypatch):
+    """Both lowerings of a convolution (codegen/cpu/im2col.py: gather, BLAS, col2im; or the
+    loop nests), with Adam: step kernels and the fused module agree bit for bit."""
+    monkeypatch.setenv("GRAPHNN_CONV_LOWERING", how)
+    g, data = cases.build(name, rows=7)
+    text, _ = stepwise_source(g, OPTIMIZERS["adam"]())
+    assert ("# im2col: " in text) == (how == "im2col")
+    _check_case(g, data, monkeypatch, OPTIMIZERS["adam"])
+
+
 @pytest.mark.parametrize("loss", sorted(cases.LOSSES))
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_loss_and_optimizer_fused_and_stepwise_give_the_same_bits(loss, opt, monkeypatch):

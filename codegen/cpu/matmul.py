@@ -43,6 +43,11 @@ def only_loops(enabled: bool = True):
         _ONLY_LOOPS.reset(token)
 
 
+def blas_allowed() -> bool:
+    """False inside :func:`only_loops`: the module being generated may not call np.dot."""
+    return not _ONLY_LOOPS.get()
+
+
 def choose(a_shape, b_shape, ta: bool, tb: bool, dim=None) -> tuple[str, str]:
     """How to compute op(a) @ op(b): ("loops" | "blas" | a run-time condition on n, why).
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sympy
 
-from codegen.contraction import Nest, window_mask, window_max
-from codegen.cpu import matmul
+from codegen.contraction import Nest, window_max
+from codegen.conv_pattern import recognise
+from codegen.cpu import im2col, matmul, pool_mask
 from codegen.plan import Step
 from codegen.steps import StepEmitter, comment, indent, loop_header
 from graphnn.ir.dropout import threshold
@@ -97,16 +98,72 @@ class CpuSteps(StepEmitter):
 
     def emit_contract(self, step: Step) -> list[str]:
         """A loop over the output's elements, each summing its products over the other indices
-        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps)."""
+        (:class:`codegen.contraction.Nest`: bounds-checked reads, inverted output maps); a
+        convolution large enough for it is im2col + BLAS instead (:mod:`codegen.cpu.im2col`)."""
         node = step.node
+        form = recognise({k: node.attr(k) for k in ("sizes", "maps", "out")}, node.inputs)
+        how, why = im2col.choose(form) if form is not None else ("loops", None)
+        if how == "im2col":
+            return self._im2col(node, form, why)
         nest = self._nest(node)
-        lines = [comment(node), *self.empty(node.name, node.shape)]
+        lines = [comment(node), *([f"# {why}"] if why else [])]
+        lines += self.empty(node.name, node.shape)
         if nest.row_index is None:
             lines += loop_header(node.shape, nest.out_vars, self)
             return lines + indent(nest.body(node.name), len(node.shape))
         rows = node.shape[:-1]
         lines += loop_header(rows, nest.out_vars[:-1], self)
         return lines + indent(nest.row_body(node.name), len(rows))
+
+    def _im2col(self, node: Node, form, why: str) -> list[str]:
+        """A convolution form as im2col (or col2im) and one BLAS product (codegen.cpu.im2col).
+
+        The kernel's gradient reuses the patches the forward convolution gathered into the same
+        workspace buffer earlier in this kernel; a buffer is only ever written by the gather of
+        one image and window, so what it holds is still those patches."""
+        image = node.shape if form.role == "input_grad" else self.ir.node(form.image).shape
+        dim, lines = self.dim, [comment(node), f"# {why}"]
+        if form.role == "input_grad":
+            dcols = f"{node.name}_dcols"
+            lines += self.empty(dcols, im2col.cols_shape(form))
+            lines += im2col.product_lines(form, node.name, dcols, dim)
+            lines += self.empty(node.name, node.shape, "zeros")
+            return lines + im2col.scatter(form, image, dcols, node.name, dim)
+        key = im2col.geometry(form, image)
+        cols = self.gathered.get(key)
+        if cols is None and form.role == "forward" and key not in self._reread():
+            cols = f"{node.name}_cols"
+            lines += self.empty(cols, (im2col.group_size(form), *im2col.cols_shape(form)[1:]))
+            lines += self.empty(node.name, node.shape)
+            return lines + im2col.grouped_forward(
+                form, image, cols, node.name, dim, self.literal(0)
+            )
+        if cols is None:
+            cols = self.gathered[key] = f"{node.name}_cols"
+            lines += self.empty(cols, im2col.cols_shape(form))
+            lines += im2col.gather(form, image, cols, dim, self.literal(0))
+        else:
+            lines += [f"# the patches of {form.image} are in {cols} (gathered above)"]
+        lines += self.empty(node.name, node.shape)
+        if im2col.chunked(form):
+            part = f"{node.name}_part"
+            lines += self.empty(part, (form.kh, form.kw, form.c, form.o))
+            return lines + im2col.chunked_lines(form, node.name, cols, part, dim)
+        return lines + im2col.product_lines(form, node.name, cols, dim)
+
+    def _reread(self) -> set:
+        """The gathers (:func:`codegen.cpu.im2col.geometry`) a kernel's gradient of this
+        kernel reads: their forward convolution keeps the whole batch's patches for it."""
+        keys = set()
+        for step in self.plan.steps:
+            node = step.node
+            if node.op != "contract":
+                continue
+            attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
+            form = recognise(attrs, node.inputs)
+            if form is not None and form.role == "kernel_grad":
+                keys.add(im2col.geometry(form, self.ir.node(form.image).shape))
+        return keys
 
     def _nest(self, node: Node) -> Nest:
         attrs = {k: node.attr(k) for k in ("sizes", "maps", "out")}
@@ -124,15 +181,15 @@ class CpuSteps(StepEmitter):
         return lines + loop_header(node.shape, out, self) + indent(body, 4)
 
     def emit_max_pool_mask(self, step: Step) -> list[str]:
-        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it)."""
+        """1 at the first maximum of each window, 0 elsewhere (the max pool's adjoint reads it),
+        channels innermost (:mod:`codegen.cpu.pool_mask`)."""
         node = step.node
         (x,) = node.inputs
-        scan = window_max(dict(node.attrs), x, self.ir.node(x).shape, self.dim, self.dtype)
-        body = scan + window_mask(dict(node.attrs), node.name, self.literal(1), self.literal(0))
-        out = ["_b", "_i", "_j", "_c"]
-        b, oh, ow, _, _, c = node.shape
-        lines = [comment(node), *self.empty(node.name, node.shape)]
-        return lines + loop_header((b, oh, ow, c), out, self) + indent(body, 4)
+        shape = self.ir.node(x).shape
+        body = pool_mask.mask_lines(
+            dict(node.attrs), x, shape, node.name, node.shape, self.dim, self.literal
+        )
+        return [comment(node), *self.empty(node.name, node.shape), *body]
 
     def emit_dropout(self, step: Step) -> list[str]:
         """Training: keep element e of a row (row-major within it) when dropout_mix(rowkey ^ e)
