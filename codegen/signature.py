@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from codegen.names import RESERVED, identifiers, size_variables, update_locals
 from codegen.plan import make_plan
-from graphnn.errors import CodegenError
 from graphnn.ir.dropout import has_dropout
 from graphnn.ir.graph import GraphIR
 from graphnn.optim.optimizers import state_key
@@ -71,16 +70,6 @@ def signature(graph, optimizer) -> Signature:
         step=has_dropout(graph.training),
         trainable=len(graph.param_names),
     )
-
-
-def refuse_dropout(sig: Signature, what: str) -> None:
-    """Dropout's training kernels take the draw (the epoch and the rows' sample ids), which
-    ``what`` does not pass yet."""
-    if sig.step:
-        raise CodegenError(
-            f"{what} does not support dropout yet (its kernels take the epoch and the rows' "
-            "sample ids); train with gn.compile(...).fit, which does"
-        )
 
 
 def forward_inputs(graph, outputs: Sequence[str]) -> tuple[str, ...]:

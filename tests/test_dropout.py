@@ -9,7 +9,7 @@ import pytest
 
 import graphnn as gn
 from codegen import numpy_ref
-from graphnn.errors import CodegenError, GraphError, SpecError
+from graphnn.errors import GraphError, SpecError
 from graphnn.ir.dropout import keep_mask
 from graphnn.spec.build import loads_spec
 
@@ -105,11 +105,32 @@ def test_predict_and_evaluate_run_the_eval_form(backend):
     assert eval_loss != pytest.approx(train_loss, rel=1e-3)  # the training form drops units
 
 
-def test_export_refuses_dropout_clearly():
-    from codegen.export.cpu import standalone_source
+def test_the_cpu_export_trains_with_graphnns_masks(tmp_path):
+    """The exported module (numpy and numba only) draws graphnn's masks: its grads are
+    value_and_grad's, its fit_epoch ends on the CPU back end's bits, predict is the eval form."""
+    import importlib.util
+    import sys
 
-    with pytest.raises(CodegenError, match="does not support dropout"):
-        standalone_source(_mlp()[0], gn.SGD(lr=0.1))
+    g, logits = _mlp()
+    path = g.export(tmp_path / "drop.py", optimizer=gn.SGD(lr=0.5))
+    spec = importlib.util.spec_from_file_location("drop", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["drop"] = module  # Numba's cache locator finds functions through the module
+    spec.loader.exec_module(module)
+    data = _data()
+    model = gn.compile(g, gn.SGD(lr=0.5), backend="cpu", seed=0)
+    params, state = module.init_params(0), module.init_state(module.init_params(0))
+    _, want = g.value_and_grad(model.params, data, backend="cpu")
+    got = module.grads(data["x"], data["y"], params)
+    for p in want:
+        np.testing.assert_array_equal(got[p], want[p], err_msg=p)
+    module.fit_epoch(data, params, state, batch_size=5)
+    model.fit(data, epochs=1, batch_size=5, shuffle=False)
+    for p in model.params:
+        np.testing.assert_array_equal(params[p], model.params[p], err_msg=p)
+    np.testing.assert_allclose(
+        module.predict(data["x"], params), model.predict(data), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_bad_rate_and_seed():

@@ -90,6 +90,15 @@ def batch_norm_graph():
     return gn.Graph(gn.softmax_cross_entropy(h @ W2 + b2, y))
 
 
+def dropout_graph():
+    """4 -> 8 tanh, dropout 0.3 -> 3: grads and fit_epoch draw graphnn's masks."""
+    x, y = gn.input("x", (4,)), gn.input("y", (3,))
+    W1, b1 = gn.param("W1", (4, 8), init="glorot_uniform"), gn.param("b1", (8,), init="zeros")
+    W2, b2 = gn.param("W2", (8, 3), init="glorot_uniform"), gn.param("b2", (3,), init="zeros")
+    h = gn.dropout(gn.tanh(x @ W1 + b1), 0.3, seed=4)
+    return gn.Graph(gn.softmax_cross_entropy(h @ W2 + b2, y))
+
+
 def lint(path: Path) -> None:
     """The exported file passes the project's own ruff rules."""
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -184,7 +193,9 @@ print(sorted(set(sys.modules) & {"graphnn", "sympy", "networkx"}))
 )
 
 
-@pytest.mark.parametrize("build", [mlp_graph, batch_norm_graph], ids=["mlp", "batch_norm"])
+@pytest.mark.parametrize(
+    "build", [mlp_graph, batch_norm_graph, dropout_graph], ids=["mlp", "batch_norm", "dropout"]
+)
 def test_cuda_export_api_matches_the_cpu_back_end(tmp_path, build):
     """init_params, init_state, grads, fit_epoch and predict of the exported CUDA module, on the
     simulator with graphnn blocked, against gn.compile(..., backend="cpu") from the same seed."""

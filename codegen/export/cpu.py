@@ -21,7 +21,7 @@ from codegen.export.common import (
     wrapped,
     wrapper_fill,
 )
-from codegen.signature import refuse_dropout, signature
+from codegen.signature import signature
 from graphnn.ir.prediction import prediction_node
 
 
@@ -33,7 +33,6 @@ def standalone_source(
     ``blas=False``: every matrix product as generated loops, so the module needs no SciPy.
     """
     sig = signature(graph, optimizer)
-    refuse_dropout(sig, "the CPU export")
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     with matmul.only_loops(not blas):
         # The outputs gn.compile's Model uses, so the kernels are the text graphnn itself runs.
@@ -75,9 +74,18 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     text = WRAPPERS.format(**fill)
     if graph.state_names:  # loss_and_grads returns the running statistics' new values last
         text = text.replace(GRADS, GRADS_TRAINABLE)
+    if sig.step:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
+        assert GRADS_CALL in text, "the grads wrapper's kernel call changed"
+        text = text.replace(GRADS_CALL, GRADS_CALL_DRAW)
     return text.splitlines()
 
 
+GRADS_CALL = (
+    "    out = loss_and_grads(*arrays, *_arrays(params, PARAMS), _workspace(arrays, params))"
+)
+GRADS_CALL_DRAW = """\
+    draw = (0, np.arange(arrays[0].shape[0]))  # dropout: epoch key 0, the rows as samples
+    out = loss_and_grads(*arrays, *_arrays(params, PARAMS), *draw, _workspace(arrays, params))"""
 GRADS = "    return dict(zip(PARAMS, out[1:], strict=True))"
 GRADS_TRAINABLE = """\
     names = [p for p in PARAMS if p not in RUNNING]

@@ -26,7 +26,6 @@ from codegen.export.common import (
     wrapper_fill,
 )
 from codegen.names import EXPORT_CUDA
-from codegen.signature import refuse_dropout
 from graphnn.errors import CodegenError
 from graphnn.ir.prediction import prediction_node
 
@@ -50,7 +49,6 @@ def cuda_standalone_source(
         raise CodegenError(f"the CUDA exporter needs numba-cuda ({e})") from None
     prediction = prediction_node(graph.forward, graph.loss_name)[0]
     sig = cuda.cuda_signature(graph, optimizer)
-    refuse_dropout(sig, "the CUDA export")
     text = cuda.source(graph, optimizer, dtype, (prediction,))
     text = add_imports(retitle(text, title, graph.loss_name, dtype, TITLE_API))
     parts = [text.rstrip("\n"), "", ""]
@@ -72,7 +70,19 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     text = WRAPPERS.format(**fill)
     if graph.state_names:  # loss_and_grads returns the running statistics' new values last
         text = text.replace(GRADS, GRADS_TRAINABLE)
+    if sig.step:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
+        assert GRADS_CALL in text, "the grads wrapper's kernel call changed"
+        text = text.replace(GRADS_CALL, GRADS_CALL_DRAW)
     return text.splitlines()
+
+
+GRADS_CALL = (
+    "    out = loss_and_grads(Workspace(DTYPE), *arrays, *_device(*_arrays(params, PARAMS)))"
+)
+GRADS_CALL_DRAW = """\
+    draw = (0, cuda.to_device(np.arange(arrays[0].shape[0])))  # dropout: key 0, rows 0..n-1
+    weights = _device(*_arrays(params, PARAMS))
+    out = loss_and_grads(Workspace(DTYPE), *arrays, *weights, *draw)"""
 
 
 GRADS = "    pairs = zip(PARAMS, out[1:], strict=True)"
