@@ -14,6 +14,8 @@ GRAPHNN_DERIVE_SECONDS      10       simplifying and screening one derivative (w
 GRAPHNN_MAX_NODES           500      nodes of a forward graph built from a spec or compiled
 GRAPHNN_MAX_PARAM_BYTES     1 GiB    the parameters and the optimizer's buffers of them
 GRAPHNN_MAX_DATA_BYTES      2 GiB    a spec's data file, and the arrays read from it
+GRAPHNN_MAX_WORKSPACE_BYTES 4 GiB    the CPU's step buffers for one batch (convolution
+                                     patches grow with the batch size)
 GRAPHNN_MAX_TOML_DEPTH      32       nesting of arrays and tables in a spec file
 GRAPHNN_MAX_FORMULA_CHARS   2000     one expression of a spec
 ==========================  =======  ==================================================
@@ -34,6 +36,7 @@ DEFAULTS = {
     "GRAPHNN_MAX_NODES": 500,
     "GRAPHNN_MAX_PARAM_BYTES": 1 << 30,
     "GRAPHNN_MAX_DATA_BYTES": 2 << 30,
+    "GRAPHNN_MAX_WORKSPACE_BYTES": 4 << 30,
     "GRAPHNN_MAX_TOML_DEPTH": 32,
     "GRAPHNN_MAX_FORMULA_CHARS": 2000,
 }

@@ -265,3 +265,26 @@ def test_deadline_stops_a_block_that_swallows_the_first_request():
                         raise
     assert swallowed == 2
     time.sleep(0.3)  # no request arrives after the block ended
+
+
+# --- memory: the CPU's step buffers ------------------------------------------------------------
+
+
+def test_step_buffers_past_the_budget_stop_before_training(monkeypatch):
+    """A convolution's patch buffer grows with the batch: past GRAPHNN_MAX_WORKSPACE_BYTES the
+    fit stops with the size, the batch and the variable, and leaves the parameters alone; a
+    smaller batch trains under the same budget."""
+    x, y = gn.input("x", (6, 6, 2)), gn.input("y", (3,))
+    K = gn.param("K", (3, 3, 2, 4))
+    h = gn.flatten(gn.relu(gn.conv2d(x, K, padding=1)))
+    g = gn.Graph(gn.softmax_cross_entropy(h @ gn.param("W", (144, 3)), y))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(64, 6, 6, 2)), "y": np.eye(3)[rng.integers(0, 3, 64)]}
+    model = gn.compile(g, gn.SGD(lr=0.1), backend="cpu", seed=0)
+    before = {k: v.copy() for k, v in model.params.items()}
+    monkeypatch.setenv("GRAPHNN_MAX_WORKSPACE_BYTES", "200000")
+    with pytest.raises(LimitError, match=r"for a batch of 64 rows take .*GRAPHNN_MAX_WORKSPACE"):
+        model.fit(data, epochs=1, batch_size=64)
+    assert all(np.array_equal(before[k], model.params[k]) for k in before)
+    model.fit(data, epochs=1, batch_size=4)
+    assert not np.array_equal(before["K"], model.params["K"])

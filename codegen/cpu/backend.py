@@ -22,6 +22,7 @@ from codegen.cache import load_module
 from codegen.cpu.fused_compile import FusedEpoch
 from codegen.cpu.module import module_source, stepwise_source, update_kernels_source
 from codegen.signature import forward_inputs, signature
+from graphnn import budgets
 
 
 def source(graph, optimizer=None, dtype="float32", outputs: Sequence[str] = ()) -> str:
@@ -148,7 +149,7 @@ class Trainer:
         if self._ws is None or self._ws[0] < rows:
             # the fused module's workspace(): the same text as the stepwise module's
             # (tests/test_stepwise.py), so the buffers suit either train_epoch
-            self._ws = (rows, self.module.workspace(rows, *arrays))
+            self._ws = (rows, _bounded(self.module.workspace(rows, *arrays), rows, "step"))
         return self._ws[1]
 
     def forward(self, params, data) -> dict[str, np.ndarray]:
@@ -156,9 +157,24 @@ class Trainer:
         arrays = [*(data[i] for i in names), *(params[p] for p in self.graph.kernel_params)]
         rows = len(arrays[0]) if names else 1
         # a new workspace per call: the outputs are views of it, and the caller keeps them
-        out = self.stepwise.forward(*arrays, self.stepwise.forward_workspace(rows, *arrays))
+        ws = _bounded(self.stepwise.forward_workspace(rows, *arrays), rows, "prediction")
+        out = self.stepwise.forward(*arrays, ws)
         out = out if isinstance(out, tuple) else (out,)
         return dict(zip(self.outputs, out, strict=True))
 
     def forward_inputs(self) -> tuple[str, ...]:
         return forward_inputs(self.graph, self.outputs)
+
+
+def _bounded(buffers: tuple, rows: int, what: str) -> tuple:
+    """``buffers``, unless they take more than GRAPHNN_MAX_WORKSPACE_BYTES: np.empty has only
+    reserved their pages, so a LimitError here comes before the kernels would touch them (an
+    im2col patch buffer grows with the batch: about 1.3 GB for image28 at batch 1024)."""
+    total = sum(b.nbytes for b in buffers)
+    budgets.check(
+        "GRAPHNN_MAX_WORKSPACE_BYTES",
+        total,
+        f"the {what} buffers for a batch of {rows} rows take {budgets.nbytes(total)} "
+        "(a smaller batch_size takes less)",
+    )
+    return buffers
