@@ -33,7 +33,7 @@ class Signature:
     loss: str
     grads: tuple[str, ...]  # gradient node identifiers, in parameter order
     ident: dict  # node name -> identifier
-    step: bool = False  # the training kernel takes dropout's draw (draw, sample_ids)
+    draws: bool = False  # the training kernel takes dropout's draw (draw, sample_ids)
     # params[:trainable] are optimized; the rest are state parameters, each assigned the value
     # its entry of grads holds (batch norm's running statistics: graphnn.ir.batch_norm)
     trainable: int = 0
@@ -67,7 +67,7 @@ def signature(graph, optimizer) -> Signature:
         loss=ident[graph.loss_name],
         grads=tuple(ident[g] for g in news),
         ident=ident,
-        step=has_dropout(graph.training),
+        draws=has_dropout(graph.training),
         trainable=len(graph.param_names),
     )
 

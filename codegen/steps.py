@@ -41,7 +41,7 @@ class Scope:
         # place of the size, so the text serves every model whose sizes follow the same pattern
         self.size_vars: dict[int, str] = dict(sizes or {})
         self.fast_tanh = fast_tanh  # print tanh as codegen.cpu.approx.tanh_r
-        self.step_arg: str | None = None  # the training step's variable; None: eval form
+        self.draw_arg: str | None = None  # dropout's draw argument; None: the eval form
         self.eval_form = False  # prediction/evaluation: running statistics read their state
         self.done: set[str] = set()  # steps already emitted by a fused neighbour
         # im2col patches gathered so far in this kernel: (image, window) -> the array holding them

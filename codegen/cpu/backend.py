@@ -83,8 +83,8 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype):
     args += [values[p] if p in values else np.zeros(shapes[p], dtype) for p in graph.kernel_params]
     batch = args[0].shape[0] if graph.forward.inputs else 1
     # dropout's draw: epoch key 0, the rows as samples 0..batch-1
-    step = [0, np.arange(batch)] if signature(graph, None).step else []
-    loss, *grads = module.loss_and_grads(*args, *step, module.workspace(batch, *args))
+    draw = [0, np.arange(batch)] if signature(graph, None).draws else []
+    loss, *grads = module.loss_and_grads(*args, *draw, module.workspace(batch, *args))
     # after the gradients come the state parameters' new values (batch norm's running stats)
     return loss, dict(zip(graph.param_names, grads[: len(graph.param_names)], strict=True))
 

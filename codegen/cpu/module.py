@@ -115,7 +115,7 @@ def kernel(
     scope = CpuSteps(
         dtype, ir, plan, fast_tanh=dtype == "float32", workspace=workspace, sizes=bound
     )
-    scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
+    scope.draw_arg = "draw" if "draw" in args else None  # None: dropout's eval form
     scope.eval_form = name == "forward"  # running statistics: the state, not the batch's
     # The batch size comes from an input the graph reads (an input feeding only another output
     # of the forward graph is an argument but not a node of the training graph).
@@ -301,8 +301,8 @@ def _step_function(sig: Signature, optimizer, dtype: str) -> list[str]:
     """train_step: one step, as train_epoch takes each (the export's ``step`` calls it)."""
     grads = _grad_names(sig)
     # dropout's draw: the step, the batch's rows as samples 0..n-1
-    step = ["int(t)", f"np.arange({sig.inputs[0]}.shape[0])"] if sig.step else []
-    call = ", ".join([*sig.inputs, *sig.params, *step, "ws"])
+    draw = ["int(t)", f"np.arange({sig.inputs[0]}.shape[0])"] if sig.draws else []
+    call = ", ".join([*sig.inputs, *sig.params, *draw, "ws"])
     body = [f"loss, {', '.join(grads)} = loss_and_grads({call})"]
     n_state = len(optimizer.state)
     states = [_flat(sig, sig.state[k::n_state]) for k in range(n_state)] if n_state else []
@@ -368,7 +368,7 @@ def _epoch_function(
     # the batch's rows, after the step: a written-out step's kernels may use m (a row maximum)
     rows = "min(batch_size, perm.shape[0] - start)" if written is not None else "m"
     if written is not None:
-        loop += ["draw = t0", "sample_ids = perm[start : start + m]"] if sig.step else []
+        loop += ["draw = t0", "sample_ids = perm[start : start + m]"] if sig.draws else []
         loop += [
             "# loss_and_grads, written out",
             *small_step.inlined_call(written, ["loss", *grads]),
@@ -377,7 +377,7 @@ def _epoch_function(
         loop += small_step.guard_and_updates(sig, optimizer, dtype, grads, hyper_t, fail, scope.dim)
     else:
         # dropout's draw: the epoch (its first step) and the batch's rows in the training data
-        draw = ["t0", "perm[start : start + m]" if jit else "idx"] if sig.step else []
+        draw = ["t0", "perm[start : start + m]" if jit else "idx"] if sig.draws else []
         call = [*sig.inputs, *sig.params, *draw, "ws"]
         loop.append(f"loss, {', '.join(grads)} = loss_and_grads({', '.join(call)})")
         loop += ["# update_all's guard and updates, inline", f"G_ = {_flat(sig, grads)}"]
@@ -442,7 +442,7 @@ def training_kernel(
         "loss_and_grads",
         sig.training,
         [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])],
+        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.draws else [])],
         dtype,
         workspace=True,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params[: sig.trainable])]

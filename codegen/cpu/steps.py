@@ -197,7 +197,7 @@ class CpuSteps(StepEmitter):
         forward kernel's eval form is the identity (graphnn.ir.dropout)."""
         node = step.node
         (x,) = node.inputs
-        if self.step_arg is None:
+        if self.draw_arg is None:
             return [comment(node) + "  (eval form: the identity)", f"{node.name} = {x}"]
         rate, seed = node.attr("rate"), node.attr("seed")
         index = [f"i{k}" for k in range(len(node.shape))]
@@ -210,7 +210,7 @@ class CpuSteps(StepEmitter):
             "e += 1",
         ]
         lines = [comment(node), *self.empty(node.name, node.shape)]
-        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.step_arg})"]
+        lines += [f"key = dropout_mix(dropout_mix({seed}) ^ {self.draw_arg})"]
         row = ["rowkey = dropout_mix(key ^ (sample_ids[i0] & 0xFFFFFFFF))", "e = 0"]
         inner = loop_header(node.shape[1:], index[1:], self) + indent(body, len(index) - 1)
         return lines + [f"for i0 in range({self.dim(node.shape[0])}):", *indent(row + inner, 1)]

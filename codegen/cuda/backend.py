@@ -111,7 +111,7 @@ def value_and_grad(graph, values: Mapping[str, np.ndarray], dtype, launch=None):
     arrays = [_upload(cuda, values[a], dtype) for a in names]
     rows = arrays[0].shape[0] if graph.forward.inputs else 1
     # dropout's draw: epoch key 0, the rows as samples 0..rows-1
-    draw = [0, cuda.to_device(np.arange(rows))] if cuda_signature(graph, None).step else []
+    draw = [0, cuda.to_device(np.arange(rows))] if cuda_signature(graph, None).draws else []
     loss, *grads = module.loss_and_grads(module.Workspace(), *arrays, *draw)
     shapes = {n.name: n.shape for n in graph.forward.params}
     grads = grads[: len(graph.param_names)]  # then come the state parameters' new values

@@ -38,7 +38,7 @@ def host_function(name, ir, outputs, args, dtype, taken, prefix, doc, returns=()
     """(kernels, source lines of the host function, matmul variants used)."""
     plan = make_plan(ir, outputs)
     scope = CudaSteps(dtype, ir, plan, taken, prefix)
-    scope.step_arg = "draw" if "draw" in args else None  # None: dropout's eval form
+    scope.draw_arg = "draw" if "draw" in args else None  # None: dropout's eval form
     scope.eval_form = name == "forward"  # running statistics: the state, not the batch's
     draw = ("draw", "sample_ids")
     batch = next((a for a in args if a not in draw and ir.node(a).op == "input"), None)
@@ -143,7 +143,7 @@ def epoch_function(graph, sig: Signature, optimizer, dtype: str) -> list[str]:
         loop += [f"gather_rows[blocks({count(node.shape)}), THREADS]({src}, perm, start, {dst})"]
     grads = grad_names(sig)
     # dropout's draw: the epoch (its first step) and the batch's rows (perm is on the device)
-    call = [*sig.inputs, *sig.params, *(["t0", "perm[start : start + n]"] if sig.step else [])]
+    call = [*sig.inputs, *sig.params, *(["t0", "perm[start : start + n]"] if sig.draws else [])]
     loop += [f"{', '.join(['loss', *grads])} = loss_and_grads(ws, {', '.join(call)})"]
     check = ["loss", *(f"ws.flat({g})" for g in grads), "losses", "status", "gscale", "steps"]
     check += ["clip_norm"] if optimizer.clip_norm is not None else []
@@ -209,7 +209,7 @@ def module_source(
     train_doc = "Loss and gradients on one batch: device arrays in, workspace buffers out."
     train = host_function(
         "loss_and_grads", sig.training, [sig.loss, *sig.grads],
-        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.step else [])], dtype, taken,
+        [*sig.inputs, *sig.params, *(["draw", "sample_ids"] if sig.draws else [])], dtype, taken,
         "k", train_doc,
         returns=["loss", *(f"dloss/d{p}" for p in sig.params[: sig.trainable])]
         + [f"new {p}" for p in sig.params[sig.trainable :]],

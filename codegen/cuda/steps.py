@@ -285,7 +285,7 @@ class CudaSteps(CudaScope):
         rate's threshold (graphnn.ir.dropout); the eval form is the identity."""
         node = step.node
         (x,) = node.inputs
-        if self.step_arg is None:
+        if self.draw_arg is None:
             note = comment(node) + "  (eval form: the identity)"
             return Piece([], [note, f"{node.name} = {x}"])
         rate, seed = node.attr("rate"), node.attr("seed")
@@ -293,7 +293,7 @@ class CudaSteps(CudaScope):
         index = [f"i{k}" for k in range(len(node.shape))]
         at = f"[{', '.join(index)}]"
         row = count(node.shape[1:]) if len(node.shape) > 1 else "1"
-        body = [f"h = {seed}", *mix, f"h = h ^ {self.step_arg}", *mix, "key = h"]
+        body = [f"h = {seed}", *mix, f"h = h ^ {self.draw_arg}", *mix, "key = h"]
         loop = [
             "h = key ^ (sample_ids[i0] & 0xFFFFFFFF)  # the row's sample",
             *mix,
@@ -305,7 +305,7 @@ class CudaSteps(CudaScope):
             f"    {node.name}{at} = {self.literal(0)}",
         ]
         body += grid_stride(node.shape, loop)
-        args = [self.array_arg(x), self.array_arg(node.name), (self.step_arg, "int64")]
+        args = [self.array_arg(x), self.array_arg(node.name), (self.draw_arg, "int64")]
         args += [("sample_ids", "int64[::1]")] + self.sizes(body)
         name = self.kernel_name(node)
         host = [comment(node), self.alloc(node.name, node.shape)]

@@ -74,7 +74,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     text = WRAPPERS.format(**fill)
     if graph.state_names:  # loss_and_grads returns the running statistics' new values last
         text = text.replace(GRADS, GRADS_TRAINABLE)
-    if sig.step:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
+    if sig.draws:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
         assert GRADS_CALL in text, "the grads wrapper's kernel call changed"
         text = text.replace(GRADS_CALL, GRADS_CALL_DRAW)
     return text.splitlines()

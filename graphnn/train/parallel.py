@@ -28,6 +28,7 @@ import zlib
 import numpy as np
 
 from graphnn.errors import DataError, DistributedError, NonFiniteError
+from graphnn.ir.dropout import has_dropout
 from graphnn.optim.optimizers import state_key
 from graphnn.train import distributed as mpi
 from graphnn.train.exchange import block, exchange
@@ -85,7 +86,7 @@ class DataParallel:
         module = model.trainer.stepwise
         # dropout's masks depend on the epoch and each row's sample id only (graphnn.ir.dropout):
         # a rank draws for its rows the masks one process draws for them
-        self.dropout = bool(getattr(model.trainer, "sig", None) and model.trainer.sig.step)
+        self.dropout = has_dropout(model.graph.training)
         self.draw = 0  # the epoch's first step, set by epoch()
         self.module = module
         graph = model.graph
