@@ -20,8 +20,8 @@ from codegen.cpu import small_step
 from codegen.cpu.helpers import with_helpers
 from codegen.cpu.steps import CpuSteps
 from codegen.cpu.stepwise import StepKernel, split_blocks
+from codegen.cpu.update import update_statements
 from codegen.plan import make_plan
-from codegen.printer import print_expr
 from codegen.signature import Signature, forward_inputs, signature
 from codegen.steps import (
     Scope,
@@ -178,11 +178,7 @@ def _update_function(optimizer, dtype: str) -> list[str]:
     """
     flat = [f"{s}_" for s in ["P", "G", *optimizer.state]]
     args = [*flat, *optimizer.hyper, "t", "gscale"]
-    body = [f"{k} = {print_expr(e, dtype=dtype)}" for k, e in optimizer.scalars()]
-    loop = ["G = G_[i] * gscale"] + [f"{s} = {s}_[i]" for s in ["P", *optimizer.state]]
-    loop += [f"{target} = {print_expr(e, dtype=dtype)}" for target, e in optimizer.assignments()]
-    targets = dict.fromkeys(str(t) for t, _ in optimizer.assignments())
-    loop += [f"{s}_[i] = {s}" for s in targets]
+    body, loop = update_statements(optimizer, dtype, "{}_[i]".format)
     body += ["for i in range(P_.shape[0]):", *indent(loop, 1)]
     head = f"# {optimizer.name}: " + "; ".join(f"{t} <- {e}" for t, e in optimizer.assignments())
     return [head, JIT, f"def apply_update({', '.join(args)}):", *indent(body, 1)]

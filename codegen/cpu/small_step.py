@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from codegen.cpu.update import update_statements
 from codegen.names import update_locals
 from codegen.printer import print_expr
 from codegen.signature import Signature
@@ -60,17 +61,13 @@ def inlined_call(parts: dict, results: Sequence[str]) -> list[str]:
     return [*body, f"{', '.join(results)} = {values}"]
 
 
-def _renamed(text: str, names: dict[str, str]) -> str:
-    pattern = r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b"
-    return re.sub(pattern, lambda m: names[m.group(1)], text)
-
-
 def guard_and_updates(
     sig: Signature, optimizer, dtype: str, grads: Sequence[str], hyper: Sequence[str], fail, dim
 ) -> list[str]:
     """The NaN/Inf guard and every update, written out per parameter; ``hyper``: how the step
     reads each hyper-parameter and then t (as ``_guard_and_updates`` takes them); ``dim``
-    spells a size (a variable the epoch holds it in, else the number: a loop of 1 vanishes)."""
+    spells a size (a variable the epoch holds it in, else the number: a loop of 1 vanishes).
+    The update's statements are apply_update's (:func:`codegen.cpu.update.update_statements`)."""
     lit = f"np.{dtype}"
     local = update_locals(optimizer)
     lines = ["if not np.isfinite(loss):", f"    {fail('-1')}"]
@@ -80,28 +77,20 @@ def guard_and_updates(
         lines += indent([f"acc += {g}[{', '.join(index)}] * {lit}(0.0)"], len(index))
         lines += ["if not np.isfinite(acc):", f"    {fail(str(k + 1))}"]
     lines.append(f"gscale = {lit}(1.0)")
-    scalars = [
-        f"{local[str(name)]} = {_renamed(print_expr(expr, dtype=dtype), local)}"
-        for name, expr in optimizer.scalars()
-    ]
     exprs = [e for _, e in [*optimizer.scalars(), *optimizer.assignments()]]
     formulas = " ".join(print_expr(e, dtype=dtype) for e in exprs)
     names = [*optimizer.hyper, "t"]  # bound when a formula reads them (the module lints clean)
     read = [(h, v) for h, v in zip(names, hyper, strict=True) if re.search(rf"\b{h}\b", formulas)]
-    lines += [f"{local[h]} = {value}" for h, value in read] + scalars
+    lines += [f"{local[h]} = {value}" for h, value in read]
     n_state = len(optimizer.state)
-    targets = dict.fromkeys(str(t) for t, _ in optimizer.assignments())
     for k, (p, g) in enumerate(zip(sig.params, grads, strict=True)):
         index = _index(sig, p)
         at = f"[{', '.join(index)}]"
         states = sig.state[k * n_state : (k + 1) * n_state]  # sig.state: per parameter, per buffer
-        arrays = {"P": p, **dict(zip(optimizer.state, states, strict=True))}
-        body = [f"{local['G']} = {g}{at} * gscale"]
-        body += [f"{local[s]} = {a}{at}" for s, a in arrays.items()]
-        for target, expr in optimizer.assignments():
-            value = _renamed(print_expr(expr, dtype=dtype), local)
-            body.append(f"{local[str(target)]} = {value}")
-        body += [f"{arrays[s]}{at} = {local[s]}" for s in targets]
+        arrays = {"P": p, "G": g, **dict(zip(optimizer.state, states, strict=True))}
+        element = {s: a + at for s, a in arrays.items()}
+        scalars, body = update_statements(optimizer, dtype, element.__getitem__, local)
+        lines += scalars if k == 0 else []  # once per step, before the first parameter's loop
         lines += [f"# update of {p}", *_loops(sig, p, index, dim), *indent(body, len(index))]
     return lines
 
