@@ -136,20 +136,26 @@ def kernel(
     views = [f"ws_{b}" for b in scope.buffers]
     unpack = ["(", *indent([f"{v}," for v in views], 1), ") = ws"] if views else []
     rows = next((f"ws_{b}" for b, shape in scope.buffers.items() if shape[0] is None), None)
-    check = []
-    if rows:  # a view past a buffer's end would write out of bounds: refuse instead
-        message = f"the workspace has fewer rows than the batch: make it with {ws_function}(n, ...)"
-        check = [f"if {rows}.shape[0] < n:", f'    raise ValueError("{message}")']
+    bindings = _bindings(bound, sources, body)
     if parts is not None:  # for a caller that writes the body out (codegen/cpu/small_step.py)
-        parts.update(unpack=unpack, check=check)
-        parts["body"] = drop_unused_sizes(head + _bindings(bound, sources, body) + body)
-    body = head + check + _bindings(bound, sources, body) + body
+        parts.update(unpack=unpack, check=_rows_check(rows, "rows", ws_function))
+        parts["body"] = drop_unused_sizes(head + bindings + body)
+    body = head + _rows_check(rows, "n", ws_function) + bindings + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)
     # the buffers' sizes come from the data and parameter arrays only
     arrays = [a for a in args if a not in ("draw", "sample_ids")]
     workspace_lines = _workspace_function(scope, arrays, sources, ws_function)
     return workspace_lines + ["", ""] + signature + indent(body, 1)
+
+
+def _rows_check(buffer: str | None, count: str, ws_function: str) -> list[str]:
+    """Refuse a batch of ``count`` rows when the workspace's row buffer ``buffer`` (None: it
+    has none) holds fewer: a view past a buffer's end would write out of bounds."""
+    if buffer is None:
+        return []
+    message = f"the workspace has fewer rows than the batch: make it with {ws_function}(n, ...)"
+    return [f"if {buffer}.shape[0] < {count}:", f'    raise ValueError("{message}")']
 
 
 def _workspace_function(
@@ -388,7 +394,7 @@ def _epoch_function(
     body += ["rows = min(batch_size, perm.shape[0])"]
     body += [f"{i}_batch = np.empty_like({i}_all[:rows])" for i in sig.inputs]
     if written is not None:  # the workspace's buffers, once; checked against every batch
-        body += written["unpack"] + [ln.replace("< n:", "< rows:") for ln in written["check"]]
+        body += written["unpack"] + written["check"]
     else:  # flat views of the parameters and optimizer buffers, made once for every step
         body.append(f"P_ = {_flat(sig, sig.params)}")
         body += [f"{b}_ = {_flat(sig, sig.state[k::n_state])}" for k, b in enumerate(state_buffers)]
