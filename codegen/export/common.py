@@ -194,6 +194,18 @@ EPOCH_ORDER = """\
     lrs = np.ascontiguousarray(np.broadcast_to(np.asarray(lr, dtype=DTYPE), (steps,)))"""
 
 
+def adapt_grads(text: str, graph, sig, returned, call) -> list[str]:
+    """The wrappers' lines with ``grads()`` fitted to the graph, each a (line as written, line
+    instead) pair of the back end's template: ``returned``, when loss_and_grads returns batch
+    norm's new running statistics after the gradients; ``call``, when it takes dropout's draw
+    (value_and_grad's: epoch key 0, the rows as samples 0..n-1)."""
+    for needed, (written, instead) in ((graph.state_names, returned), (sig.draws, call)):
+        if needed:
+            assert written in text, f"the grads wrapper no longer has {written.strip()!r}"
+            text = text.replace(written, instead)
+    return text.splitlines()
+
+
 def def_fit_epoch(kw: list[str]) -> str:
     """``def fit_epoch(...):`` with the optimizer's hyper-parameters as keyword defaults."""
     args = ["data", "params", "state", "batch_size=BATCH_SIZE", "perm=None", "t0=0", *kw]

@@ -14,6 +14,7 @@ from codegen.cpu import matmul
 from codegen.cpu.module import forward_kernel, module_source
 from codegen.export.common import (
     MAIN,
+    adapt_grads,
     add_imports,
     constants,
     init_functions,
@@ -72,12 +73,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
         "call_epoch": "\n".join(wrapped("total, done, status = train_epoch", epoch, "", "    ")),
     }
     text = WRAPPERS.format(**fill)
-    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
-        text = text.replace(GRADS, GRADS_TRAINABLE)
-    if sig.draws:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
-        assert GRADS_CALL in text, "the grads wrapper's kernel call changed"
-        text = text.replace(GRADS_CALL, GRADS_CALL_DRAW)
-    return text.splitlines()
+    return adapt_grads(text, graph, sig, (GRADS, GRADS_TRAINABLE), (GRADS_CALL, GRADS_CALL_DRAW))
 
 
 GRADS_CALL = (

@@ -18,6 +18,7 @@ import importlib
 
 from codegen.export.common import (
     MAIN,
+    adapt_grads,
     add_imports,
     constants,
     init_functions,
@@ -68,12 +69,7 @@ def _wrappers(graph, sig, prediction) -> list[str]:
     epoch += ["t0", "losses", "status", "gscale"]
     fill["call_epoch"] = "\n".join(wrapped("launched = train_epoch", epoch, "", "    "))
     text = WRAPPERS.format(**fill)
-    if graph.state_names:  # loss_and_grads returns the running statistics' new values last
-        text = text.replace(GRADS, GRADS_TRAINABLE)
-    if sig.draws:  # dropout: grads draws the masks value_and_grad draws (graphnn.ir.dropout)
-        assert GRADS_CALL in text, "the grads wrapper's kernel call changed"
-        text = text.replace(GRADS_CALL, GRADS_CALL_DRAW)
-    return text.splitlines()
+    return adapt_grads(text, graph, sig, (GRADS, GRADS_TRAINABLE), (GRADS_CALL, GRADS_CALL_DRAW))
 
 
 GRADS_CALL = (
