@@ -86,3 +86,57 @@ def test_kernels_with_loops_or_blas_match_the_reference(monkeypatch, loops_max, 
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     for p in g.param_names:
         np.testing.assert_allclose(grads[p], want[p], rtol=1e-4, atol=1e-6)
+
+
+def run_rows(a, b, ta, tb, dtype):
+    """The product as codegen.cpu.row_loop runs it: row_parts' lines before, then its lines for
+    one batch row at a time (the batch is a's rows, or for a^T @ b a's and b's rows)."""
+    a_shape = (None, a.shape[1])  # the batch is a's rows in every case
+    b_shape = (None, b.shape[1]) if ta else tuple(b.shape)
+    rows = a.shape[1] if ta else a.shape[0]
+    cols = b.shape[0] if tb else b.shape[1]
+    out = np.full((rows, cols), np.nan, dtype)
+    parts = matmul.row_parts("out", "a", "b", a_shape, b_shape, ta, tb, dtype, str, "i0")
+    assert parts is not None
+    before, per_row = parts
+    text = "\n".join([*before, f"for i0 in range({a.shape[0]}):", *("    " + s for s in per_row)])
+    exec(text, {"np": np, "a": a, "b": b, "out": out})  # our generated text
+    return out
+
+
+# (batch, other, cols): a @ b and a @ b^T with a's rows the batch; a^T @ b with the batch
+# contracted.  Columns 1-4 take the register-sum form (matmul.DOT_COLS), more the row form.
+ROW_SIZES = [(1, 8, 1), (3, 5, 2), (7, 13, 4), (2, 3, 5), (5, 1, 9), (4, 17, 33)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("ta", "tb"), [(False, False), (False, True), (True, False)])
+@pytest.mark.parametrize("size", ROW_SIZES)
+def test_one_row_at_a_time_gives_the_loops_bits(size, ta, tb, dtype):
+    """The row loop's product (codegen/cpu/row_loop.py) is bit for bit the separate loop's,
+    which is what keeps a small model's written-out step equal to its stepwise kernels."""
+    batch, other, cols = size
+    rng = np.random.default_rng(sum(size) + 3 * ta + tb)
+    a = rng.normal(size=(batch, other)).astype(dtype)
+    b = rng.normal(size=(batch, cols) if ta else ((cols, other) if tb else (other, cols)))
+    b = b.astype(dtype)
+    got = run_rows(a, b, ta, tb, dtype)
+    assert np.array_equal(got, run_loops(a, b, ta, tb, dtype))
+    want = (a.T if ta else a) @ (b.T if tb else b)
+    rtol = 2e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(other, batch))
+
+
+def test_row_parts_refuse_products_that_are_not_a_loop_over_the_batch():
+    assert (
+        matmul.row_parts("o", "a", "b", (3, 4), (4, 2), False, False, "float32", str, "i0") is None
+    )
+    # a^T @ b with a's columns the batch, and a @ b with the batch in b
+    assert (
+        matmul.row_parts("o", "a", "b", (3, None), (3, 2), True, False, "float32", str, "i0")
+        is None
+    )
+    assert (
+        matmul.row_parts("o", "a", "b", (None, 4), (4, None), False, False, "float32", str, "i0")
+        is None
+    )

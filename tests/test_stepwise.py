@@ -359,3 +359,37 @@ def test_fused_and_stepwise_modules_make_the_same_workspace(name):
     opt = gn.Adam(lr=0.01)
     fused = _workspace_function(source(g, opt))
     assert fused == _workspace_function(stepwise_source(g, opt)[0])
+
+
+def _neuron_and_xor():
+    x, y = gn.input("x", (8,)), gn.input("y", (1,))
+    w, b = gn.param("w", (8, 1)), gn.param("b", (1,))
+    neuron = gn.Graph(gn.mse(gn.sigmoid(x @ w + b), y))
+    x2 = gn.input("x", (2,))
+    W1, b1, W2 = gn.param("W1", (2, 4)), gn.param("b1", (4,)), gn.param("W2", (4, 1))
+    xor = gn.Graph(gn.mse(gn.sigmoid(gn.tanh(x2 @ W1 + b1) @ W2), y))
+    return {"neuron": (neuron, 8), "xor": (xor, 2)}
+
+
+@pytest.mark.parametrize("name", ["neuron", "xor"])
+def test_a_small_step_runs_as_one_loop_over_the_rows_with_the_stepwise_bits(name, monkeypatch):
+    """codegen/cpu/row_loop.py: the written-out step of a small model whose blocks are loops
+    over the batch's rows runs them as one loop, one-column values in variables; bit for bit
+    the stepwise kernels' result, with batches of 17 rows (17 * 8 > 128: the products through
+    BLAS, the separate blocks) and 3 (the one loop)."""
+    g, inputs = _neuron_and_xor()[name]
+    rng = np.random.default_rng(1)
+    data = {"x": rng.normal(size=(20, inputs)), "y": rng.uniform(size=(20, 1))}
+    monkeypatch.setenv("GRAPHNN_FUSED", "wait")
+    text = _epoch_text(gn.compile(g, gn.SGD(lr=0.1)))
+    assert "for i0 in range(n):" in text and "(codegen/cpu/row_loop.py)" in text
+    loop = text[text.index("(codegen/cpu/row_loop.py)") : text.index("else:")]
+    # the output layer's one-column values kept in variables, not in arrays
+    assert re.search(r"\bd_sigmoid1_r = ", loop) and "d_sigmoid1[" not in loop, loop
+    for batch_size in (17, 1):
+        fused, _ = _train(g, data, "wait", monkeypatch, OPTIMIZERS["sgd_momentum"], 2, batch_size)
+        stepwise, _ = _train(
+            g, data, "never", monkeypatch, OPTIMIZERS["sgd_momentum"], 2, batch_size
+        )
+        assert fused.trainer.fused._ready and not stepwise.trainer.fused._ready
+        assert_same_bits(fused, stepwise)

@@ -23,7 +23,10 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from codegen.steps import indent
+
 LOOPS_MAX = 128  # multiplications a product may do as loops; see the module docstring
+DOT_COLS = 4  # a row of a @ b with at most this many columns sums each in a register
 _ONLY_LOOPS: ContextVar[bool] = ContextVar("only_loops", default=False)
 
 
@@ -90,40 +93,76 @@ def loop_lines(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str, dim=
     Every case keeps the innermost loop on contiguous memory: rows of b (and of out) for
     ``a @ b`` and ``a^T @ b``; for ``a @ b^T`` the inner loop is a dot product of two rows.
     """
-    size = dim or _size
+    # a^T @ b: p (a row of a and of b) outermost streams rows of a and b once
+    row = "p" if ta and not tb else "r"
+    init, per_row, count = _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, dim or _size, row)
+    return [*init, f"for {row} in range({count}):", *indent(per_row, 1)]
+
+
+def row_parts(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str, dim, row: str):
+    """:func:`loop_lines` as (lines before, lines for one batch row ``row``): the same
+    statements, so a loop over the batch's rows that runs several steps' rows in turn computes
+    the same bits (codegen/cpu/row_loop.py).  None unless the loop of :func:`loop_lines` is over
+    the batch's rows: ``a @ b`` and ``a @ b^T`` with a's rows the batch and b free of it (a
+    row of the result), ``a^T @ b`` with both a's and b's rows the batch (the weight gradient:
+    each row adds its part, in row order)."""
+    if ta and not tb:
+        fits = a_shape[0] is None and b_shape[0] is None and None not in (a_shape[1], b_shape[1])
+    else:
+        fits = not ta and a_shape[0] is None and a_shape[1] is not None and None not in b_shape
+    if not fits:
+        return None
+    init, per_row, _ = _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, dim, row)
+    if not ta and not tb and b_shape[1] <= DOT_COLS:
+        # a few columns: each a dot product summed in a register, not through out's element in
+        # memory (which LLVM may not keep in a register: out could alias a or b); the same sum
+        # in the same order, so the same bits
+        zero = f"np.{dtype}(0.0)"
+        per_row = [
+            f"for c in range({dim(b_shape[1])}):",
+            f"    s = {zero}",
+            f"    for p in range({dim(a_shape[1])}):",
+            f"        s += {a}[{row}, p] * {b}[p, c]",
+            f"    {out}[{row}, c] = s",
+        ]
+    return init, per_row
+
+
+def _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, size, row):
+    """(lines before the loop, its body, its count) of ``out = op(a) @ op(b)`` as one loop over
+    ``row``: the rows of out, or for ``a^T @ b`` the rows of a and b."""
     zero = f"np.{dtype}(0.0)"
+    rows = size(a_shape[1] if ta else a_shape[0])
+    inner = size(a_shape[0] if ta else a_shape[1])
     if not tb:
-        rows = size(a_shape[1] if ta else a_shape[0])
-        inner = size(a_shape[0] if ta else a_shape[1])
         cols = size(b_shape[1])
-        a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
-        if ta:  # out[r, c] = sum_p a[p, r] b[p, c]: p outermost streams rows of a and b once
-            return [
+        if ta:  # out[r, c] = sum_p a[p, r] b[p, c]
+            init = [
                 f"for r in range({rows}):",
                 f"    for c in range({cols}):",
                 f"        {out}[r, c] = {zero}",
-                f"for p in range({inner}):",
-                f"    for r in range({rows}):",
-                f"        for c in range({cols}):",
-                f"            {out}[r, c] += {a_at} * {b}[p, c]",
             ]
-        return [
-            f"for r in range({rows}):",
+            per_row = [
+                f"for r in range({rows}):",
+                f"    for c in range({cols}):",
+                f"        {out}[r, c] += {a}[{row}, r] * {b}[{row}, c]",
+            ]
+            return init, per_row, inner
+        per_row = [
+            f"for c in range({cols}):",
+            f"    {out}[{row}, c] = {zero}",
+            f"for p in range({inner}):",
             f"    for c in range({cols}):",
-            f"        {out}[r, c] = {zero}",
-            f"    for p in range({inner}):",
-            f"        for c in range({cols}):",
-            f"            {out}[r, c] += {a_at} * {b}[p, c]",
+            f"        {out}[{row}, c] += {a}[{row}, p] * {b}[p, c]",
         ]
-    rows = size(a_shape[1] if ta else a_shape[0])
-    inner = size(a_shape[0] if ta else a_shape[1])
+        return [], per_row, rows
     cols = size(b_shape[0])
-    a_at = f"{a}[p, r]" if ta else f"{a}[r, p]"
-    return [
-        f"for r in range({rows}):",
-        f"    for c in range({cols}):",
-        f"        s = {zero}",
-        f"        for p in range({inner}):",
-        f"            s += {a_at} * {b}[c, p]",
-        f"        {out}[r, c] = s",
+    a_at = f"{a}[p, {row}]" if ta else f"{a}[{row}, p]"
+    per_row = [
+        f"for c in range({cols}):",
+        f"    s = {zero}",
+        f"    for p in range({inner}):",
+        f"        s += {a_at} * {b}[c, p]",
+        f"    {out}[{row}, c] = s",
     ]
+    return [], per_row, rows

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from codegen.cpu import small_step
 from codegen.cpu.helpers import with_helpers
+from codegen.cpu.row_loop import row_loop
 from codegen.cpu.steps import CpuSteps
 from codegen.cpu.stepwise import StepKernel, split_blocks
 from codegen.cpu.update import update_statements
@@ -139,7 +140,17 @@ def kernel(
     bindings = _bindings(bound, sources, body)
     if parts is not None:  # for a caller that writes the body out (codegen/cpu/small_step.py)
         parts.update(unpack=unpack, check=_rows_check(rows, "rows", ws_function))
-        parts["body"] = drop_unused_sizes(head + bindings + body)
+        written, written_bindings = body, bindings
+        one = row_loop(scope, plan.steps, outputs)
+        if one is not None:  # one loop over the rows, while its products run as loops
+            blocks = body[: len(body) - len(tail)]
+            if one.condition is None:
+                written = [*one.lines, "", *tail]
+            else:
+                written = [f"if {one.condition}:", *indent(one.lines, 1), "else:"]
+                written += [*indent(blocks, 1), "", *tail]
+            written_bindings = _bindings(bound, sources, written)
+        parts["body"] = drop_unused_sizes(head + written_bindings + written)
     body = head + _rows_check(rows, "n", ws_function) + bindings + body
     signature = [*jit, f"def {name}({', '.join([*args, 'ws'])}):"]
     body = unpack + drop_unused_sizes(body)

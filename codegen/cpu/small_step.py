@@ -11,7 +11,8 @@ training takes 41 ns.
 So for a small model (:func:`is_small`) ``train_epoch`` holds:
 
 - ``loss_and_grads``' body, as the kernel prints it (the same statements: the same bits), its
-  workspace unpacked once before the loop;
+  workspace unpacked once before the loop; when every block is a loop over the batch's rows,
+  as one loop that runs each block's row in turn (codegen/cpu/row_loop.py);
 - the guard: per parameter, a loop over its gradient's elements (``acc += g * 0``, NaN exactly
   when one is NaN or ±Inf, as ``all_finite``), status ``k`` naming the first bad one;
 - the update: per parameter, a loop nest over its elements running ``apply_update``'s formulas

@@ -41,6 +41,13 @@ class CpuSteps(StepEmitter):
 
     def emit_group(self, step: Step) -> list[str]:
         """One loop nest computing every node of a fused elementwise group (and its reductions)."""
+        lines, index, body = self._group_parts(step)
+        if not step.shape:
+            return lines + body
+        return lines + loop_header(step.shape, index, self) + indent(body, len(step.shape))
+
+    def _group_parts(self, step: Step) -> tuple[list[str], list[str], list[str]]:
+        """(the lines before a group's loop nest, its index names, the body for one element)."""
         shape = step.shape
         index = [f"i{k}" for k in range(len(shape))]
         members = {n.name for n in step.nodes}
@@ -73,9 +80,7 @@ class CpuSteps(StepEmitter):
             else:
                 body.append(f"{store} = {text}")
         body += [f"{_reduce_target(r, index)} += {scalar[r.inputs[0]]}" for r in step.reductions]
-        if not shape:
-            return lines + body
-        return lines + loop_header(shape, index, self) + indent(body, len(shape))
+        return lines, index, body
 
     def emit_matmul(self, step: Step) -> list[str]:
         node = step.node
