@@ -6,6 +6,9 @@
 2. Each compiled back end (cpu; cuda on Numba's simulator), in float32, agrees with the float64
    NumPy reference on the loss and every gradient, and is NaN exactly where the reference is
    (on the cpu also for one more draw with a NaN in the data).
+3. Training on the cpu: the fused epoch (a small model's step written out, as one loop over the
+   rows where it can be) ends with the stepwise kernels' parameters and losses, bit for bit,
+   or stops on NaN/Inf at the same step with the same parameters.
 
 The back ends run in a child process, ``python -m tests.test_fuzz BACKEND EXAMPLES [SEED]``,
 started with ``NUMBA_BOUNDSCHECK=1`` (every array access of a generated kernel is checked: an
@@ -80,11 +83,12 @@ class Budget:
     fd: int
     cpu: int
     cuda: int
+    epoch: int
     seed: int | None = None
 
 
-CI = Budget(fd=800, cpu=24, cuda=12)  # cold: ~55 s of CPU in all (the compiles ~20 s)
-LONG = Budget(fd=5000, cpu=400, cuda=150)
+CI = Budget(fd=800, cpu=24, cuda=12, epoch=8)  # cold: ~55 s of CPU in all (the compiles ~20 s)
+LONG = Budget(fd=5000, cpu=400, cuda=150, epoch=100)
 
 
 class FuzzFailure(AssertionError):
@@ -354,7 +358,87 @@ def check_backend(program: Program, backend: str, batches, seed: int, stats: Cou
     stats["checked" if compared else "graphs with every draw skipped"] += 1
 
 
+# --- property 3: training, the fused epoch against the stepwise kernels ------------------------
+
+EPOCH_CHECK = """\
+from tests.test_fuzz import _fit  # run from the repository root
+print("fused:", _fit(g, params, data, batch_size, "wait"))
+print("stepwise:", _fit(g, params, data, batch_size, "never"))
+"""
+
+
+def _fit(g, params, data, batch_size: int, mode: str):
+    """Two epochs of SGD with momentum from ``params``: (parameters, losses), or the error."""
+    os.environ["GRAPHNN_FUSED"] = mode
+    model = gn.compile(g, gn.SGD(lr=0.01, momentum=0.9), seed=0)
+    for name, value in params.items():
+        model.params[name][...] = value
+    try:
+        with np.errstate(all="ignore"):
+            model.fit(data, epochs=2, batch_size=batch_size, shuffle=True, seed=1)
+    except gn.GraphnnError as e:  # a NaN/Inf stop: the same step and message on both paths
+        return type(e).__name__, str(e), {k: v.copy() for k, v in model.params.items()}
+    return {k: v.copy() for k, v in model.params.items()}, list(model.history["loss"])
+
+
+def _same_bits(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(
+            a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a
+        )
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_bits(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (a != a and b != b)  # a NaN loss on both paths is the same
+
+
+def check_epoch(program: Program, rows: int, batch_size: int, seed: int, stats: Counter) -> None:
+    """The fused epoch (codegen/cpu/module.py: a small model's written-out step, its one loop
+    over the rows) trains to the stepwise kernels' bits, shuffled mini-batches with a short
+    last one; a NaN/Inf stop happens at the same step with the same parameters."""
+    g = _build(program, stats)
+    if not g.param_names:
+        stats["graphs without parameters"] += 1
+        return
+    params, data = program.values(rows, seed)
+    params = {n: v.astype(np.float32) for n, v in params.items()}
+    data = {n: v.astype(np.float32) for n, v in data.items()}
+    fused = _fit(g, params, data, batch_size, "wait")
+    stepwise = _fit(g, params, data, batch_size, "never")
+    if not _same_bits(fused, stepwise):
+        check = f"batch_size = {batch_size}\n" + EPOCH_CHECK
+        detail = f"fused: {fused}\nstepwise: {stepwise}"
+        _fail(
+            program,
+            rows,
+            seed,
+            "the fused epoch != the stepwise kernels",
+            detail,
+            check,
+            np.float32,
+        )
+    stats["stopped on NaN/Inf" if isinstance(fused[0], str) else "trained alike"] += 1
+    module = gn.compile(
+        g, gn.SGD(lr=0.01, momentum=0.9)
+    ).trainer.module  # generates, compiles nothing
+    epoch = Path(module.__file__).read_text(encoding="utf-8").split("def train_epoch(")[1]
+    stats["step written out"] += "written out" in epoch
+    stats["one loop over the rows"] += "codegen/cpu/row_loop.py" in epoch
+    stats["checked"] += 1
+
+
+def run_epoch(examples: int, seed: int | None, stats: Counter) -> None:
+    strategies = (
+        programs(max_steps=5),
+        st.sampled_from([(7, 3), (5, 1), (9, 4)]),  # (rows, batch size): a short last batch
+        st.integers(0, 2**31),
+    )
+    check = lambda p, shape, d: check_epoch(p, *shape, d, stats)  # noqa: E731
+    _run(check, strategies, examples, seed, stats)
+
+
 def run_backend(backend: str, examples: int, seed: int | None, stats: Counter) -> None:
+    if backend == "epoch":
+        return run_epoch(examples, seed, stats)
     others = st.sampled_from(ODD_BATCHES + OTHER_BATCHES)
     if backend == "cuda":  # the simulator costs ~0.2 s a draw, the compile nothing
         batches = st.tuples(st.just(1), st.sampled_from(ODD_BATCHES))
@@ -371,7 +455,7 @@ def run_backend(backend: str, examples: int, seed: int | None, stats: Counter) -
 @pytest.fixture(scope="module")
 def budget(request) -> Budget:
     if request.config.getoption("--fuzz-long"):
-        return Budget(LONG.fd, LONG.cpu, LONG.cuda, seed=random.randrange(2**32))
+        return Budget(LONG.fd, LONG.cpu, LONG.cuda, LONG.epoch, seed=random.randrange(2**32))
     return CI
 
 
@@ -396,8 +480,10 @@ def test_reference_matches_finite_differences(budget):
     _assert_not_vacuous(stats, budget.fd)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "epoch"])
 def test_backend_matches_reference(backend, budget):
+    """cpu, cuda: the back end against the reference; epoch: fused training against stepwise
+    training on the cpu (:func:`check_epoch`)."""
     env = {
         **os.environ,
         "NUMBA_BOUNDSCHECK": "1",
