@@ -105,7 +105,7 @@ def run_rows(a, b, ta, tb, dtype):
 
 
 # (batch, other, cols): a @ b and a @ b^T with a's rows the batch; a^T @ b with the batch
-# contracted.  Columns 1-4 take the register-sum form (matmul.DOT_COLS), more the row form.
+# contracted.  One column takes the register-sum form, more the row form.
 ROW_SIZES = [(1, 8, 1), (3, 5, 2), (7, 13, 4), (2, 3, 5), (5, 1, 9), (4, 17, 33)]
 
 

@@ -368,24 +368,30 @@ def _neuron_and_xor():
     x2 = gn.input("x", (2,))
     W1, b1, W2 = gn.param("W1", (2, 4)), gn.param("b1", (4,)), gn.param("W2", (4, 1))
     xor = gn.Graph(gn.mse(gn.sigmoid(gn.tanh(x2 @ W1 + b1) @ W2), y))
-    return {"neuron": (neuron, 8), "xor": (xor, 2)}
+    x4, y3 = gn.input("x", (4,)), gn.input("y", (3,))
+    V1, c1, V2 = gn.param("W1", (4, 5)), gn.param("b1", (5,)), gn.param("W2", (5, 3))
+    softmax = gn.Graph(gn.softmax_cross_entropy(gn.relu(x4 @ V1 + c1) @ V2, y3))
+    return {"neuron": (neuron, 8, 1), "xor": (xor, 2, 1), "softmax": (softmax, 4, 3)}
 
 
-@pytest.mark.parametrize("name", ["neuron", "xor"])
+@pytest.mark.parametrize("name", ["neuron", "xor", "softmax"])
 def test_a_small_step_runs_as_one_loop_over_the_rows_with_the_stepwise_bits(name, monkeypatch):
     """codegen/cpu/row_loop.py: the written-out step of a small model whose blocks are loops
     over the batch's rows runs them as one loop, one-column values in variables; bit for bit
     the stepwise kernels' result, with batches of 17 rows (17 * 8 > 128: the products through
     BLAS, the separate blocks) and 3 (the one loop)."""
-    g, inputs = _neuron_and_xor()[name]
+    g, inputs, classes = _neuron_and_xor()[name]
     rng = np.random.default_rng(1)
-    data = {"x": rng.normal(size=(20, inputs)), "y": rng.uniform(size=(20, 1))}
+    y = rng.uniform(size=(20, 1)) if classes == 1 else np.eye(classes)[rng.integers(0, 3, 20)]
+    data = {"x": rng.normal(size=(20, inputs)), "y": y}
     monkeypatch.setenv("GRAPHNN_FUSED", "wait")
     text = _epoch_text(gn.compile(g, gn.SGD(lr=0.1)))
     assert "for i0 in range(n):" in text and "(codegen/cpu/row_loop.py)" in text
     loop = text[text.index("(codegen/cpu/row_loop.py)") : text.index("else:")]
-    # the output layer's one-column values kept in variables, not in arrays
-    assert re.search(r"\bd_sigmoid1_r = ", loop) and "d_sigmoid1[" not in loop, loop
+    if classes == 1:  # the output layer's one-column values in variables, not in arrays
+        assert re.search(r"\bd_sigmoid1_r = ", loop) and "d_sigmoid1[" not in loop, loop
+    else:  # the loss and its gradient in the loop, the loss's mean after it
+        assert "softmax_ce1 += " in loop and "softmax_ce1 = softmax_ce1 / nf" in text
     for batch_size in (17, 1):
         fused, _ = _train(g, data, "wait", monkeypatch, OPTIMIZERS["sgd_momentum"], 2, batch_size)
         stepwise, _ = _train(

@@ -26,7 +26,6 @@ from contextvars import ContextVar
 from codegen.steps import indent
 
 LOOPS_MAX = 128  # multiplications a product may do as loops; see the module docstring
-DOT_COLS = 4  # a row of a @ b with at most this many columns sums each in a register
 _ONLY_LOOPS: ContextVar[bool] = ContextVar("only_loops", default=False)
 
 
@@ -113,10 +112,11 @@ def row_parts(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str, dim, 
     if not fits:
         return None
     init, per_row, _ = _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, dim, row)
-    if not ta and not tb and b_shape[1] <= DOT_COLS:
-        # a few columns: each a dot product summed in a register, not through out's element in
-        # memory (which LLVM may not keep in a register: out could alias a or b); the same sum
-        # in the same order, so the same bits
+    if not ta and not tb and b_shape[1] == 1:
+        # one column: a dot product summed in a register, not through out's element in memory
+        # (which LLVM may not keep in a register: out could alias a or b); the same sum in the
+        # same order, so the same bits.  Only for 1, which the module's text spells as such
+        # (other sizes are read from the arrays: one text serves every width)
         zero = f"np.{dtype}(0.0)"
         per_row = [
             f"for c in range({dim(b_shape[1])}):",

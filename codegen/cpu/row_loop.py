@@ -55,6 +55,7 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
     summed: set[str] = set()  # values complete only after the last row
     late: set[str] = set()  # values made after the loop
     viewed: set[str] = set()  # arrays a reshape also reads: they stay arrays
+    paired: set[str] = set()  # softmax cross-entropy nodes done (loss and gradient: one pass)
     conditions: list[str] = []
     rows = 0
     for step in steps:
@@ -86,14 +87,21 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
         else:
             if reads & summed:  # a row would read a value the loop has not finished
                 return None
+            if step.node.name in paired:  # computed with its softmax cross-entropy partner
+                continue
             form = _row_form(scope, step)
             if form is None:
                 return None
-            start, row, totals, condition = form
+            start, row, totals, condition, ending = form
             before += start
             per_row += row
+            after += ending
+            if step.kind in ("softmax_ce", "softmax_ce_grad"):
+                paired |= set(scope.ce_pair(step))
+                names = set(scope.ce_pair(step))
             in_loop |= names - totals
             summed |= totals
+            late |= totals if ending else set()
             conditions += [condition] if condition else []
             rows += 1
     if rows == 0:
@@ -111,7 +119,20 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
 
 def _row_form(scope, step: Step):
     """(lines before the loop, lines for row i0, the names it sums over the rows, the condition
-    it needs) of a step that is a loop over the batch's rows, else None."""
+    it needs, lines after the loop) of a step that is a loop over the batch's rows, else
+    None."""
+    if step.kind in ("softmax", "softmax_grad", "softmax_ce", "softmax_ce_grad"):
+        rows = scope.ir.node(step.node.inputs[0]).shape  # the logits' (or the softmax's)
+        if not rows or rows[0] is not None or None in rows[1:]:
+            return None
+        start, row, after = scope.row_parts(step)
+        notes = [line for line in start if line.startswith("#")]
+        start = [line for line in start if not line.startswith("#")]
+        if step.kind in ("softmax", "softmax_grad"):
+            return start, notes + row, set(), None, after
+        # the loss: a sum over the rows, divided after the loop
+        totals = {n for n in scope.ce_pair(step) if scope.ir.node(n).op == "softmax_ce"}
+        return start, notes + row, totals, None, after
     if step.kind == "group":
         if step.shape[0] is not None or None in step.shape[1:]:  # rows: the batch, once
             return None
@@ -121,7 +142,7 @@ def _row_form(scope, step: Step):
         inner = len(step.shape) - 1
         row = notes + loop_header(step.shape[1:], index[1:], scope) + indent(body, inner)
         totals = {r.name for r in step.reductions if 0 in r.attr("axes")}
-        return start, row, totals, None
+        return start, row, totals, None, []
     if step.kind == "matmul":
         node = step.node
         a, b = node.inputs
@@ -139,7 +160,7 @@ def _row_form(scope, step: Step):
         start = scope.empty(node.name, node.shape) + init
         totals = {node.name} if ta else set()  # a^T @ b sums over the rows
         condition = None if how == "loops" else how
-        return start, [comment(node), f"# {why}", *row], totals, condition
+        return start, [comment(node), f"# {why}", *row], totals, condition, []
     return None
 
 

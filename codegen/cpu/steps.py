@@ -291,28 +291,35 @@ class CpuSteps(StepEmitter):
         return lines + [f"    {keep}[i0, j] = np.exp({z}[i0, j] - m)", f"    s += {keep}[i0, j]"]
 
     def emit_softmax(self, step: Step) -> list[str]:
-        node = step.node
-        (z,), k = node.inputs, node.shape[-1]  # the classes may be the batch: n
-        body = self._row_stats(z, k, keep=node.name) + [
-            f"for j in range({self.dim(k)}):",
-            f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
-        ]
-        lines = [comment(node), *self.empty(node.name, node.shape)]
-        return lines + _over_rows(self.dim(node.shape[0]), body)
+        before, per_row, _ = self.row_parts(step)
+        return before + _over_rows(self.dim(step.node.shape[0]), per_row)
 
-    def emit_softmax_grad(self, step: Step) -> list[str]:
+    emit_softmax_grad = emit_softmax
+
+    def row_parts(self, step: Step) -> tuple[list[str], list[str], list[str]]:
+        """A softmax, its gradient or the softmax cross-entropy as (lines before its loop over
+        the rows, the lines for row i0, lines after): for the emitters, and for a small
+        model's one loop over the rows (codegen/cpu/row_loop.py)."""
         node = step.node
-        (y, g), k = node.inputs, node.shape[-1]
-        body = [
-            f"d = {self.literal(0)}",
-            f"for j in range({self.dim(k)}):",
-            f"    d += {g}[i0, j] * {y}[i0, j]",
-            f"for j in range({self.dim(k)}):",
-            f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
-        ]
-        return [comment(node), *self.empty(node.name, node.shape)] + _over_rows(
-            self.dim(node.shape[0]), body
-        )
+        if node.op in ("softmax_ce", "softmax_ce_grad"):
+            return self._softmax_ce_parts(step)
+        k = node.shape[-1]  # the classes may be the batch: n
+        if node.op == "softmax":
+            (z,) = node.inputs
+            body = self._row_stats(z, k, keep=node.name) + [
+                f"for j in range({self.dim(k)}):",
+                f"    {node.name}[i0, j] = {node.name}[i0, j] / s",
+            ]
+        else:  # softmax_grad
+            (y, g) = node.inputs
+            body = [
+                f"d = {self.literal(0)}",
+                f"for j in range({self.dim(k)}):",
+                f"    d += {g}[i0, j] * {y}[i0, j]",
+                f"for j in range({self.dim(k)}):",
+                f"    {node.name}[i0, j] = {y}[i0, j] * ({g}[i0, j] - d)",
+            ]
+        return [comment(node), *self.empty(node.name, node.shape)], body, []
 
     def _ce_partner(self, step: Step, op: str) -> Node | None:
         for other in self.plan.steps:
@@ -325,9 +332,29 @@ class CpuSteps(StepEmitter):
         node = step.node
         if node.name in self.done:
             return []
+        before, per_row, after = self._softmax_ce_parts(step)
+        self.done.update(self.ce_pair(step))
+        shape = self.ir.node(node.inputs[0]).shape
+        return before + _over_rows(self.dim(shape[0]), per_row) + after
+
+    emit_softmax_ce_grad = emit_softmax_ce
+
+    def ce_pair(self, step: Step) -> list[str]:
+        """The softmax cross-entropy and its gradient that one pass computes (either may be
+        absent from the plan)."""
+        loss, grad = self._ce_nodes(step)
+        return [n.name for n in (loss, grad) if n is not None]
+
+    def _ce_nodes(self, step: Step):
+        node = step.node
         loss, grad = (node, self._ce_partner(step, "softmax_ce_grad"))
         if node.op == "softmax_ce_grad":
             loss, grad = self._ce_partner(step, "softmax_ce"), node
+        return loss, grad
+
+    def _softmax_ce_parts(self, step: Step) -> tuple[list[str], list[str], list[str]]:
+        node = step.node
+        loss, grad = self._ce_nodes(step)
         (z, t) = node.inputs
         shape = self.ir.node(z).shape
         k = shape[-1]
@@ -356,10 +383,5 @@ class CpuSteps(StepEmitter):
                 f"for j in range({self.dim(k)}):",
                 f"    {grad.name}[i0, j] = ({grad.name}[i0, j] / s * tsum - {t}[i0, j]) / {rows}",
             ]
-        self.done.update(n.name for n in (loss, grad) if n is not None)
-        lines += _over_rows(self.dim(shape[0]), body)
-        if loss is not None:
-            lines.append(f"{loss.name} = {loss.name} / {rows}")
-        return lines
-
-    emit_softmax_ce_grad = emit_softmax_ce
+        after = [f"{loss.name} = {loss.name} / {rows}"] if loss is not None else []
+        return lines, body, after
