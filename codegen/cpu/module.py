@@ -368,13 +368,14 @@ def _epoch_function(
         if not jit:  # stepwise: NumPy copies the rows (a copy: the same bits)
             loop += [f"{i} = {i}_batch[: idx.shape[0]]", f"np.take({i}_all, idx, 0, {i})"]
             continue
-        # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.
+        # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.  The
+        # source row is read once per row: read in the inner loop, LLVM must reload it after
+        # every store (it cannot tell that the batch does not alias perm), and the copy does
+        # not vectorize: 100 us per batch of mnist_mlp (128 x 784, 8% of its step), 22 us so.
         dims = sig.forward.node(i).shape[1:]
         index = [f"i{k + 1}" for k in range(len(dims))]
-        copy = [
-            f"{i}[{', '.join(['r', *index])}] = {i}_all[{', '.join(['perm[start + r]', *index])}]"
-        ]
-        loop += [f"{i} = {i}_batch[:m]", "for r in range(m):"]
+        copy = [f"{i}[{', '.join(['r', *index])}] = {i}_all[{', '.join(['_row', *index])}]"]
+        loop += [f"{i} = {i}_batch[:m]", "for r in range(m):", "    _row = perm[start + r]"]
         loop += indent(loop_header(dims, index, scope) + indent(copy, len(dims)), 1)
     grads = _grad_names(sig)
     hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
