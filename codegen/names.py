@@ -29,7 +29,8 @@ CPU = {"np", "math", "njit", "FASTMATH", "n", "nf", "m", "s", "d", "j", "t", "t0
 CPU |= {"loss", "status", "total", "steps", "idx", "perm", "batch_size", "lrs", "gscale", "norm"}
 CPU |= {"clip_norm", "start", "all_finite", "sum_squares", "ws", "workspace", "rows", "r"}
 CPU |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch", "P_", "G_"}
-CPU |= {"update_all", "i"}  # i: train_epoch's loop over the parameters
+# train_epoch's loop over the parameters (i), and the data row a batch row copies (_row)
+CPU |= {"update_all", "i", "_row"}
 CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's target row sum
 # codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name

@@ -192,6 +192,19 @@ def _update_function(optimizer, dtype: str) -> list[str]:
 
     The arrays are flat views (train_step passes ``.ravel()`` of arrays of rank 2 and more): one
     compiled signature for every parameter, and no second ravel per step.
+
+    Serial on purpose, as is all_finite (issue 18; benchmarks/step_profile.py reruns it with
+    ``--parallel-update``).  On 2 cores with OpenBLAS on both, a prange update is faster alone
+    but makes the step slower: OpenBLAS's worker spins after each product and the OpenMP
+    pool's after each parallel loop, and each holds the core the other pool needs next.
+    Fastest of 30, quiet machine: mnist_mlp (Adam, 270k parameters) serial: products and
+    elementwise 1.10 ms, guard 15 us, update 141 us, step 1.22 ms; prange (omp layer, Numba's
+    choice here): update 95-118 us, step 3.9-6.6 ms (median up to 148 ms); workqueue layer:
+    update 497 us; both pools' spinning cut by environment (GOMP_SPINCOUNT=1000,
+    OPENBLAS_THREAD_TIMEOUT=4): step 1.26 ms.  wide (SGD, 3.2M parameters): update 706 ->
+    218 us alone, but the next products 30.5 -> 38.5 ms (median 127 ms).  And flush-to-zero
+    is per thread (graphnn/train/denormals.py): Numba's workers would not flush the denormals
+    the stepwise update flushes, and the fused and stepwise bits would differ.
     """
     flat = [f"{s}_" for s in ["P", "G", *optimizer.state]]
     args = [*flat, *optimizer.hyper, "t", "gscale"]
@@ -366,13 +379,14 @@ def _epoch_function(
         if not jit:  # stepwise: NumPy copies the rows (a copy: the same bits)
             loop += [f"{i} = {i}_batch[: idx.shape[0]]", f"np.take({i}_all, idx, 0, {i})"]
             continue
-        # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.
+        # Element loops: Numba compiles a row assignment (x[r] = x_all[k]) 2 s slower.  The
+        # source row is read once per row: read in the inner loop, LLVM must reload it after
+        # every store (it cannot tell that the batch does not alias perm), and the copy does
+        # not vectorize: 100 us per batch of mnist_mlp (128 x 784, 8% of its step), 22 us so.
         dims = sig.forward.node(i).shape[1:]
         index = [f"i{k + 1}" for k in range(len(dims))]
-        copy = [
-            f"{i}[{', '.join(['r', *index])}] = {i}_all[{', '.join(['perm[start + r]', *index])}]"
-        ]
-        loop += [f"{i} = {i}_batch[:m]", "for r in range(m):"]
+        copy = [f"{i}[{', '.join(['r', *index])}] = {i}_all[{', '.join(['_row', *index])}]"]
+        loop += [f"{i} = {i}_batch[:m]", "for r in range(m):", "    _row = perm[start + r]"]
         loop += indent(loop_header(dims, index, scope) + indent(copy, len(dims)), 1)
     grads = _grad_names(sig)
     hyper_t = ["lrs[steps]" if h == "lr" else h for h in optimizer.hyper]
