@@ -1,6 +1,7 @@
 """The training driver: accuracy on digits, convergence and early stopping, evaluation, the
 NaN/Inf guard, progress and history files, and argument errors."""
 
+import copy
 import json
 import platform
 
@@ -290,13 +291,25 @@ def _overflow_data():
     }
 
 
+def _unpack(model, packed: bool):
+    """A model's arrays as it holds them from the start (views of one flat array: the epoch's
+    snapshot and NaN/Inf check are one each), or apart (the user set some of them)."""
+    if not packed:
+        model.params["b"] = model.params["b"].copy()  # trained in place, as the user's own
+        model.state[next(iter(model.state))] = np.zeros_like(next(iter(model.state.values())))
+    assert (model.packed_values() is not None) == packed
+
+
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend):
+def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend, packed):
     """Step 3 of 4 in an epoch multiplies the learning rate by 1e38: its update overflows W, and
     the model holds the parameters and momentum of step 2 (they were NaN/Inf in memory)."""
     opt = gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
     data = _overflow_data()
     model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    _unpack(model, packed)
+    held = {**model.params, **model.state}
     with pytest.raises(gn.NonFiniteError, match="step 3 .*update made 'W'") as exc:
         model.fit(data, epochs=3, batch_size=4, shuffle=False)
     assert (exc.value.step, exc.value.param, model.step) == (3, "W", 2)
@@ -305,17 +318,21 @@ def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend):
     assert two.step == 2
     for k, v in {**two.params, **two.state}.items():
         got = {**model.params, **model.state}[k]
+        assert got is held[k], k  # the arrays the model held, put back in place
         assert np.all(np.isfinite(got)), k
         np.testing.assert_array_equal(got, v, err_msg=k)
+    assert (model.packed_values() is not None) == packed
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-def test_an_update_that_overflows_only_optimizer_state_is_undone(backend):
+def test_an_update_that_overflows_only_optimizer_state_is_undone(backend, packed):
     """s overflows to Inf at step 1 while P stays finite: the error names s's parameter."""
     opt = gn.Optimizer(
         "sumsq", {"lr": 1e-3, "k": 1e38}, ("s",), (("s", "s + k*G*G"), ("P", "P - lr*G"))
     )
     model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    _unpack(model, packed)
     before = {k: v.copy() for k, v in {**model.params, **model.state}.items()}
     with pytest.raises(gn.NonFiniteError, match="update made 's_W'") as exc:
         model.fit(_overflow_data(), epochs=1, batch_size=8, shuffle=False)
@@ -324,28 +341,75 @@ def test_an_update_that_overflows_only_optimizer_state_is_undone(backend):
         np.testing.assert_array_equal({**model.params, **model.state}[k], v, err_msg=k)
 
 
+def test_a_models_arrays_are_packed_views_that_fit_trains_in_place():
+    data = _overflow_data()
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=1e-3, momentum=0.9))
+    flat = model.packed_values()
+    held = {**model.params, **model.state}
+    assert flat is not None and all(np.shares_memory(v, flat) for v in held.values())
+    assert all(v.ctypes.data % 64 == 0 for v in held.values())  # each on a cache line
+    before = flat.copy()
+    model.fit(data, epochs=2, batch_size=4)
+    assert all({**model.params, **model.state}[k] is v for k, v in held.items())
+    assert model.packed_values() is flat and not np.array_equal(flat, before)
+    # a packed view made read-only in place is replaced by a writable copy, then trained
+    model.params["W"].flags.writeable = False
+    frozen = model.params["W"]
+    model.fit(data, epochs=1, batch_size=4)
+    assert model.params["W"] is not frozen and model.params["W"].flags.writeable
+    assert not np.array_equal(model.params["W"], frozen) and model.packed_values() is None
+
+
+def test_a_copied_model_checks_and_snapshots_its_own_arrays():
+    """copy.deepcopy copies the views away from the packed memory: the copy goes array by array
+    (were it taken as packed, its guards would read the original's values)."""
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=3e38), backend="numpy")
+    twin = copy.deepcopy(model)
+    assert model.packed_values() is not None and twin.packed_values() is None
+    before = {k: v.copy() for k, v in twin.params.items()}
+    with pytest.raises(gn.NonFiniteError, match="the optimizer update made 'W'"):
+        twin.fit(_overflow_data(), epochs=1, batch_size=None)
+    for k, v in before.items():
+        np.testing.assert_array_equal(twin.params[k], v, err_msg=k)
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize(
     "dtype, backend", [("float32", "cpu"), ("float64", "cpu"), ("float32", "numpy")]
 )
-def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend):
-    """With the CPU back end's compiled all_finite, and with NumPy (the reference back end)."""
+def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend, packed):
+    """With the CPU back end's compiled all_finite, and with NumPy (the reference back end);
+    with the arrays packed in one flat array (as a model holds them) and apart."""
     from types import SimpleNamespace
 
     from graphnn.train.nonfinite import broken_names
+    from graphnn.train.packing import Packing
 
     trainer = gn.compile(linear_graph(), backend=backend, dtype=dtype).trainer
     assert (getattr(trainer, "all_finite", None) is not None) == (backend == "cpu")
     big = np.finfo(dtype).max
     good = np.array([[big, -big], [np.finfo(dtype).smallest_subnormal, 0.0]], dtype)
     arrays = {f"a{k}": np.ones((3, 11), dtype) for k in range(6)}
-    for k, bad in enumerate([np.nan, np.inf, -np.inf]):
-        arrays[f"a{2 * k}"][2, 2 * k + 5] = bad  # in a vector lane or the scalar tail
+    params = {"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)}
+    state = {k: v for k, v in arrays.items() if k not in ("a0", "a1")}
+    packing = Packing(params, state, dtype) if packed else None
+    assert packed == all(v.base is getattr(packing, "memory", 0) for v in params.values())
     model = SimpleNamespace(
-        params={"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)},
-        state={k: v for k, v in arrays.items() if k not in ("a0", "a1")},
+        params=params,
+        state=state,
         trainer=trainer,
+        packed_values=lambda: packing.flat if packing and packing.intact(params, state) else None,
     )
+    assert broken_names(model) == []
+    for k, bad in enumerate([np.nan, np.inf, -np.inf]):
+        (params if k == 0 else state)[f"a{2 * k}"][2, 2 * k + 5] = bad  # vector lane or tail
     assert broken_names(model) == ["a0", "a2", "a4"]
+    if packed:  # an entry replaced: the arrays the dicts hold now are checked
+        params["a0"] = np.ones((3, 11), dtype)
+        state["a4"] = np.ones((3, 11), dtype)
+        assert model.packed_values() is None
+        assert broken_names(model) == ["a2"]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
