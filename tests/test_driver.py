@@ -584,3 +584,28 @@ def test_fit_takes_features_and_targets_like_other_libraries():
     assert history["loss"] == want["loss"] and len(history["loss"]) == 20
     with pytest.raises(gn.DataError, match=r"model\.fit\(\{'x': \.\.\., 'y': \.\.\.\}"):
         a.fit(X)
+
+
+def test_check_data_takes_ready_arrays_as_they_are_and_ids_per_graph():
+    """A C-contiguous array of the dtype is used as it is; anything else is converted; integer
+    labels only where that graph reads the input through one_hot (found once per graph)."""
+    from graphnn.train.data import check_data
+
+    x = gn.input("x", (4,))
+    logits = x @ gn.param("W", (4, 3))
+    sparse = gn.Graph(gn.sparse_softmax_cross_entropy(logits, gn.input("y", ()))).forward
+    dense = gn.Graph(gn.mse(logits, gn.input("t", (3,)))).forward
+    ready = np.ones((5, 4), np.float32)
+    labels = np.array([0, 2, 1, 1, 0])
+    for _ in range(2):  # the second time from what was found the first
+        out = check_data(sparse, {"x": ready, "y": labels})
+        assert out["x"] is ready and out["y"].dtype == np.float32
+        np.testing.assert_array_equal(out["y"], labels)
+        with pytest.raises(gn.DataError, match="input 't' must hold floats"):
+            check_data(dense, {"x": ready, "t": np.ones((5, 3), int)})
+    for other in (np.asfortranarray(np.ones((5, 4), np.float32)), ready.astype(np.float64),
+                  ready[:, ::-1], ready.view(np.matrix)):  # fmt: skip
+        out = check_data(dense, {"x": other, "t": np.ones((5, 3), np.float32)})["x"]
+        assert out is not other and type(out) is np.ndarray
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, np.asarray(other))
