@@ -541,8 +541,9 @@ class Model(ModelFiles):
     def _run_epoch(self, train, perm, bs, checkpoint_dir, dp=None) -> dict[str, float]:
         steps = math.ceil(len(perm) / bs)
         schedule = self.optimizer.schedule
-        mult = schedule.multipliers(self.step, steps) if schedule else np.ones(steps)
-        lrs = self.optimizer.hyper["lr"] * mult
+        lr = self.optimizer.hyper["lr"]
+        # without a schedule: lr * ones(steps), the same float64 values, in one array not three
+        lrs = lr * schedule.multipliers(self.step, steps) if schedule else np.full(steps, lr, float)
         hyper = dict(self.optimizer.hyper)
         if self.optimizer.clip_norm is not None:
             hyper["clip_norm"] = self.optimizer.clip_norm
