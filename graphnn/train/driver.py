@@ -106,7 +106,10 @@ def _checkpoint_dir(directory, make: bool = True) -> Path | None:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    # type(...) is int first: the ABC check costs 0.2 us, a dozen times a fit call
+    return type(value) is int or (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    )
 
 
 def _check_fit_args(epochs, batch_size, patience, tol, checkpoint_every, keep, callbacks) -> None:
@@ -485,6 +488,8 @@ class Model(ModelFiles):
         return monitor
 
     def _split(self, arrays, validation_data, split, seed):
+        if type(split) in (float, int) and split == 0 and validation_data is None:
+            return arrays, None  # the usual call, answered before the checks of numbers' ABCs
         if not isinstance(split, numbers.Real) or not 0 <= split < 1:
             raise DataError(f"validation_split must be in [0, 1), got {split!r}")
         if validation_data is not None:
