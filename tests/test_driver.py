@@ -556,6 +556,22 @@ def test_denormals_flushed_only_inside_fit(line, flush):
     assert tiny * np.float32(0.01) != 0  # the thread's state is restored after fit
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_denormals_are_restored_after_an_error_and_in_every_fit(line):
+    *_, data = line
+    tiny = np.float32(1e-38)
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1))
+
+    def fails(m, e, logs):
+        assert tiny * np.float32(0.01) == 0
+        raise RuntimeError("callback failed")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="callback failed"):
+            model.fit(data, epochs=1, callbacks=[fails])
+        assert tiny * np.float32(0.01) != 0
+
+
 # --- description and the fit(X, Y) habit ---------------------------------------------------------
 
 
