@@ -51,6 +51,7 @@ from graphnn.train.nonfinite import broken_names, diagnose, update_overflow
 from graphnn.train.packing import Packing
 from graphnn.train.parallel import DataParallel
 from graphnn.train.preprocess import Preprocessing, resolve_scale
+from graphnn.train.seeding import seeded
 
 EVAL_CHUNK = 8192  # rows per forward call in evaluate/predict
 PACKED = "packed"  # a snapshot's key for its copy of Packing.flat (others are param/..., state/...)
@@ -516,7 +517,7 @@ class Model(ModelFiles):
                     f"{old.name}); pass resume=True to continue it, or use an empty directory"
                 )
         self.epoch, self.history, self._best = 0, History(), None
-        self._rng = np.random.default_rng(seed)
+        self._rng = seeded(self._rng, seed)  # default_rng(seed)'s stream, reset if seen before
 
     def _resume(self, checkpoint_dir, seed, early_stopping) -> None:
         latest = newest_that_verifies(checkpoint_dir) if checkpoint_dir is not None else None
