@@ -629,3 +629,14 @@ def test_check_data_takes_ready_arrays_as_they_are_and_ids_per_graph():
         assert out is not other and type(out) is np.ndarray
         assert out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_array_equal(out, np.asarray(other))
+
+
+def test_fit_takes_any_mapping_and_names_what_is_not_one():
+    from types import MappingProxyType
+
+    data = _overflow_data()
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=1e-3), backend="numpy")
+    model.fit(MappingProxyType(data), epochs=1, batch_size=8)
+    assert model.step == 2
+    with pytest.raises(gn.DataError, match="data must be a dict of input name -> array, got list"):
+        model.evaluate([data["x"], data["t"]])

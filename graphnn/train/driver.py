@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -320,7 +319,8 @@ class Model(ModelFiles):
         main = comm is None or comm.Get_rank() == 0
         with mpi.abort_on_error(comm):  # one rank's exception ends the job instead of hanging it
             with mpi.agreement(comm):  # an error here is raised on every rank alike
-                if not isinstance(data, Mapping):  # fit(X, Y, ...): Y arrived as epochs
+                # fit(X, Y, ...): Y arrived as epochs (type() first: the ABC check costs more)
+                if type(data) is not dict and not isinstance(data, Mapping):
                     targets = None if isinstance(epochs, numbers.Real) else epochs
                     data, epochs = self._as_mapping(data, targets), 20
                 _check_fit_args(
@@ -356,9 +356,9 @@ class Model(ModelFiles):
             # the run's state from rank 0; the model's own arrays hold the values after the block
             dp = DataParallel(self, comm, train, bs, zero) if comm is not None else None
             with (
-                dp or contextlib.nullcontext(),
+                dp or mpi.ALONE,
                 flush_denormals(self.flush_denormals),
-                mpi.limit_blas_threads(threads) if threads else contextlib.nullcontext(),
+                mpi.limit_blas_threads(threads) if threads else mpi.ALONE,
                 ProgressBar(progress and main, self.epoch, epochs) as bar,
                 DeferredInterrupt(enabled=comm is None) as interrupt,  # MPI: ranks stop alike
             ):
