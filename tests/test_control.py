@@ -98,6 +98,41 @@ def test_a_hard_interrupt_inside_an_epoch_rolls_it_back(tmp_path, monkeypatch):
         np.testing.assert_array_equal(m.params[name], value)
 
 
+def test_ctrl_c_in_an_epoch_stops_fit_after_it_in_every_call_and_restores_the_handler():
+    """The handler is installed by each fit (not left over from the last) and put back."""
+    m = model()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for call in range(3):  # every call defers, not only the first
+
+        def ctrl_c(model, epoch, logs):
+            if epoch == 2:
+                signal.raise_signal(signal.SIGINT)  # lands in the handler: no exception here
+
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(data(), epochs=5, callbacks=[ctrl_c])
+        assert m.history.epochs == 2 and m.history["stopped"] == "interrupted", call
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    m.fit(data(), epochs=2)  # a Ctrl-C between calls is the default one again
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_sigint_handler_of_the_program_is_left_alone():
+    seen = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+
+        def ctrl_c(model, epoch, logs):
+            if epoch == 1:
+                signal.raise_signal(signal.SIGINT)
+
+        history = model().fit(data(), epochs=3, callbacks=[ctrl_c])
+        assert history.epochs == 3 and seen == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 SPEC = """
 [inputs]
 x = [16]

@@ -262,6 +262,38 @@ def test_the_launcher_is_read_from_the_environment(monkeypatch, env, size):
     assert distributed.launched_size() == size
 
 
+def test_the_launcher_probe_sees_variables_set_or_removed_since_its_last_call(monkeypatch):
+    for name in (*distributed.SIZE_VARIABLES, *distributed.RANK_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launched_size() is None
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    assert distributed.launched_size() == 3
+    os.environ["OMPI_COMM_WORLD_SIZE"] = "5"  # a plain write, not through monkeypatch
+    assert distributed.launched_size() == 5
+    del os.environ["OMPI_COMM_WORLD_SIZE"]
+    assert distributed.launched_size() is None
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert distributed.launched_size() == 0
+
+
+@pytest.mark.parametrize(
+    "env", [{}, {"PMI_SIZE": "x", "MV2_COMM_WORLD_SIZE": "7"}, {"PMI_SIZE": ""}, {"PMI_RANK": ""}]
+)
+def test_the_launcher_probe_reads_what_os_environ_holds(monkeypatch, env):
+    """The probe reads os.environ's own dict; the plain read (any other os) answers alike."""
+    for name in (*distributed.SIZE_VARIABLES, *distributed.RANK_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    fast = distributed.launched_size()
+    monkeypatch.setattr(distributed, "_ENCODED", {})
+    assert distributed.launched_size() == fast
+    plain = next((int(os.environ[n]) for n in distributed.SIZE_VARIABLES
+                  if os.environ.get(n, "").isdigit()), None)  # fmt: skip
+    ranked = any(n in os.environ for n in distributed.RANK_VARIABLES)
+    assert fast == (plain if plain is not None else 0 if ranked else None)
+
+
 def test_mpi_without_mpi4py_names_the_extra(monkeypatch):
     if "mpi4py.MPI" in sys.modules:
         pytest.skip("MPI is running in this process")

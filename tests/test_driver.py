@@ -1,6 +1,7 @@
 """The training driver: accuracy on digits, convergence and early stopping, evaluation, the
 NaN/Inf guard, progress and history files, and argument errors."""
 
+import copy
 import json
 import platform
 
@@ -290,13 +291,25 @@ def _overflow_data():
     }
 
 
+def _unpack(model, packed: bool):
+    """A model's arrays as it holds them from the start (views of one flat array: the epoch's
+    snapshot and NaN/Inf check are one each), or apart (the user set some of them)."""
+    if not packed:
+        model.params["b"] = model.params["b"].copy()  # trained in place, as the user's own
+        model.state[next(iter(model.state))] = np.zeros_like(next(iter(model.state.values())))
+    assert (model.packed_values() is not None) == packed
+
+
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend):
+def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend, packed):
     """Step 3 of 4 in an epoch multiplies the learning rate by 1e38: its update overflows W, and
     the model holds the parameters and momentum of step 2 (they were NaN/Inf in memory)."""
     opt = gn.SGD(lr=0.5, momentum=0.9, schedule=Step(every=2, gamma=1e38))
     data = _overflow_data()
     model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    _unpack(model, packed)
+    held = {**model.params, **model.state}
     with pytest.raises(gn.NonFiniteError, match="step 3 .*update made 'W'") as exc:
         model.fit(data, epochs=3, batch_size=4, shuffle=False)
     assert (exc.value.step, exc.value.param, model.step) == (3, "W", 2)
@@ -305,17 +318,21 @@ def test_a_step_whose_update_overflows_leaves_the_model_as_before_it(backend):
     assert two.step == 2
     for k, v in {**two.params, **two.state}.items():
         got = {**model.params, **model.state}[k]
+        assert got is held[k], k  # the arrays the model held, put back in place
         assert np.all(np.isfinite(got)), k
         np.testing.assert_array_equal(got, v, err_msg=k)
+    assert (model.packed_values() is not None) == packed
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-def test_an_update_that_overflows_only_optimizer_state_is_undone(backend):
+def test_an_update_that_overflows_only_optimizer_state_is_undone(backend, packed):
     """s overflows to Inf at step 1 while P stays finite: the error names s's parameter."""
     opt = gn.Optimizer(
         "sumsq", {"lr": 1e-3, "k": 1e38}, ("s",), (("s", "s + k*G*G"), ("P", "P - lr*G"))
     )
     model = gn.compile(linear_graph(), optimizer=opt, backend=backend)
+    _unpack(model, packed)
     before = {k: v.copy() for k, v in {**model.params, **model.state}.items()}
     with pytest.raises(gn.NonFiniteError, match="update made 's_W'") as exc:
         model.fit(_overflow_data(), epochs=1, batch_size=8, shuffle=False)
@@ -324,28 +341,75 @@ def test_an_update_that_overflows_only_optimizer_state_is_undone(backend):
         np.testing.assert_array_equal({**model.params, **model.state}[k], v, err_msg=k)
 
 
+def test_a_models_arrays_are_packed_views_that_fit_trains_in_place():
+    data = _overflow_data()
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=1e-3, momentum=0.9))
+    flat = model.packed_values()
+    held = {**model.params, **model.state}
+    assert flat is not None and all(np.shares_memory(v, flat) for v in held.values())
+    assert all(v.ctypes.data % 64 == 0 for v in held.values())  # each on a cache line
+    before = flat.copy()
+    model.fit(data, epochs=2, batch_size=4)
+    assert all({**model.params, **model.state}[k] is v for k, v in held.items())
+    assert model.packed_values() is flat and not np.array_equal(flat, before)
+    # a packed view made read-only in place is replaced by a writable copy, then trained
+    model.params["W"].flags.writeable = False
+    frozen = model.params["W"]
+    model.fit(data, epochs=1, batch_size=4)
+    assert model.params["W"] is not frozen and model.params["W"].flags.writeable
+    assert not np.array_equal(model.params["W"], frozen) and model.packed_values() is None
+
+
+def test_a_copied_model_checks_and_snapshots_its_own_arrays():
+    """copy.deepcopy copies the views away from the packed memory: the copy goes array by array
+    (were it taken as packed, its guards would read the original's values)."""
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=3e38), backend="numpy")
+    twin = copy.deepcopy(model)
+    assert model.packed_values() is not None and twin.packed_values() is None
+    before = {k: v.copy() for k, v in twin.params.items()}
+    with pytest.raises(gn.NonFiniteError, match="the optimizer update made 'W'"):
+        twin.fit(_overflow_data(), epochs=1, batch_size=None)
+    for k, v in before.items():
+        np.testing.assert_array_equal(twin.params[k], v, err_msg=k)
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize(
     "dtype, backend", [("float32", "cpu"), ("float64", "cpu"), ("float32", "numpy")]
 )
-def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend):
-    """With the CPU back end's compiled all_finite, and with NumPy (the reference back end)."""
+def test_broken_names_finds_every_nonfinite_value_and_only_those(dtype, backend, packed):
+    """With the CPU back end's compiled all_finite, and with NumPy (the reference back end);
+    with the arrays packed in one flat array (as a model holds them) and apart."""
     from types import SimpleNamespace
 
     from graphnn.train.nonfinite import broken_names
+    from graphnn.train.packing import Packing
 
     trainer = gn.compile(linear_graph(), backend=backend, dtype=dtype).trainer
     assert (getattr(trainer, "all_finite", None) is not None) == (backend == "cpu")
     big = np.finfo(dtype).max
     good = np.array([[big, -big], [np.finfo(dtype).smallest_subnormal, 0.0]], dtype)
     arrays = {f"a{k}": np.ones((3, 11), dtype) for k in range(6)}
-    for k, bad in enumerate([np.nan, np.inf, -np.inf]):
-        arrays[f"a{2 * k}"][2, 2 * k + 5] = bad  # in a vector lane or the scalar tail
+    params = {"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)}
+    state = {k: v for k, v in arrays.items() if k not in ("a0", "a1")}
+    packing = Packing(params, state, dtype) if packed else None
+    assert packed == all(v.base is getattr(packing, "memory", 0) for v in params.values())
     model = SimpleNamespace(
-        params={"good": good, "a0": arrays["a0"], "a1": arrays["a1"], "empty": np.ones(0, dtype)},
-        state={k: v for k, v in arrays.items() if k not in ("a0", "a1")},
+        params=params,
+        state=state,
         trainer=trainer,
+        packed_values=lambda: packing.flat if packing and packing.intact(params, state) else None,
     )
+    assert broken_names(model) == []
+    for k, bad in enumerate([np.nan, np.inf, -np.inf]):
+        (params if k == 0 else state)[f"a{2 * k}"][2, 2 * k + 5] = bad  # vector lane or tail
     assert broken_names(model) == ["a0", "a2", "a4"]
+    if packed:  # an entry replaced: the arrays the dicts hold now are checked
+        params["a0"] = np.ones((3, 11), dtype)
+        state["a4"] = np.ones((3, 11), dtype)
+        assert model.packed_values() is None
+        assert broken_names(model) == ["a2"]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
@@ -448,12 +512,16 @@ def test_history_json_and_png(digits, tmp_path):
         (dict(batch_size=2.5), "batch_size must be an int >= 1"),
         (dict(validation_split=1.0), r"validation_split must be in \[0, 1\)"),
         (dict(validation_split=-0.2), r"validation_split must be in \[0, 1\)"),
+        (dict(validation_split=np.zeros(2)), r"validation_split must be in \[0, 1\)"),
+        (dict(validation_split="0"), r"validation_split must be in \[0, 1\)"),
+        (dict(batch_size=True), "batch_size must be an int >= 1"),
         (dict(monitor="val_loss"), "val_ metrics need validation_data"),
         (dict(monitor="accuracy", validation_split=0.25), "cannot monitor 'accuracy'"),
         (dict(validation_split=0.2, validation_data={}), "not both"),
         (dict(checkpoint_every=0), "checkpoint_every must be"),
         (dict(patience=0), "patience must be"),
         (dict(epochs=-1), "epochs must be"),
+        (dict(epochs=True), "epochs must be"),
         (dict(callbacks=[1]), "callbacks must be callables"),
     ],
 )
@@ -488,6 +556,22 @@ def test_denormals_flushed_only_inside_fit(line, flush):
     assert tiny * np.float32(0.01) != 0  # the thread's state is restored after fit
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_denormals_are_restored_after_an_error_and_in_every_fit(line):
+    *_, data = line
+    tiny = np.float32(1e-38)
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=0.1))
+
+    def fails(m, e, logs):
+        assert tiny * np.float32(0.01) == 0
+        raise RuntimeError("callback failed")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="callback failed"):
+            model.fit(data, epochs=1, callbacks=[fails])
+        assert tiny * np.float32(0.01) != 0
+
+
 # --- description and the fit(X, Y) habit ---------------------------------------------------------
 
 
@@ -520,3 +604,39 @@ def test_fit_takes_features_and_targets_like_other_libraries():
     assert history["loss"] == want["loss"] and len(history["loss"]) == 20
     with pytest.raises(gn.DataError, match=r"model\.fit\(\{'x': \.\.\., 'y': \.\.\.\}"):
         a.fit(X)
+
+
+def test_check_data_takes_ready_arrays_as_they_are_and_ids_per_graph():
+    """A C-contiguous array of the dtype is used as it is; anything else is converted; integer
+    labels only where that graph reads the input through one_hot (found once per graph)."""
+    from graphnn.train.data import check_data
+
+    x = gn.input("x", (4,))
+    logits = x @ gn.param("W", (4, 3))
+    sparse = gn.Graph(gn.sparse_softmax_cross_entropy(logits, gn.input("y", ()))).forward
+    dense = gn.Graph(gn.mse(logits, gn.input("t", (3,)))).forward
+    ready = np.ones((5, 4), np.float32)
+    labels = np.array([0, 2, 1, 1, 0])
+    for _ in range(2):  # the second time from what was found the first
+        out = check_data(sparse, {"x": ready, "y": labels})
+        assert out["x"] is ready and out["y"].dtype == np.float32
+        np.testing.assert_array_equal(out["y"], labels)
+        with pytest.raises(gn.DataError, match="input 't' must hold floats"):
+            check_data(dense, {"x": ready, "t": np.ones((5, 3), int)})
+    for other in (np.asfortranarray(np.ones((5, 4), np.float32)), ready.astype(np.float64),
+                  ready[:, ::-1], ready.view(np.matrix)):  # fmt: skip
+        out = check_data(dense, {"x": other, "t": np.ones((5, 3), np.float32)})["x"]
+        assert out is not other and type(out) is np.ndarray
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, np.asarray(other))
+
+
+def test_fit_takes_any_mapping_and_names_what_is_not_one():
+    from types import MappingProxyType
+
+    data = _overflow_data()
+    model = gn.compile(linear_graph(), optimizer=gn.SGD(lr=1e-3), backend="numpy")
+    model.fit(MappingProxyType(data), epochs=1, batch_size=8)
+    assert model.step == 2
+    with pytest.raises(gn.DataError, match="data must be a dict of input name -> array, got list"):
+        model.evaluate([data["x"], data["t"]])

@@ -325,3 +325,13 @@ def test_initializer_scale_for_a_big_layer(init, std):
 def test_scalar_parameter_is_rejected_with_a_hint():
     with pytest.raises(gn.ShapeError, match=r"parameter 's': shape \(\) is not supported.*\(1,\)"):
         gn.param("s", ())
+
+
+def test_of_op_answers_a_new_list_each_time():
+    x = gn.input("x", (3,))
+    ir = gn.Graph(gn.mean(gn.sigmoid(x @ gn.param("w", (3, 1))))).forward
+    inputs = ir.inputs
+    inputs.append("changed by the caller")
+    assert [n.name for n in ir.inputs] == ["x"] and [n.name for n in ir.params] == ["w"]
+    for op in {n.op for n in ir.nodes}:
+        assert ir.of_op(op) == [n for n in ir.nodes if n.op == op] != []

@@ -106,6 +106,9 @@ class Trainer:
         self._stepwise = self._all_finite = None
         self.sig = signature(graph, optimizer)
         self._ws = None  # (rows, buffers) of the last workspace
+        # epoch()'s argument names, in the kernels' order (found once: the graph never changes)
+        self._inputs = [n.name for n in graph.forward.inputs]
+        self._params = list(graph.kernel_params)
 
     @property
     def stepwise(self):
@@ -129,12 +132,11 @@ class Trainer:
 
     def epoch(self, params, state, data, perm, batch_size, hyper, lrs, t0):
         """One epoch inside one compiled function; returns (loss sum, steps done, status)."""
-        arrays = [data[n.name] for n in self.graph.forward.inputs]
-        arrays += [params[p] for p in self.graph.kernel_params]
-        args = arrays[: len(self.graph.forward.inputs)] + [perm, batch_size]
-        args += arrays[len(self.graph.forward.inputs) :] + [state[s] for s in self.sig.state]
-        args += [np.asarray(lrs, dtype=self.dtype)] + self._hyper(hyper) + [t0]
-        ws = self._workspace(min(batch_size, len(perm)), arrays)
+        inputs = [data[name] for name in self._inputs]
+        weights = [params[p] for p in self._params]
+        args = [*inputs, perm, batch_size, *weights, *[state[s] for s in self.sig.state]]
+        args += [np.asarray(lrs, dtype=self.dtype), *self._hyper(hyper), t0]
+        ws = self._workspace(min(batch_size, len(perm)), inputs + weights)
         args.append(ws)
         if self.fused.ready(args):
             return self.module.train_epoch(*args)

@@ -77,6 +77,7 @@ class GraphIR:
                 self._consumers[i].append(node.name)
         self.nodes = _topological(frozen, self._consumers)
         self.by_name = {n.name: n for n in self.nodes}
+        self._by_op: dict[str, tuple[Node, ...]] = {}  # of_op's answers: the graph never changes
         self.tensor_by_name = {self._names[id(t)]: t for t in self.tensors}
 
     def _assign_names(self, base: Mapping[int, str]) -> dict[int, str]:
@@ -132,7 +133,12 @@ class GraphIR:
             raise NameNotFoundError(f"no node named {shown(name)}; nodes: {known}") from None
 
     def of_op(self, op: str) -> list[Node]:
-        return [n for n in self.nodes if n.op == op]
+        """The nodes of ``op`` in topological order (a new list; found once per op: each fit
+        call asks for the inputs and parameters several times)."""
+        found = self._by_op.get(op)
+        if found is None:
+            found = self._by_op[op] = tuple(n for n in self.nodes if n.op == op)
+        return list(found)
 
     @property
     def params(self) -> list[Node]:

@@ -13,7 +13,6 @@ affected (BLAS worker threads keep their own state).  On CPUs other than x86-64 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import platform
 
@@ -60,16 +59,25 @@ def _mxcsr_swap():
     return swap
 
 
-@contextlib.contextmanager
-def flush_denormals(enabled: bool = True):
-    """Within the block, denormal inputs and results are treated as zero (x86-64 only)."""
-    swap = _mxcsr_swap() if enabled else None
-    if swap is None:
-        yield
-        return
-    old = int(swap(0x1F80))  # read the current state (and briefly set the default)
-    swap(old | FTZ_DAZ)
-    try:
-        yield
-    finally:
-        swap(old)
+class flush_denormals:  # noqa: N801  (a context manager, named as the function it was)
+    """Within the block, denormal inputs and results are treated as zero (x86-64 only).
+
+    A class, not a generator: entered and left in every ``fit`` call, the generator's
+    machinery cost more than the two MXCSR calls.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.swap = _mxcsr_swap() if enabled else None
+        self.old = None
+
+    def __enter__(self):
+        if self.swap is not None:
+            old = int(self.swap(0x1F80))  # read the current state (and briefly set the default)
+            self.swap(old | FTZ_DAZ)
+            self.old = old
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            self.swap(self.old)
+            self.old = None

@@ -40,9 +40,14 @@ def broken_names(model) -> list[str]:
     """Parameters, then optimizer buffers, of ``model`` holding NaN or Inf.
 
     Runs after every epoch: with the back end's compiled ``all_finite`` when it has one (NumPy's
-    isfinite-then-all costs 3-4 us per array, 30 us of every call of fit for a two-layer MLP).
+    isfinite-then-all costs 3-4 us per array, 30 us of every call of fit for a two-layer MLP),
+    and first on all of them at once while the model holds them packed in one flat array (one
+    call, 1 us for digits; array by array 4.4 us); array by array only to name what is broken.
     """
     compiled = getattr(model.trainer, "all_finite", None)
+    flat = model.packed_values()
+    if flat is not None and (finite(flat) if compiled is None else compiled(flat)):
+        return []
     arrays = [*model.params.items(), *model.state.items()]
     if compiled is None:
         return [k for k, v in arrays if not finite(v)]
