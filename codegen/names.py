@@ -32,6 +32,7 @@ CPU |= {"forward", "loss_and_grads", "apply_update", "train_step", "train_epoch"
 # train_epoch's loop over the parameters (i), and the data row a batch row copies (_row)
 CPU |= {"update_all", "i", "_row"}
 CPU |= {f"i{k}" for k in range(8)} | {"tsum"}  # tsum: softmax cross-entropy's target row sum
+CPU |= {f"z{k}" for k in range(8)}  # codegen/steps.py: the loop zeroing an accumulator
 # codegen/contraction.py: the accumulator, a window's value and argmax; index variables are
 # "_<index>" (and "_y<axis>" for an inverted output position), never a node's name
 CPU |= {"acc", "v", "hit", "_kk", "_ll"}
@@ -105,9 +106,10 @@ def update_locals(optimizer) -> dict[str, str]:
 
 
 def derived(name: str) -> set[str]:
-    """Identifiers the generated code makes from a node's: group scalar, epoch array and batch
-    buffer, gradient, workspace buffer, a convolution's im2col patches (and their cotangent)."""
-    made = {f"{name}_v", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
+    """Identifiers the generated code makes from a node's: group scalar, row-loop variable
+    (codegen/cpu/row_loop.py), epoch array and batch buffer, gradient, workspace buffer, a
+    convolution's im2col patches (and their cotangent)."""
+    made = {f"{name}_v", f"{name}_r", f"{name}_all", f"{name}_batch", f"grad_{name}", f"ws_{name}"}
     made |= {f"{name}_cols", f"ws_{name}_cols", f"{name}_dcols", f"ws_{name}_dcols"}
     return made | {f"{name}_part", f"ws_{name}_part", f"{name}_m", f"{name}_part_m"}
 
