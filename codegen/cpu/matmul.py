@@ -111,20 +111,19 @@ def row_parts(out, a, b, a_shape, b_shape, ta: bool, tb: bool, dtype: str, dim, 
         fits = not ta and a_shape[0] is None and a_shape[1] is not None and None not in b_shape
     if not fits:
         return None
-    init, per_row, _ = _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, dim, row)
     if not ta and not tb and b_shape[1] == 1:
         # one column: a dot product summed in a register, not through out's element in memory
         # (which LLVM may not keep in a register: out could alias a or b); the same sum in the
         # same order, so the same bits.  Only for 1, which the module's text spells as such
         # (other sizes are read from the arrays: one text serves every width)
-        zero = f"np.{dtype}(0.0)"
-        per_row = [
+        return [], [
             f"for c in range({dim(b_shape[1])}):",
-            f"    s = {zero}",
+            f"    s = np.{dtype}(0.0)",
             f"    for p in range({dim(a_shape[1])}):",
             f"        s += {a}[{row}, p] * {b}[p, c]",
             f"    {out}[{row}, c] = s",
         ]
+    init, per_row, _ = _parts(out, a, b, a_shape, b_shape, ta, tb, dtype, dim, row)
     return init, per_row
 
 

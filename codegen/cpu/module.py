@@ -122,7 +122,7 @@ def kernel(
     # of the forward graph is an argument but not a node of the training graph).
     batch = next((a for a in args if a in ir.by_name and ir.node(a).op == "input"), None)
     head = [f"n = {batch}.shape[0]" if batch else "n = 1", f"nf = np.{dtype}(n)"]
-    blocks = [scope.emit(step) for step in plan.steps]
+    blocks = emitted = [scope.emit(step) for step in plan.steps]
     tail = returned(outputs, returns)
     jit = [JIT]
     if stepwise is not None:
@@ -141,7 +141,7 @@ def kernel(
     if parts is not None:  # for a caller that writes the body out (codegen/cpu/small_step.py)
         parts.update(unpack=unpack, check=_rows_check(rows, "rows", ws_function))
         written, written_bindings = body, bindings
-        one = row_loop(scope, plan.steps, outputs)
+        one = row_loop(scope, plan.steps, emitted, outputs)
         if one is not None:  # one loop over the rows, while its products run as loops
             blocks = body[: len(body) - len(tail)]
             if one.condition is None:

@@ -10,7 +10,7 @@ them.  A value of one element per row that only the loop reads lives in a variab
 array.  Measured on the single neuron (8 inputs, batch 1, SGD): 52.5 ns a step as separate
 loops, 46.5 ns as one loop (a hand-written Numba loop: 41 ns, 34 ns with fast-math).
 
-The statements are the separate loops' own (:meth:`CpuSteps._group_parts`,
+The statements are the separate loops' own (:meth:`CpuSteps.group_parts`,
 :func:`codegen.cpu.matmul.row_parts`), so each element is computed by the same operations in
 the same order: a sum over the rows (a bias gradient, the loss, a weight gradient ``x^T @ d``)
 still adds row 0, then row 1, ...  The bits are the separate loops' (tests/test_stepwise.py
@@ -18,8 +18,8 @@ and the fuzzer's training property compare them with the stepwise kernels').  Wh
 over the rows (the loss's mean) runs after the loop; what reads parameters and constants alone
 (a weight penalty), and reshapes (views), before it.
 
-A step that is not such a loop (a product through BLAS, a softmax, a dropout, ...) leaves the
-step as it was: :func:`row_loop` returns None.  A product that runs as loops only while the
+A step that is not such a loop (a product through BLAS, a dropout, a convolution, ...) leaves
+the step as it was: :func:`row_loop` returns None.  A product that runs as loops only while the
 batch is small (``n * 8 <= 128``) makes the one loop conditional on that: the step tests it and
 runs the one loop, or the separate blocks, which then call BLAS.
 """
@@ -42,12 +42,12 @@ class RowLoop:
     lines: list[str]
 
 
-def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
+def row_loop(scope, steps: list[Step], blocks: list[list[str]], outputs) -> RowLoop | None:
     """The steps as one loop over the batch's rows, or None (see the module docstring).
 
     ``scope``: the kernel's :class:`codegen.cpu.steps.CpuSteps`, after it emitted the steps
-    (its workspace buffers are the ones the separate loops use); ``outputs``: what the kernel
-    returns."""
+    as ``blocks`` (one per step: a step outside the loop keeps its block's text; its workspace
+    buffers are the ones the separate loops use); ``outputs``: what the kernel returns."""
     before: list[str] = []  # views, zeroed sums, constants, what only parameters give
     per_row: list[str] = []
     after: list[str] = []  # what reads the sums over the rows
@@ -58,20 +58,20 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
     paired: set[str] = set()  # softmax cross-entropy nodes done (loss and gradient: one pass)
     conditions: list[str] = []
     rows = 0
-    for step in steps:
+    for step, block in zip(steps, blocks, strict=True):
         names = {n.name for n in step.nodes}
         reads = {i for n in [*step.nodes, *step.reductions] for i in n.inputs}
         if step.kind == "const":
-            before += scope.emit(step)
+            before += block
         elif step.kind == "reshape":  # a view: made where its input's array exists
             (source,) = reads
             if source in in_loop and step.shape[:1] != (None,):
                 return None  # its rows would not be the loop's
             if source in late:
-                after += scope.emit(step)
+                after += block
                 late |= names
             else:
-                before += scope.emit(step)
+                before += block
                 viewed.add(source)
             in_loop |= names if source in in_loop else set()
             summed |= names if source in summed | late else set()
@@ -79,11 +79,11 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
             if reads & in_loop:
                 return None
             if reads & summed:  # e.g. the loss's mean: after the loop
-                after += scope.emit(step)
+                after += block
                 summed |= names
                 late |= names
             else:  # from parameters and constants alone
-                before += scope.emit(step)
+                before += block
         else:
             if reads & summed:  # a row would read a value the loop has not finished
                 return None
@@ -97,8 +97,8 @@ def row_loop(scope, steps: list[Step], outputs) -> RowLoop | None:
             per_row += row
             after += ending
             if step.kind in ("softmax_ce", "softmax_ce_grad"):
-                paired |= set(scope.ce_pair(step))
                 names = set(scope.ce_pair(step))
+                paired |= names
             in_loop |= names - totals
             summed |= totals
             late |= totals if ending else set()
@@ -125,9 +125,8 @@ def _row_form(scope, step: Step):
         rows = scope.ir.node(step.node.inputs[0]).shape  # the logits' (or the softmax's)
         if not rows or rows[0] is not None or None in rows[1:]:
             return None
-        start, row, after = scope.row_parts(step)
-        notes = [line for line in start if line.startswith("#")]
-        start = [line for line in start if not line.startswith("#")]
+        lines, row, after = scope.row_parts(step)
+        notes, start = _notes_apart(lines)
         if step.kind in ("softmax", "softmax_grad"):
             return start, notes + row, set(), None, after
         # the loss: a sum over the rows, divided after the loop
@@ -136,9 +135,8 @@ def _row_form(scope, step: Step):
     if step.kind == "group":
         if step.shape[0] is not None or None in step.shape[1:]:  # rows: the batch, once
             return None
-        lines, index, body = scope._group_parts(step)
-        notes = [line for line in lines if line.startswith("#")]
-        start = [line for line in lines if not line.startswith("#")]
+        lines, index, body = scope.group_parts(step)
+        notes, start = _notes_apart(lines)
         inner = len(step.shape) - 1
         row = notes + loop_header(step.shape[1:], index[1:], scope) + indent(body, inner)
         totals = {r.name for r in step.reductions if 0 in r.attr("axes")}
@@ -162,6 +160,14 @@ def _row_form(scope, step: Step):
         condition = None if how == "loops" else how
         return start, [comment(node), f"# {why}", *row], totals, condition, []
     return None
+
+
+def _notes_apart(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(the comments naming a step's nodes, its other lines before its loop): the comments go
+    into the loop, above the step's row, the rest before the loop."""
+    return [ln for ln in lines if ln.startswith("#")], [
+        ln for ln in lines if not ln.startswith("#")
+    ]
 
 
 def _one_column_scalars(scope, steps, per_row: list[str], summed: set, outputs) -> list[str]:

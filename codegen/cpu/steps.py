@@ -41,12 +41,12 @@ class CpuSteps(StepEmitter):
 
     def emit_group(self, step: Step) -> list[str]:
         """One loop nest computing every node of a fused elementwise group (and its reductions)."""
-        lines, index, body = self._group_parts(step)
+        lines, index, body = self.group_parts(step)
         if not step.shape:
             return lines + body
         return lines + loop_header(step.shape, index, self) + indent(body, len(step.shape))
 
-    def _group_parts(self, step: Step) -> tuple[list[str], list[str], list[str]]:
+    def group_parts(self, step: Step) -> tuple[list[str], list[str], list[str]]:
         """(the lines before a group's loop nest, its index names, the body for one element)."""
         shape = step.shape
         index = [f"i{k}" for k in range(len(shape))]
